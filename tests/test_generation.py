@@ -166,3 +166,15 @@ def test_bad_input_is_clear(tiny, kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         generate(model, args.pop("prompts"), **args)
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 5)])
+def test_scoring_reproduces_sampler_logprobs_in_chunks(tiny, temperature, top_k):
+    from jaxdistill.generation.scoring import completion_logprobs
+
+    model, _ = load_model(tiny["qwen3_gqa"][0])
+    out = generate(model, PROMPTS, max_new_tokens=7, temperature=temperature, top_k=top_k, seed=5)
+    params = SamplingParams(max_new_tokens=7, temperature=temperature, top_k=top_k, pad_id=0)
+    scored = completion_logprobs(model, out.prompt_ids, out.prompt_mask, out.tokens, out.mask, params,
+                                 chunk_size=3)  # 7 positions in chunks of 3: padding inside the last chunk
+    np.testing.assert_allclose(np.asarray(scored), np.asarray(out.logprobs), atol=1e-4)

@@ -1,0 +1,134 @@
+"""Rewards of a batch of rollouts: the task verifier and the calibration reward against a proxy.
+
+``task_rewards``: decode each completion and ask the task's verifier (reward in [0, 1] + status).
+
+``CalibrationScorer``: the frozen proxy student reads the teacher's completions with its own
+tokenizer. The teacher's completion tokens are turned into bytes, re-tokenized by the proxy
+(``jaxdistill.align.align_retokenized``), scored by one proxy forward pass, and compared:
+
+- ``span`` mode: per aligned span, the gap between log p_teacher(span) and log p_proxy(span);
+  r_cal = -(mean gap) (``jaxdistill.rl.calibration.span_calibration_reward``);
+- ``sequence`` mode: the proxy's log-prob per byte of the completion, optionally minus the reference
+  teacher's (``sequence_calibration_reward``).
+
+Higher r_cal always means "easier for the proxy to match"; eta applies the sign upstream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdistill.align import SpanAlignment, align_retokenized
+from jaxdistill.generation.sampler import SamplingParams, bucket_length, left_pad
+from jaxdistill.generation.scoring import completion_logprobs
+from jaxdistill.models.qwen import Qwen
+from jaxdistill.rl.calibration import calibration_metrics, sequence_calibration_reward, span_calibration_reward
+from jaxdistill.tasks.base import Example, Task, Verdict
+from jaxdistill.tokenizer import Tokenizer
+
+CALIBRATION_MODES = ("span", "sequence", "alm")
+
+
+def plain_scoring(vocab_limit: int | None) -> SamplingParams:
+    """Score under the model's own softmax (temperature 1, no filter, nothing banned)."""
+    return SamplingParams(max_new_tokens=1, temperature=1.0, pad_id=-1, vocab_limit=vocab_limit)
+
+
+def task_rewards(task: Task, completions: Sequence[str], examples: Sequence[Example]) -> list[Verdict]:
+    """The verifier's verdict on each completion (examples aligned with completions)."""
+    if len(completions) != len(examples):
+        raise ValueError(f"{len(completions)} completions but {len(examples)} examples")
+    return [task.verify(c, e) for c, e in zip(completions, examples)]
+
+
+def _pad_to(array: np.ndarray, width: int, value) -> np.ndarray:
+    if array.shape[1] >= width:
+        return array[:, :width]
+    pad = np.full((array.shape[0], width - array.shape[1]), value, array.dtype)
+    return np.concatenate([array, pad], axis=1)
+
+
+_jit_scores = jax.jit(completion_logprobs, static_argnames=("params", "lora", "chunk_size"))
+
+
+class CalibrationScorer:
+    """r_cal of teacher completions measured against a frozen proxy with its own tokenizer."""
+
+    def __init__(self, proxy: Qwen, proxy_tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, *,
+                 mode: str = "span", tau: float = 1.0, subtract_reference: bool = False):
+        if mode not in CALIBRATION_MODES:
+            raise ValueError(f"calibration_mode must be one of {CALIBRATION_MODES}, got {mode!r}")
+        if proxy.config.vocab_size < proxy_tokenizer.vocab_size:
+            raise ValueError(f"proxy model has {proxy.config.vocab_size} embedding rows but its tokenizer has "
+                             f"{proxy_tokenizer.vocab_size} tokens: wrong tokenizer for this proxy?")
+        self.proxy = proxy
+        self.proxy_tokenizer = proxy_tokenizer
+        self.teacher_tokenizer = teacher_tokenizer
+        self.mode = mode
+        self.tau = tau
+        self.subtract_reference = subtract_reference
+        self.proxy_scoring = plain_scoring(proxy_tokenizer.vocab_size)
+
+    def proxy_logprobs(self, prompt_texts: Sequence[str], proxy_ids: np.ndarray, proxy_mask: np.ndarray):
+        """log p_proxy of its completion tokens [N, T_b], conditioned on its own tokenization of the prompt."""
+        pad = self.proxy_tokenizer.pad_id if self.proxy_tokenizer.pad_id is not None else 0
+        prompts = [self.proxy_tokenizer.encode(t) for t in prompt_texts]
+        prompt_ids, prompt_mask = left_pad(prompts, bucket_length(max(map(len, prompts))), pad)
+        tokens = np.where(proxy_mask, proxy_ids, pad).astype(np.int32)
+        return _jit_scores(self.proxy, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), jnp.asarray(tokens),
+                           jnp.asarray(proxy_mask.astype(np.int32)), self.proxy_scoring, lora=False, chunk_size=128)
+
+    def __call__(self, prompt_texts: Sequence[str], completion_ids: Sequence[Sequence[int]],
+                 teacher_logprobs: jax.Array, reference_logprobs: jax.Array | None = None
+                 ) -> tuple[np.ndarray, dict[str, float]]:
+        """Calibration rewards [N] and batch metrics.
+
+        prompt_texts: N prompt strings (repeated per generation); completion_ids: N teacher token rows
+        (EOS allowed: special tokens hold no bytes); teacher_logprobs [N, C] log p_teacher of those
+        tokens (C >= every row's length); reference_logprobs [N, C] (sequence mode with
+        ``subtract_reference``).
+        """
+        width = teacher_logprobs.shape[1]
+        alignment = align_retokenized(self.teacher_tokenizer, completion_ids, self.proxy_tokenizer)
+        proxy_width = bucket_length(max(alignment.ids_b.shape[1], 1))
+        proxy_ids = _pad_to(alignment.ids_b, proxy_width, 0)
+        proxy_mask = _pad_to(alignment.mask_b, proxy_width, False)
+        proxy_lp = self.proxy_logprobs(prompt_texts, proxy_ids, proxy_mask)
+        spans = alignment.spans
+        capacity = min(width, proxy_width)
+        aligned = SpanAlignment(
+            span_ids_a=jnp.asarray(_pad_to(spans.span_ids_a, width, -1)),
+            span_ids_b=jnp.asarray(_pad_to(spans.span_ids_b, proxy_width, -1)),
+            num_spans=jnp.asarray(spans.num_spans), aligned_bytes=jnp.asarray(spans.aligned_bytes),
+            total_bytes_a=jnp.asarray(spans.total_bytes_a), total_bytes_b=jnp.asarray(spans.total_bytes_b),
+            bytes_match=jnp.asarray(spans.bytes_match), fully_aligned=jnp.asarray(spans.fully_aligned))
+        exact = _pad_to(alignment.exact_spans, capacity, False)
+        if self.mode == "sequence":
+            mask_a = _pad_to(alignment.mask_a, width, False)
+            reward = sequence_calibration_reward(
+                proxy_lp, jnp.asarray(proxy_mask), jnp.asarray(spans.total_bytes_a),
+                reference_logprobs if self.subtract_reference else None,
+                jnp.asarray(mask_a) if self.subtract_reference else None)
+            calibration = span_calibration_reward(teacher_logprobs, proxy_lp, aligned, span_weights=exact)
+        else:
+            calibration = span_calibration_reward(teacher_logprobs, proxy_lp, aligned, span_weights=exact,
+                                                  gap="alm" if self.mode == "alm" else "abs", tau=self.tau)
+            reward = calibration.reward
+        metrics = {k: float(v) for k, v in calibration_metrics(aligned, calibration).items()}
+        proxy_count = np.maximum(proxy_mask.sum(1), 1)
+        metrics["calibration/proxy_logprob_per_token"] = float(np.mean(np.asarray(proxy_lp).sum(1) / proxy_count))
+        metrics["calibration/proxy_logprob_per_byte"] = float(np.mean(
+            np.asarray(proxy_lp).sum(1) / np.maximum(spans.total_bytes_a, 1)))
+        metrics["calibration/byte_mismatches"] = float(len(alignment.mismatches))
+        return np.asarray(reward, np.float32), metrics
+
+
+def describe_verdicts(verdicts: Sequence[Verdict]) -> dict[str, Any]:
+    """Batch accuracy and unparseable rate of a list of verdicts."""
+    rewards = np.array([v.reward for v in verdicts], np.float32)
+    return {"rewards/task/mean": float(rewards.mean()) if len(rewards) else 0.0,
+            "rewards/task/unparseable": float(np.mean([v.status == "unparseable" for v in verdicts]))}
