@@ -157,6 +157,14 @@ def clean_solution(solution: str) -> str:
     return _CALC_ANNOTATION.sub("", solution).strip()
 
 
+def parse_gsm8k_row(row: Mapping[str, Any]) -> Example:
+    """A {question, answer} row, the answer being a solution that ends in "#### N"."""
+    question = require_str(row, "question")
+    solution = require_str(row, "answer")
+    return Example(prompt=question.strip(), solution=clean_solution(solution),
+                   answer=gold_from_solution(solution), meta={})
+
+
 class Gsm8kTask(Task):
     name = "gsm8k"
     hub_name = "openai/gsm8k"
@@ -166,10 +174,7 @@ class Gsm8kTask(Task):
     instruction = "Solve the problem step by step. Write the final answer as a number after '####'."
 
     def parse_row(self, row: Mapping[str, Any]) -> Example:
-        question = require_str(row, "question")
-        solution = require_str(row, "answer")
-        return Example(prompt=question.strip(), solution=clean_solution(solution),
-                       answer=gold_from_solution(solution), meta={})
+        return parse_gsm8k_row(row)
 
     def verify(self, completion: str, example: Example) -> Verdict:
         return verify_number(completion, example.answer)
