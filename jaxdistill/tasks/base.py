@@ -105,6 +105,11 @@ class Task:
         messages = [{"role": "system", "content": system}] if system else []
         return messages + [{"role": "user", "content": self.user_text(example)}]
 
+    def sample_solution(self, example: Example, rng) -> str:
+        """A solution to train on; tasks with several valid styles (arith) draw one with ``rng``
+        (a ``numpy.random.Generator``), the others return the reference solution."""
+        return example.solution
+
     # ---- scoring ----------------------------------------------------------------------------
     def verify(self, completion: str, example: Example) -> Verdict:
         raise NotImplementedError
