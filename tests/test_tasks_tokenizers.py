@@ -71,3 +71,25 @@ def test_too_large_a_vocabulary_is_a_clear_error():
         build_tokenizer(["tiny corpus 1 2 3"] * 3, vocab_size=400, split_digits=True)
     with pytest.raises(ValueError, match="must exceed"):
         build_tokenizer(["x"], vocab_size=100, split_digits=False)
+
+
+def test_pipeline_with_a_transformers_tokenizer(folders):
+    from transformers import AutoTokenizer
+
+    from jaxdistill.tasks import get_task, make_pipeline
+
+    tokenizer = AutoTokenizer.from_pretrained(folders["proxy"])
+    task = get_task("arith")
+    examples = task.load("test", limit=4)
+    plain = next(iter(make_pipeline(task, examples, tokenizer, batch_size=4, shuffle=False)))
+    chat = next(iter(make_pipeline(task, examples, tokenizer, batch_size=4, shuffle=False,
+                                   chat=True)))
+    n = plain["lengths"][0]
+    assert plain["input_ids"][0, n - 1] == tokenizer.eos_token_id
+    assert (plain["input_ids"][0, n:] == tokenizer.pad_token_id).all()
+    assert tokenizer.decode(plain["input_ids"][0, :n]) == \
+        task.format_prompt(examples[0]) + examples[0].solution + "<|endoftext|>"
+    row = chat["input_ids"][0, :chat["lengths"][0]].tolist()
+    assert tokenizer.decode(row) == tokenizer.apply_chat_template(
+        task.chat_messages(examples[0]), tokenize=False, add_generation_prompt=True
+    ) + examples[0].solution + "<|im_end|>"

@@ -3,7 +3,7 @@
     from jaxdistill.tasks import get_task
     task = get_task("gsm8k")
     examples = task.load("test", path="data/gsm8k")     # or path=None: the HF hub
-    verdict = task.verify(completion, examples[0])     # Verdict(reward, status, prediction, details)
+    verdict = task.verify(completion, examples[0])  # reward, status, prediction, details
 """
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ EVENT_PHRASES = {
     "-": ("gives away {k}", "loses {k}", "sells {k}"),
     "*": ("then has {k} times as many", "now has {k} times as many"),
 }
-QUESTIONS = ("How many {item} does {name} have now?", "How many {item} does {name} have in the end?")
+QUESTIONS = ("How many {item} does {name} have now?",
+             "How many {item} does {name} have in the end?")
 SPLITS = ("train", "test")
 TEST_FRACTION = 0.1  # share of all arithmetic chains that belong to the test split
 
@@ -262,7 +263,8 @@ class Style:
         unknown = parts - set(_FLAGS) - set(CLOSINGS[1:])
         closings = parts & set(CLOSINGS[1:])
         if unknown or len(closings) > 1:
-            raise ValueError(f"bad style name {name!r}; features: {_FLAGS}, closing: {CLOSINGS[1:]}")
+            raise ValueError(f"bad style name {name!r}; features: {_FLAGS}, "
+                             f"closing: {CLOSINGS[1:]}")
         return cls(**{flag: flag in parts for flag in _FLAGS},
                    closing=closings.pop() if closings else "none")
 
@@ -408,6 +410,9 @@ def describe(examples: Sequence[Example], tokenizer: Any = None, file: TextIO | 
     answers, styles and lengths of arith examples. ``tokenizer`` (optional, anything with
     ``encode``) adds token lengths of prompt + solution."""
     file = file or sys.stdout
+    if not examples or any("problem" not in e.meta for e in examples):
+        raise ValueError("describe() needs generated arith examples (ArithTask.load without a "
+                         "path), which carry their problem in meta")
     problems = [e.meta["problem"] for e in examples]
     styles = [Style.from_name(e.meta["style"]) for e in examples]
     answers = [p.answer for p in problems]
@@ -418,7 +423,8 @@ def describe(examples: Sequence[Example], tokenizer: Any = None, file: TextIO | 
         "ops": dict(Counter(s.op for p in problems for s in p.steps())),
         "answers": {"min": min(answers), "median": statistics.median(answers),
                     "max": max(answers), "distinct": len(set(answers)),
-                    "1-9": sum(a < 10 for a in answers), "10-99": sum(10 <= a < 100 for a in answers),
+                    "1-9": sum(a < 10 for a in answers),
+                    "10-99": sum(10 <= a < 100 for a in answers),
                     "100+": sum(a >= 100 for a in answers)},
         "style_features": {flag: sum(getattr(s, flag) for s in styles) / len(styles)
                            for flag in _FLAGS},

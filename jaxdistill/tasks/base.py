@@ -2,8 +2,8 @@
 
 calibrate / distill / evaluate only ever touch these names:
 
-- ``Example``: one problem (``prompt``), its reference ``solution`` text for SFT, the gold ``answer``
-  and task-specific ``meta`` (choices, aliases, instruction ids, the arith problem, ...).
+- ``Example``: one problem (``prompt``), its reference ``solution`` text for SFT, the gold
+  ``answer`` and task-specific ``meta`` (choices, aliases, instruction ids, the arith problem, ...).
 - ``Task.format_prompt(example)`` (plain text) and ``Task.chat_messages(example)`` (for a chat
   template) say how the problem is shown to a model; the completion follows the prompt.
 - ``Task.verify(completion, example) -> Verdict``: ``reward`` in [0, 1], a parse ``status`` and

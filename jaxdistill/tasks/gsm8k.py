@@ -62,7 +62,7 @@ def numbers_in(text: str) -> list[float]:
 
 
 def first_number(text: str) -> float | None:
-    """The first number in ``text``; a whole-string fraction ``a/b`` (or ``\\frac{a}{b}``) is a/b."""
+    """The first number in ``text``; a whole-string fraction ``a/b`` or ``\\frac{a}{b}`` is a/b."""
     text = normalize_number_text(text).strip().rstrip(".").strip()
     fraction = _FRACTION.match(text.replace(" ", "").replace(",", ""))
     if fraction and float(fraction.group(2)) != 0:

@@ -229,5 +229,4 @@ def make_pipeline(task: Task, examples: Sequence[Example], tokenizer: Any, *, mo
                                                 padding_side=padding_side,
                                                 with_loss_mask=mode == "sft"))
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                prefetch_buffer_size=4 * max(num_threads, 1)
-                                                if num_threads else 0))
+                                                prefetch_buffer_size=4 * num_threads))

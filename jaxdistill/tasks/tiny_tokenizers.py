@@ -109,8 +109,9 @@ def save_hf_folder(tokenizer, out_dir: str | Path, model_max_length: int = 256) 
     return out
 
 
-def train_tiny_tokenizers(out_dir: str | Path, *, specs: Sequence[TinyTokenizerSpec] = DEFAULT_SPECS,
-                          seed: int = 0, n_problems: int = 2000, difficulty: int = 2,
+def train_tiny_tokenizers(out_dir: str | Path, *,
+                          specs: Sequence[TinyTokenizerSpec] = DEFAULT_SPECS, seed: int = 0,
+                          n_problems: int = 2000, difficulty: int = 2,
                           model_max_length: int = 256) -> dict[str, Path]:
     """Train one tokenizer per spec on the arith corpus; return {spec name: folder}.
 
