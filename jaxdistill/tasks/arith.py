@@ -1,7 +1,7 @@
 """arith: a procedural GSM8K-format task small enough for a tiny transformer (DESIGN.md section 6).
 
 A problem is a short story over one running count: a start ("Ann has 12 apples." or "Ann has 3
-bags with 4 apples in each.") then 1-3 events that add, take away or multiply ("She gets 5 more.",
+bags with 4 apples in each.") then events that add, take away or multiply ("She gets 5 more.",
 "She sells 3.", "She then has 2 times as many."), and a question. Every problem has 2-4
 arithmetic steps (the bags start is a step: 3*4=12) over small numbers; totals stay in
 [2, max_answer].
@@ -66,6 +66,9 @@ class ArithConfig:
                              f"{self.min_steps}..{self.max_steps}")
         if self.max_number < 4 or self.max_factor < 2 or self.max_answer < 2 * self.max_number:
             raise ValueError(f"numbers too small to build problems: {self}")
+        if self.p_bags > 0 and self.max_factor * (self.max_number // 2) > self.max_answer:
+            raise ValueError(f"bags of up to {self.max_factor} x {self.max_number // 2} exceed "
+                             f"max_answer={self.max_answer}")
 
 
 DIFFICULTIES = {
