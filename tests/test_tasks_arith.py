@@ -1,0 +1,138 @@
+"""arith: determinism, disjoint splits, every style correct and verified, the difficulty knob."""
+import io
+import re
+
+import numpy as np
+import pytest
+
+from jaxdistill.tasks import OK, Style, describe, generate_problems, get_task, list_styles, \
+    render_solution, solutions
+from jaxdistill.tasks.arith import DIFFICULTIES, ArithConfig, sample_style, split_of
+from jaxdistill.tasks.gsm8k import verify_number
+
+
+def test_generation_is_deterministic_and_prefix_stable():
+    first = generate_problems(200, split="train", seed=3)
+    assert first == generate_problems(200, split="train", seed=3)
+    assert generate_problems(50, split="train", seed=3) == first[:50]
+    assert first != generate_problems(200, split="train", seed=4)
+    a = get_task("arith", seed=3).load("test", limit=100)
+    b = get_task("arith", seed=3).load("test", limit=100)
+    assert [(e.prompt, e.solution) for e in a] == [(e.prompt, e.solution) for e in b]
+
+
+def test_train_and_test_share_no_arithmetic_even_across_seeds():
+    train = generate_problems(3000, split="train", seed=0)
+    test = generate_problems(300, split="test", seed=1)
+    assert len(set(train)) == 3000 and len(set(test)) == 300
+    assert not {p.arithmetic_key() for p in train} & {p.arithmetic_key() for p in test}
+    assert {split_of(p) for p in train} == {"train"} and {split_of(p) for p in test} == {"test"}
+
+
+_EQUATION = re.compile(r"(\d+(?: ?[-+*/] ?\d+)+) ?= ?(\d+)")
+
+
+def _left_to_right(expression: str) -> float:
+    tokens = re.findall(r"\d+|[-+*/]", expression)
+    value = float(tokens[0])
+    for op, number in zip(tokens[1::2], tokens[2::2]):
+        value = {"+": value + int(number), "-": value - int(number), "*": value * int(number),
+                 "/": value / int(number)}[op]
+    return value
+
+
+@pytest.mark.parametrize("difficulty", sorted(DIFFICULTIES))
+def test_every_style_is_arithmetically_true_and_verifies(difficulty):
+    task = get_task("arith", difficulty=difficulty)
+    styles = list_styles()
+    assert len(styles) == 192 and len({s.name for s in styles}) == 192
+    for example in task.load("test", limit=12):
+        problem = example.meta["problem"]
+        assert 2 <= problem.n_steps <= 4
+        for name, text in solutions(problem).items():
+            assert text.endswith(f"#### {problem.answer}")
+            assert verify_number(text, example.answer).reward == 1.0, name
+            equations = _EQUATION.findall(text)
+            assert len(equations) >= 2 - ("merge" in name)
+            for expression, result in equations:
+                assert _left_to_right(expression) == int(result), (name, text)
+
+
+def test_styles_differ_and_round_trip_by_name():
+    problem = generate_problems(1, split="train", seed=0)[0]
+    texts = solutions(problem)
+    assert len(set(texts.values())) > 100  # merge can coincide with plain on some problems
+    for style in list_styles():
+        assert Style.from_name(style.name) == style
+    assert solutions(problem, "words+check+answer") == {
+        "words+check+answer": render_solution(problem, Style(words=True, check=True,
+                                                             closing="answer"))}
+    with pytest.raises(ValueError, match="bad style name"):
+        Style.from_name("words+loud")
+
+
+def test_style_features_render_as_described():
+    problem = generate_problems(1, split="train", seed=0)[0]
+    plain = render_solution(problem, Style())
+    assert all(_EQUATION.fullmatch(line) for line in plain.splitlines()[:-1])
+    assert " = " in render_solution(problem, Style(spaced=True))
+    assert "check: " in render_solution(problem, Style(check=True))
+    assert render_solution(problem, Style(restate=True)).startswith(f"{problem.name} starts with")
+    assert f"The answer is {problem.answer}." in render_solution(problem, Style(closing="answer"))
+    assert f"So {problem.name} has" in render_solution(problem, Style(closing="summary"))
+    assert ", so " in render_solution(problem, Style(words=True))
+
+
+def test_difficulty_knob_changes_steps_and_numbers():
+    easy = generate_problems(300, split="train", difficulty=1)
+    hard = generate_problems(300, split="train", difficulty=3)
+    assert {p.n_steps for p in easy} == {2} and {p.n_steps for p in hard} == {2, 3, 4}
+    assert max(p.answer for p in easy) <= 100 < max(p.answer for p in hard)
+    custom = generate_problems(50, split="train", difficulty=ArithConfig(min_steps=4, max_steps=4))
+    assert {p.n_steps for p in custom} == {4}
+    with pytest.raises(ValueError, match="unknown arith difficulty"):
+        generate_problems(5, difficulty=9)
+
+
+def test_running_totals_stay_in_range():
+    config = DIFFICULTIES[2]
+    for problem in generate_problems(500, split="train", seed=5):
+        assert all(2 <= step.result <= config.max_answer for step in problem.steps())
+
+
+def test_gold_examples_verify_and_sampled_solutions_vary():
+    task = get_task("arith")
+    examples = task.load("train", limit=300)
+    assert all(task.verify(e.solution, e).reward == 1.0 for e in examples)
+    assert all(task.verify(e.solution, e).status == OK for e in examples)
+    assert len({e.meta["style"] for e in examples}) > 100
+    rng = np.random.default_rng(0)
+    drawn = {task.sample_solution(examples[0], rng) for _ in range(30)}
+    assert len(drawn) > 10
+    assert all(task.verify(text, examples[0]).reward == 1.0 for text in drawn)
+    assert len({sample_style(np.random.default_rng(i)).name for i in range(400)}) > 100
+
+
+def test_texts_are_short_and_the_distribution_is_printed(capsys):
+    examples = get_task("arith").load("test")
+    out = io.StringIO()
+    summary = describe(examples, file=out)
+    assert summary["n"] == 500 and set(summary["steps"]) == {2, 3}
+    assert 40 <= summary["words"]["mean"] <= 90 and summary["words"]["max"] <= 100
+    assert summary["distinct_solutions_per_problem"] > 100
+    assert all(0.35 < share < 0.65 for share in summary["style_features"].values())
+    with capsys.disabled():
+        print("\narith distribution (difficulty 2, test split):\n" + out.getvalue())
+
+
+def test_loading_a_saved_jsonl_copy(tmp_path):
+    import json
+
+    task = get_task("arith")
+    examples = task.load("test", limit=5)
+    file = tmp_path / "arith.jsonl"
+    file.write_text("".join(json.dumps({"question": e.prompt, "answer": e.solution}) + "\n"
+                            for e in examples))
+    loaded = task.load("test", file)
+    assert [(e.prompt, e.answer) for e in loaded] == [(e.prompt, e.answer) for e in examples]
+    assert task.sample_solution(loaded[0], np.random.default_rng(0)) == loaded[0].solution
