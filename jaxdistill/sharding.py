@@ -23,6 +23,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxdistill.config import option
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
@@ -44,15 +46,18 @@ LOGICAL_RULES: dict[str, Any] = {
 class MeshConfig:
     """Shape of the device mesh; one axis may be -1 to take all remaining devices."""
 
-    data: int = 1  # data-parallel replicas
-    fsdp: int = -1  # parameter + batch sharding (-1: all devices not used by data and tensor)
-    tensor: int = 1  # tensor-parallel width (heads, MLP width, vocabulary)
+    data: int = option(1, "data-parallel replicas (batch rows; parameters replicated)")
+    fsdp: int = option(-1, "parameter + batch sharding (-1: all devices not used by data and tensor)")
+    tensor: int = option(1, "tensor-parallel width (attention heads, MLP width, vocabulary)")
+    num_devices: int = option(-1, "use the first N devices (-1: all)")
 
 
 def make_mesh(config: MeshConfig | None = None, devices=None) -> Mesh:
-    """A ``Mesh`` with axes (data, fsdp, tensor) over ``devices`` (default: all devices)."""
+    """A ``Mesh`` with axes (data, fsdp, tensor) over ``devices`` (default: all, or the first num_devices)."""
     config = config or MeshConfig()
-    devices = np.asarray(devices if devices is not None else jax.devices())
+    if devices is None:
+        devices = jax.devices() if config.num_devices == -1 else jax.devices()[:config.num_devices]
+    devices = np.asarray(devices)
     sizes = [config.data, config.fsdp, config.tensor]
     if sizes.count(-1) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
