@@ -175,9 +175,12 @@ def main() -> None:
     ids_a = [row[mask].tolist() for row, mask in zip(alignment.ids_a, alignment.mask_a)]
     host_seconds = median_seconds(lambda: align_retokenized(tokenizer_a, ids_a, tokenizer_b), 3)
 
-    print(f"vectorised align_spans + span_logprobs (jit): {vector_seconds * 1e3:8.2f} ms  {tokens / vector_seconds / 1e6:8.2f} M tokens/s")
-    print(f"vectorised align_spans alone (jit):           {spans_seconds * 1e3:8.2f} ms  {tokens / spans_seconds / 1e6:8.2f} M tokens/s")
-    print(f"reference loop (align_spans_loop):            {loop_seconds * 1e3:8.2f} ms  {tokens / loop_seconds / 1e6:8.2f} M tokens/s")
+    for label, seconds in [
+        ("vectorised align_spans + span_logprobs (jit)", vector_seconds),
+        ("vectorised align_spans alone (jit)", spans_seconds),
+        ("reference loop (align_spans_loop)", loop_seconds),
+    ]:
+        print(f"{label:46s} {seconds * 1e3:8.2f} ms  {tokens / seconds / 1e6:8.2f} M tokens/s")
     print(f"speed-up over the loop: {loop_seconds / vector_seconds:.0f}x (goal >= 10x)")
     print(f"host re-tokenize + byte diff + align (align_retokenized): {host_seconds * 1e3:.1f} ms (for information)")
 

@@ -94,7 +94,8 @@ class Tokenizer:
         if "ByteLevel" in decoder_types:
             self.kind = "byte_level"
         elif "Metaspace" in decoder_types or (
-            "Replace" in decoder_types and _SENTENCEPIECE_SPACE in json.dumps(spec.get("decoder"), ensure_ascii=False)
+            "Replace" in decoder_types
+            and _SENTENCEPIECE_SPACE in json.dumps(spec.get("decoder"), ensure_ascii=False)
         ):
             self.kind = "sentencepiece"
         else:
