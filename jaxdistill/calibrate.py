@@ -45,6 +45,7 @@ class CalibrateConfig:
     teacher_tokenizer: str | None = option(None, "tokenizer folder of the teacher (default: the teacher folder)")
     proxy_tokenizer: str | None = option(None, "tokenizer folder of the proxy (default: the proxy folder)")
     task: str = option("arith", "task name: gsm8k, math500, csqa, nq_open, ifeval or arith")
+    task_options: tuple[str, ...] = option((), "key=value options for the task, e.g. [difficulty=2] for arith")
     data_path: str | None = option(None, "local JSONL/parquet file or folder for the task (default: the HF hub)")
     train_split: str = option("train", "split the prompts are drawn from")
     eval_split: str = option("test", "split held-out accuracy is measured on")

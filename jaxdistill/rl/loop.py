@@ -20,7 +20,7 @@ from jaxdistill.rl.advantages import combined_advantages, zero_variance_group_fr
 from jaxdistill.rl.cluster import Cluster
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.rewards import CalibrationScorer, _jit_scores, describe_verdicts, plain_scoring, task_rewards
-from jaxdistill.tasks import get_task
+from jaxdistill.tasks import get_task, parse_task_options
 from jaxdistill.tasks.pipeline import make_pipeline, prompt_text
 from jaxdistill.training import (Checkpointer, MetricsLogger, StepTimer, TooManyBadSteps, bad_step_counts,
                                  make_optimizer)
@@ -59,7 +59,7 @@ class CalibrationRun:
                                     teacher_tokenizer=c.teacher_tokenizer, proxy_tokenizer=c.proxy_tokenizer,
                                     seed=c.seed)
         tok = self.cluster.teacher_tokenizer
-        self.task = get_task(c.task)
+        self.task = get_task(c.task, **parse_task_options(c.task_options))
         self.train_examples = self.task.load(c.train_split, c.data_path)
         self.eval_examples = self.task.load(c.eval_split, c.data_path, limit=c.eval_prompts)
         self.pad_id = tok.pad_id if tok.pad_id is not None else tok.eos_id
