@@ -35,7 +35,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxdistill.config import option
+from jaxdistill.config import ConfigError, option
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,13 @@ class DistributedConfig:
         None, "accelerators this process drives (default: JAX's; SLURM on GPUs: one per task, so a "
               "one-process-per-node launch lists them all, e.g. [0,1,2,3,4,5,6,7])")
     initialization_timeout: int = option(300, "seconds to wait for every process to join")
+
+    def __post_init__(self):
+        # YAML 1.1 reads a bare `off` as false, which the config loader then turns into "False".
+        if str(self.mode).lower() in ("false", "no"):
+            self.mode = "off"
+        if self.mode not in MODES:
+            raise ConfigError(f"distributed.mode must be one of {MODES}, got {self.mode!r}")
 
 
 def _env_int(name: str) -> int | None:
