@@ -41,6 +41,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh
 
 from jaxdistill.config import ConfigError, load_config
+from jaxdistill.generation.sampler import bucket_length
 from jaxdistill.models.config import LoraConfig, QwenConfig, as_dtype
 from jaxdistill.models.lora import LoraParam
 from jaxdistill.models.qwen import Qwen
@@ -111,19 +112,26 @@ def per_device_bytes(shape: tuple[int, ...], dtype, logical_axes: tuple[str | No
     return elements * np.dtype(dtype).itemsize
 
 
-def _state_bytes(state: nnx.State, mesh: AbstractMesh) -> tuple[int, int]:
-    """(per-device bytes, total bytes) of the variables of an abstract state."""
+def _state_bytes(state: nnx.State, mesh: AbstractMesh, layer_copies: int = 1) -> tuple[int, int]:
+    """(per-device bytes, total bytes) of the variables of an abstract state; variables under
+    ``layers`` count ``layer_copies`` times (see ``_one_layer_model``)."""
     per_device = total = 0
-    for _, var in nnx.to_flat_state(state):
+    for path, var in nnx.to_flat_state(state):
         value = var.get_value()
         axes = var.get_metadata().get("logical_axes")
-        per_device += per_device_bytes(value.shape, value.dtype, axes, mesh)
-        total += math.prod(value.shape) * np.dtype(value.dtype).itemsize
+        copies = layer_copies if path[0] == "layers" else 1
+        per_device += copies * per_device_bytes(value.shape, value.dtype, axes, mesh)
+        total += copies * math.prod(value.shape) * np.dtype(value.dtype).itemsize
     return per_device, total
 
 
-def _abstract_model(config: QwenConfig, lora: LoraConfig | None) -> Qwen:
-    return nnx.eval_shape(lambda: Qwen(config, rngs=nnx.Rngs(0), lora=lora))
+def _one_layer_model(config: QwenConfig, lora: LoraConfig | None) -> Qwen:
+    """The abstract model (shapes, dtypes, logical axes; nothing allocated) with one decoder layer.
+
+    Every layer of a Qwen has the same variables, so one stands for all of them; tracing all 36
+    layers of an 8B model would take seconds for the same answer."""
+    one_layer = dataclasses.replace(config, num_hidden_layers=1)
+    return nnx.eval_shape(lambda: Qwen(one_layer, rngs=nnx.Rngs(0), lora=lora))
 
 
 # ---- the plan -------------------------------------------------------------------------------------
@@ -197,10 +205,12 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
     items: list[PlanItem] = []
 
     # -- static: weights, adapters, optimizer --
-    teacher = _abstract_model(teacher_cfg, lora)
-    base_dev, base_total = _state_bytes(nnx.state(teacher, nnx.Not(LoraParam)), mesh)
-    lora_state = nnx.state(teacher, LoraParam)
-    lora_dev, lora_total = _state_bytes(lora_state, mesh)
+    layers = teacher_cfg.num_hidden_layers
+    teacher = _one_layer_model(teacher_cfg, lora)
+    base_dev, base_total = _state_bytes(nnx.state(teacher, nnx.Not(LoraParam)), mesh, layers)
+    lora_state = nnx.state(teacher, LoraParam)  # one layer's adapters: the optimizer state mirrors them
+    lora_dev, lora_total = _state_bytes(lora_state, mesh, layers)
+    one_layer_lora_total = _state_bytes(lora_state, mesh)[1]
     items.append(PlanItem("static", "teacher weights", base_dev, True,
                           f"{base_total / GIB:.2f} GiB in all, {dtype}"))
     items.append(PlanItem("static", "teacher LoRA adapters", lora_dev, True,
@@ -210,13 +220,13 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
     optimizer = make_optimizer(config.learning_rate, config.max_steps, max_grad_norm=config.max_grad_norm or None)
     opt_abstract = jax.eval_shape(optimizer.init, lora_state)
     opt_leaves = jax.tree.leaves(opt_abstract)
-    moment_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in opt_leaves if x.ndim > 0)
+    mirrors = sum(math.prod(x.shape) * x.dtype.itemsize for x in opt_leaves if x.ndim > 0) / one_layer_lora_total
     scalar_bytes = sum(x.dtype.itemsize for x in opt_leaves if x.ndim == 0)
-    optimizer_dev = round(moment_bytes * lora_dev / max(lora_total, 1)) + scalar_bytes  # moments mirror LoRA
+    optimizer_dev = round(mirrors * lora_dev) + scalar_bytes  # the moments mirror the adapters and their sharding
     items.append(PlanItem("static", "AdamW state", optimizer_dev, True,
-                          f"{moment_bytes / max(lora_total, 1):.0f}x LoRA (mu, nu) + counters"))
-    proxy = _abstract_model(proxy_cfg, None)
-    proxy_dev, proxy_total = _state_bytes(nnx.state(proxy), mesh)
+                          f"{mirrors:.0f}x LoRA (mu, nu) + counters"))
+    proxy_dev, proxy_total = _state_bytes(nnx.state(_one_layer_model(proxy_cfg, None)), mesh,
+                                          proxy_cfg.num_hidden_layers)
     items.append(PlanItem("static", "proxy weights", proxy_dev, True, f"{proxy_total / GIB:.2f} GiB in all"))
 
     # -- generation: the teacher's KV cache --
@@ -224,7 +234,9 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
     eval_rows = min(config.eval_prompts, 64)  # greedy_accuracy generates 64 prompts at a time
     rows = max(rollout_rows, eval_rows)
     rows_padded = math.ceil(rows / batch_shards) * batch_shards  # generate() pads rows to divide
-    length = config.max_prompt_length + config.max_completion_length
+    # prompts are left-padded to a power-of-two bucket (at most max_prompt_length for rollouts; evaluation
+    # prompts may use the bucket above it), then max_completion_length slots follow
+    length = bucket_length(config.max_prompt_length) + config.max_completion_length
     kv = teacher_cfg.num_key_value_heads
     kv_shape = (rows_padded, length, kv, teacher_cfg.head_dim)
     one_layer = per_device_bytes(kv_shape, as_dtype(dtype), ("batch", "length", "kv_heads", "head_dim"), mesh)
