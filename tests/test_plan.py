@@ -110,3 +110,10 @@ def test_unknown_model_is_a_clear_error(capsys):
     err = capsys.readouterr().err
     assert "huggingface-cli download someone/unknown-model config.json" in err
     assert set(PUBLISHED_CONFIGS) >= {"Qwen/Qwen3-8B", "Qwen/Qwen3-0.6B", "Qwen/Qwen2.5-0.5B-Instruct"}
+
+
+def test_docs_show_the_plan_the_code_prints(capsys):
+    """docs/scale.md quotes the 8B plan; it must be what the CLI prints today."""
+    main(["--config", str(REPO / "configs" / "qwen3_8b_gsm8k.yaml"), "--devices", "16", "--device-memory-gib", "95"])
+    printed = capsys.readouterr().out.strip()
+    assert printed in (REPO / "docs" / "scale.md").read_text()
