@@ -127,3 +127,11 @@ def test_the_cross_family_proxy_config_differs_only_in_the_proxy():
     base = load_config(CalibrateConfig, REPO / "configs" / "qwen3_8b_gsm8k.yaml")
     differing = {k for k, v in vars(base).items() if getattr(cross, k) != v}
     assert differing == {"proxy", "output_dir"}
+
+
+def test_hub_name_not_downloaded_says_how_to_fetch_it(tmp_path, monkeypatch):
+    from jaxdistill.models import load_model
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="huggingface-cli download Qwen/Qwen3-8B --local-dir Qwen/Qwen3-8B"):
+        load_model("Qwen/Qwen3-8B")

@@ -83,7 +83,11 @@ def read_config(path: str | Path) -> tuple[Path, dict]:
     """The checkpoint folder and its parsed ``config.json`` (with clear errors)."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {folder} does not exist")
+        hint = ""
+        if len(folder.parts) == 2 and not str(path).startswith((".", "/", "~")):  # looks like a hub repo id
+            hint = (f"; to use the hub model {path}, download it first: "
+                    f"huggingface-cli download {path} --local-dir {path}")
+        raise FileNotFoundError(f"model folder {folder} does not exist{hint}")
     cfg_file = folder / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{folder} has no config.json; point to an HF model folder "
