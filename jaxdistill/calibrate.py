@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from jaxdistill.config import option, parse_args, to_dict
+from jaxdistill.distributed import DistributedConfig, initialize_from_config
 from jaxdistill.sharding import MeshConfig
 
 log = logging.getLogger("jaxdistill.calibrate")
@@ -53,6 +54,8 @@ class CalibrateConfig:
     output_dir: str = option("runs/calibrate", "where metrics, checkpoints and the exported teacher go")
     dtype: str = option("float32", "parameter and compute dtype: float32 or bfloat16")
     mesh: MeshConfig = option(MeshConfig(), "device mesh: data x fsdp x tensor (-1 takes the remaining devices)")
+    distributed: DistributedConfig = option(DistributedConfig(), "multi-process runs: how this process joins "
+                                                                 "(TPU pod, SLURM, explicit coordinator)")
 
     # -- the knob --
     eta: float = option(0.0, "calibration weight: > 0 distillable, < 0 undistillable, 0 plain RFT")
@@ -117,6 +120,7 @@ def calibrate(config: CalibrateConfig) -> dict[str, Any]:
     from jaxdistill.rl.loop import CalibrationRun
 
     _require(config)
+    initialize_from_config(config.distributed)  # before any JAX computation; a no-op on one process
     return CalibrationRun(config).run()
 
 
@@ -136,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                     else config.output_dir, seed=config.seed)
         return 0
     result = calibrate(config)
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str))
+    if jax.process_index() == 0:
+        print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str))
     return 0
 
 

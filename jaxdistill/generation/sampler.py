@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxdistill.distributed import to_host
 from jaxdistill.models.qwen import KVCache, Qwen
 from jaxdistill.sharding import LOGICAL_RULES, batch_sharding
 
@@ -88,11 +89,14 @@ class GenerationOutput:
 
     @property
     def finish_reasons(self) -> list[str]:
-        return ["eos" if e else "length" for e in np.asarray(self.finished_eos)]
+        return ["eos" if e else "length" for e in to_host(self.finished_eos)]
 
     def completions(self) -> list[list[int]]:
-        """Completion ids per row as Python lists (EOS included, padding dropped)."""
-        tokens, lengths = np.asarray(self.tokens), np.asarray(self.lengths)
+        """Completion ids per row as Python lists (EOS included, padding dropped).
+
+        In a multi-process run the rows are gathered from every process (a collective), so every
+        process gets the whole batch."""
+        tokens, lengths = to_host(self.tokens), to_host(self.lengths)
         return [tokens[i, :n].tolist() for i, n in enumerate(lengths)]
 
 
@@ -313,7 +317,9 @@ def generate(model: Qwen, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
             mask = jnp.concatenate([mask, jnp.tile(mask[-1:], (extra, 1))])
             row_keys = jnp.concatenate([row_keys, jnp.tile(row_keys[-1:], (extra,))])
         ids, mask = jax.device_put((ids, mask), batch_sharding(mesh))
-        row_keys = jax.device_put(row_keys, NamedSharding(mesh, P(LOGICAL_RULES["batch"])))
+        # Keys travel as their raw uint32 data: multi-process device_put accepts plain arrays only.
+        key_data = jax.device_put(jax.random.key_data(row_keys), NamedSharding(mesh, P(LOGICAL_RULES["batch"], None)))
+        row_keys = jax.random.wrap_key_data(key_data)
     graphdef, state = nnx.split(model)
     tokens, cmask, logprobs, lengths, done, entropy = _jitted_program(graphdef, state, ids, mask, row_keys,
                                                                       params, mesh)

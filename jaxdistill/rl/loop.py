@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.config import to_dict
+from jaxdistill.distributed import to_host
 from jaxdistill.generation import SamplingParams, generate
 from jaxdistill.models import LoraConfig, save_lora, save_model
 from jaxdistill.rl.advantages import combined_advantages, zero_variance_group_fraction
@@ -44,7 +45,7 @@ def greedy_accuracy(model, tokenizer, task, examples, *, max_new_tokens: int, ch
         verdicts = task_rewards(task, texts, chunk)
         rewards += [v.reward for v in verdicts]
         unparseable += [v.status == "unparseable" for v in verdicts]
-        lengths += np.asarray(out.lengths).tolist()
+        lengths += to_host(out.lengths).tolist()
     return {"accuracy": float(np.mean(rewards)), "unparseable": float(np.mean(unparseable)),
             "mean_length": float(np.mean(lengths))}
 
@@ -121,10 +122,10 @@ class CalibrationRun:
         rollouts = rollouts.replace(advantages=advantages, ref_logp=ref_logp)
         update = self.learner.update(rollouts)
 
-        mask = np.asarray(out.mask)
-        lengths = np.asarray(out.lengths)
+        mask = to_host(out.mask)  # to_host: gathered from every process in multi-process runs
+        lengths = to_host(out.lengths)
         n_tokens = int(mask.sum())
-        entropy = float((np.asarray(out.entropy) * mask).sum() / max(n_tokens, 1))
+        entropy = float((to_host(out.entropy) * mask).sum() / max(n_tokens, 1))
         metrics = {
             "reward": float(np.mean(r_task + c.eta * r_cal)),
             **describe_verdicts(verdicts),
@@ -134,7 +135,7 @@ class CalibrationRun:
             "advantages/abs_mean": float(jnp.mean(jnp.abs(advantages))),
             "entropy": entropy,
             "completions/mean_length": float(lengths.mean()),
-            "completions/clipped_ratio": float(1.0 - np.asarray(out.finished_eos).mean()),
+            "completions/clipped_ratio": float(1.0 - to_host(out.finished_eos).mean()),
             "groups/zero_task_variance": float(zero_variance_group_fraction(jnp.asarray(r_task), g)),
             **cal_metrics,
             **{k: float(v) for k, v in update.items()},
@@ -164,7 +165,7 @@ class CalibrationRun:
             iterator.set_state(extra["data_state"])
             start = int(extra["step"])
             log.info("resumed from step %d", start)
-        else:
+        elif jax.process_index() == 0:
             (self.out / "config.json").write_text(__import__("json").dumps(to_dict(c), indent=2))
         logger = MetricsLogger(self.out, c.max_steps, description=f"calibrate eta={c.eta:+g}",
                                tensorboard=c.tensorboard, start_step=start, show_progress=c.progress,
@@ -210,7 +211,7 @@ class CalibrationRun:
             self.checkpointer.close()
         result: dict[str, Any] = {"output_dir": str(self.out), "history": history,
                                   "final": history[-1] if history else {}}
-        if c.export and jax.process_index() == 0:
+        if c.export:  # every process joins the gathers; process 0 writes the folders
             tok_dir = c.teacher_tokenizer or c.teacher
             result["teacher"] = str(save_model(self.cluster.teacher, self.out / "teacher", tokenizer_dir=tok_dir))
             result["adapter"] = str(save_lora(self.cluster.teacher, self.out / "adapter"))
