@@ -282,6 +282,20 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return _load_cached(str(folder), stamps)
 
 
+_GENERIC_TOKENIZER_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
+
+
+def _declares_generic_class(folder: Path) -> bool:
+    """Whether ``tokenizer_config.json`` names the generic fast tokenizer class (no model-specific one)."""
+    config = folder / "tokenizer_config.json"
+    if not config.exists():
+        return False
+    try:
+        return json.loads(config.read_text()).get("tokenizer_class") in _GENERIC_TOKENIZER_CLASSES
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
 @functools.lru_cache(maxsize=16)
 def _load_cached(folder_str: str, stamps: tuple[tuple[str, int], ...]) -> Tokenizer:
     folder = Path(folder_str)
@@ -307,7 +321,13 @@ def _load_cached(folder_str: str, stamps: tuple[tuple[str, int], ...]) -> Tokeni
 
     import transformers
 
-    if has_config or source != "vocab.json+merges.txt":
+    if source == "tokenizer.json" and _declares_generic_class(folder):
+        # A model folder also holds config.json, and transformers 5's AutoTokenizer then picks the class
+        # registered for its model_type (qwen2 -> Qwen2Tokenizer), which rebuilds the normalizer and
+        # pre-tokenizer from Qwen's defaults: a custom tokenizer.json (e.g. merged digits) would silently
+        # split text differently. A folder that declares the generic class gets exactly its tokenizer.json.
+        hf = transformers.PreTrainedTokenizerFast.from_pretrained(folder)
+    elif has_config or source != "vocab.json+merges.txt":
         hf = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     else:
         # No config to name a class: vocab.json + merges.txt is GPT-2's byte-level BPE layout.

@@ -1,0 +1,299 @@
+"""Distilling a student: the config, the training loop, checkpoints and the final export.
+
+    student (+ LoRA), teacher <- load_model(...)
+    for step in range(start, max_steps):
+        batch   = BatchMaker(step)          # prompts; gold / teacher / student completions; alignment
+        metrics = learner.step(batch)       # one optimizer step (non-finite steps skipped and counted)
+        log metrics; checkpoint every save_steps
+    save_model(student, output_dir/model, tokenizer_dir=student tokenizer)
+
+Objectives (``objective=``):
+
+- ``sft``: the student learns the gold solutions (negative log-likelihood).
+- ``seqkd``: the student learns teacher samples (negative log-likelihood); ``seqkd_only_correct`` keeps
+  only samples the task verifier accepts.
+- ``kd``: teacher-forced token-level KD on teacher samples: ``divergence`` (forward_kl, reverse_kl or
+  jsd with ``beta``), ``temperature``, ``top_k``. One tokenizer: per-token distributions on the shared
+  real vocabulary. Two tokenizers: span-aligned likelihood matching.
+- ``gkd``: on-policy distillation as TRL's GKD: a fraction ``lmbda`` of each step's sequences is sampled
+  by the student, the rest are teacher samples (or gold, ``off_policy_data=gold``); the teacher scores
+  them all with the same divergence (default generalized JSD, beta 0.5).
+
+Run folder (``output_dir``): ``config.yaml``, ``metrics.jsonl`` (+ ``tensorboard/``), ``checkpoints/``,
+``model/`` (the final student, LoRA merged, with its tokenizer files) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import yaml
+from flax import nnx
+
+from jaxdistill.config import option, to_dict
+from jaxdistill.distill.data import OBJECTIVES, BatchMaker, BatchRecipe, Side, same_tokenizer
+from jaxdistill.distill.learner import StudentLearner
+from jaxdistill.distill.objectives import LossSettings
+from jaxdistill.models import LoraConfig, Qwen, load_model, save_model
+from jaxdistill.models.hf_io import read_config
+from jaxdistill.models.config import QwenConfig
+from jaxdistill.tasks import get_task, list_tasks
+from jaxdistill.tokenizer import load_tokenizer
+from jaxdistill.training import (Checkpointer, MetricsLogger, StepTimer, TooManyBadSteps, bad_step_counts,
+                                 make_optimizer)
+
+log = logging.getLogger(__name__)
+
+DIVERGENCES = ("auto", "forward_kl", "reverse_kl", "jsd")
+TOKEN_ALIGNMENTS = ("auto", "token", "span")
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    """Every option of ``python -m jaxdistill.distill`` (YAML keys or ``key=value`` overrides)."""
+
+    # models and tokenizers
+    student: str = option("", "HF folder of the student (its architecture and starting weights)")
+    teacher: str = option("", "HF folder of the teacher (needed by seqkd, kd, gkd; unused by sft)")
+    student_tokenizer: str = option("", "tokenizer folder of the student; empty = the student folder")
+    teacher_tokenizer: str = option("", "tokenizer folder of the teacher; empty = the teacher folder")
+    student_init: str = option("weights", "weights = start from the student's weights; random = a fresh seeded "
+                                          "initialisation of its architecture (a student trained from scratch)")
+    dtype: str = option("float32", "parameter and compute dtype: float32 | bfloat16")
+    # data
+    task: str = option("arith", "task name: " + " | ".join(list_tasks()))
+    task_options: tuple[str, ...] = option((), "key=value options for the task constructor, e.g. [difficulty=1]")
+    data_path: str = option("", "local data file or folder for the task; empty = generated (arith) or the HF hub")
+    split: str = option("train", "split whose prompts (and gold solutions) are trained on")
+    train_limit: int = option(0, "use only the first N examples of the split (0 = all)")
+    chat: bool = option(False, "render prompts with the tokenizer's chat template (completions end with "
+                               "<|im_end|>)")
+    resample_solutions: bool = option(True, "sft: draw a fresh valid solution style each time an example is read "
+                                            "(arith); false = the example's own solution")
+    # objective
+    objective: str = option("sft", "sft (gold solutions) | seqkd (teacher samples) | kd (token-level KD on "
+                                   "teacher samples) | gkd (on-policy, TRL GKD)")
+    divergence: str = option("auto", "kd/gkd divergence: forward_kl = KL(teacher||student) | reverse_kl = "
+                                     "KL(student||teacher) | jsd (generalized JSD with beta) | auto = forward_kl "
+                                     "for kd, jsd for gkd")
+    beta: float = option(0.5, "generalized JSD interpolation, TRL convention: 0 = forward KL, 1 = reverse KL, "
+                              "0.5 = symmetric JSD")
+    temperature: float = option(1.0, "KD temperature: both models' logits are divided by it in the loss")
+    top_k: int = option(0, "kd/gkd: keep only the teacher's top-k tokens, renormalised (0 = full vocabulary)")
+    token_alignment: str = option("auto", "auto = per-token KD when both tokenizers are identical, else "
+                                          "span-aligned likelihood matching | token | span (forced)")
+    lmbda: float = option(0.5, "gkd: fraction of each step's sequences sampled by the student (on-policy)")
+    off_policy_data: str = option("teacher", "gkd: the other sequences are teacher samples (teacher) or gold "
+                                             "solutions (gold)")
+    seqkd_only_correct: bool = option(False, "seqkd: train only on teacher samples the task verifier accepts")
+    sampling_temperature: float = option(1.0, "temperature of teacher and student sampling")
+    top_p: float = option(1.0, "nucleus mass of teacher and student sampling")
+    max_completion_length: int = option(128, "most tokens per sampled completion (and per gold solution)")
+    # optimisation
+    batch_size: int = option(16, "sequences per optimizer step")
+    max_steps: int = option(200, "optimizer steps (0 = export the starting student unchanged)")
+    learning_rate: float = option(1e-4, "peak AdamW learning rate")
+    lr_schedule: str = option("constant", "constant | linear | cosine decay after warmup")
+    warmup_steps: int = option(0, "linear warmup steps from 0")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "global gradient-norm clip (0 = off)")
+    lora_rank: int = option(0, "0 = full fine-tuning; r > 0 = train only LoRA adapters of rank r")
+    lora_alpha: float = option(16.0, "LoRA scale numerator (scale = alpha / rank)")
+    lora_targets: tuple[str, ...] = option(("q", "k", "v", "o", "gate", "up", "down"), "projections given LoRA")
+    chunk_size: int = option(128, "completion positions per logits chunk (memory vs speed)")
+    seed: int = option(0, "seed of data order, sampling and (student_init=random) initial weights")
+    max_bad_steps: int = option(10, "stop after this many consecutive non-finite steps")
+    # output
+    output_dir: str = option("runs/distill", "run folder: checkpoints, metrics, final model")
+    resume: bool = option(False, "continue from the latest checkpoint in output_dir (exactly)")
+    save_steps: int = option(100, "checkpoint every N steps (0 = only at the end)")
+    eval_size: int = option(0, "after training, greedy accuracy on this many held-out examples (0 = skip)")
+    eval_split: str = option("test", "split of the held-out evaluation")
+    tensorboard: bool = option(False, "also write TensorBoard events")
+    progress: bool = option(True, "show a progress bar with ETA")
+
+
+# ---- checks and resolution ----------------------------------------------------------------------
+
+def check_config(config: DistillConfig) -> None:
+    """Clear errors for settings that cannot work, before anything is loaded."""
+    def choice(name, value, valid):
+        if value not in valid:
+            raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(valid)}")
+
+    choice("objective", config.objective, OBJECTIVES)
+    choice("divergence", config.divergence, DIVERGENCES)
+    choice("token_alignment", config.token_alignment, TOKEN_ALIGNMENTS)
+    choice("off_policy_data", config.off_policy_data, ("teacher", "gold"))
+    choice("student_init", config.student_init, ("weights", "random"))
+    choice("task", config.task, list_tasks())
+    if not config.student:
+        raise ValueError("student is empty: set student=<HF model folder>")
+    if config.objective != "sft" and not config.teacher:
+        raise ValueError(f"objective={config.objective} needs a teacher: set teacher=<HF model folder>")
+    if not 0.0 <= config.lmbda <= 1.0:
+        raise ValueError(f"lmbda must be in [0, 1], got {config.lmbda}")
+    if not 0.0 <= config.beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {config.beta}")
+    if config.batch_size < 1 or config.max_steps < 0 or config.max_completion_length < 1:
+        raise ValueError("batch_size and max_completion_length must be >= 1 and max_steps >= 0")
+
+
+def resolved_divergence(config: DistillConfig) -> str:
+    if config.divergence != "auto":
+        return config.divergence
+    return "jsd" if config.objective == "gkd" else "forward_kl"
+
+
+def parse_task_options(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("difficulty=1", "seed=3")`` -> ``{"difficulty": 1, "seed": 3}`` (values read as YAML scalars)."""
+    options = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"task option {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+def load_student(config: DistillConfig) -> Qwen:
+    """The student with optional fresh LoRA adapters; ``student_init=random`` re-initialises its weights."""
+    lora = (LoraConfig(rank=config.lora_rank, alpha=config.lora_alpha, targets=tuple(config.lora_targets))
+            if config.lora_rank > 0 else None)
+    if config.student_init == "random":
+        _, hf = read_config(config.student)
+        model_config = QwenConfig.from_hf(hf, param_dtype=config.dtype, compute_dtype=config.dtype)
+        return Qwen(model_config, rngs=nnx.Rngs(config.seed), lora=lora)
+    student, _ = load_model(config.student, config.dtype, lora=lora, seed=config.seed)
+    return student
+
+
+def check_vocab(model: Qwen, side: Side, role: str) -> None:
+    if model.config.vocab_size < side.vocab_size:
+        raise ValueError(f"the {role} model has {model.config.vocab_size} embedding rows but its tokenizer "
+                         f"({side.tokenizer.path}) has {side.vocab_size} tokens: set {role}_tokenizer= to the "
+                         f"tokenizer the {role} was trained with")
+
+
+@functools.lru_cache(maxsize=32)
+def cached_optimizer(learning_rate, max_steps, warmup_steps, schedule, weight_decay, max_grad_norm):
+    """One optimizer object per setting, so runs with the same recipe reuse the compiled step."""
+    return make_optimizer(learning_rate, max(max_steps, 1), warmup_steps=warmup_steps, schedule=schedule,
+                          weight_decay=weight_decay, max_grad_norm=max_grad_norm or None)
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+def distill(config: DistillConfig) -> Path:
+    """Train a student as ``config`` says; returns the run folder (the final model is in ``<it>/model``).
+
+    Raises ``TooManyBadSteps`` after ``max_bad_steps`` consecutive non-finite steps.
+    """
+    check_config(config)
+    out = Path(config.output_dir)
+    checkpoints_dir = out / "checkpoints"
+    if not config.resume and checkpoints_dir.exists() and any(checkpoints_dir.iterdir()):
+        raise FileExistsError(f"{out} already holds checkpoints: set resume=true to continue that run, or "
+                              "choose another output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    task = get_task(config.task, **parse_task_options(config.task_options))
+    examples = task.load(config.split, config.data_path or None, limit=config.train_limit or None)
+    student = load_student(config)
+    student_tok_dir = config.student_tokenizer or config.student
+    sides = {"student": Side.of(load_tokenizer(student_tok_dir), config.chat)}
+    check_vocab(student, sides["student"], "student")
+    teacher = None
+    if config.objective != "sft":
+        teacher, _ = load_model(config.teacher, config.dtype)
+        sides["teacher"] = Side.of(load_tokenizer(config.teacher_tokenizer or config.teacher), config.chat)
+        check_vocab(teacher, sides["teacher"], "teacher")
+
+    loss_kind = "nll"
+    if config.objective in ("kd", "gkd"):
+        one_tokenizer = same_tokenizer(sides["student"].tokenizer, sides["teacher"].tokenizer)
+        if config.token_alignment == "token" and not one_tokenizer:
+            raise ValueError("token_alignment=token needs one shared tokenizer, but the student's and the "
+                             "teacher's differ; use token_alignment=auto (span-aligned KD)")
+        loss_kind = "span_kd" if config.token_alignment == "span" or not one_tokenizer else "token_kd"
+    settings = LossSettings(kind=loss_kind, divergence=resolved_divergence(config), beta=config.beta,
+                            temperature=config.temperature, top_k=config.top_k,
+                            student_vocab_size=sides["student"].vocab_size,
+                            teacher_vocab_size=sides["teacher"].vocab_size if teacher is not None else None,
+                            chunk_size=config.chunk_size)
+    recipe = BatchRecipe(objective=config.objective, loss_kind=loss_kind, batch_size=config.batch_size,
+                         max_completion_length=config.max_completion_length, seed=config.seed,
+                         sampling_temperature=config.sampling_temperature, top_p=config.top_p,
+                         lmbda=config.lmbda, off_policy_data=config.off_policy_data,
+                         seqkd_only_correct=config.seqkd_only_correct,
+                         resample_solutions=config.resample_solutions)
+    make_batch = BatchMaker(recipe, task, examples, sides, student=student, teacher=teacher)
+    optimizer = cached_optimizer(config.learning_rate, config.max_steps, config.warmup_steps, config.lr_schedule,
+                                 config.weight_decay, config.max_grad_norm)
+    learner = StudentLearner(student, optimizer, settings, teacher=teacher, lora_only=config.lora_rank > 0)
+
+    checkpointer = Checkpointer(checkpoints_dir)
+    start, counts = 0, {"sequences": 0, "student_sequences": 0}
+    if config.resume and checkpointer.latest_step() is not None:
+        start = checkpointer.latest_step()
+        trainable, opt_state, extra = checkpointer.restore(start, learner.trainable, learner.opt_state)
+        learner.set_state(trainable, opt_state)
+        counts = extra["counts"]
+        log.info("resumed %s at step %d", out, start)
+
+    logger = MetricsLogger(out, config.max_steps, description=f"distill {config.objective}",
+                           tensorboard=config.tensorboard, start_step=start, show_progress=config.progress,
+                           append=config.resume)
+    started = time.perf_counter()
+    try:
+        timer = StepTimer()
+        for step in range(start, config.max_steps):
+            batch, host_metrics = make_batch(step)
+            metrics = learner.step(batch)
+            consecutive, total, _ = bad_step_counts(learner.opt_state)
+            if consecutive >= config.max_bad_steps:
+                raise TooManyBadSteps(
+                    f"{consecutive} consecutive steps had a non-finite loss or gradient (last at step {step + 1}); "
+                    f"the run stopped. Lower learning_rate, use float32, or check the data; checkpoints up to "
+                    f"the last good save are in {checkpoints_dir}")
+            counts["sequences"] += config.batch_size
+            counts["student_sequences"] += int(host_metrics.get("gkd/student_sequences", 0))
+            seconds = timer.lap()
+            record = {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"], "step_time": seconds,
+                      "tokens_per_second": float(metrics["tokens"]) / max(seconds, 1e-9),
+                      "bad_steps": total, **host_metrics}
+            if config.objective == "gkd":
+                record["gkd/student_fraction"] = counts["student_sequences"] / counts["sequences"]
+            logger.log(step + 1, record, info_keys=("loss", "gkd/student_fraction"))
+            if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < config.max_steps:
+                checkpointer.save(step + 1, learner.trainable, learner.opt_state, {"counts": counts})
+        if config.max_steps > start:
+            checkpointer.save(config.max_steps, learner.trainable, learner.opt_state, {"counts": counts})
+    finally:
+        logger.close()
+        checkpointer.close()
+
+    save_model(student, out / "model", tokenizer_dir=student_tok_dir)
+    summary: dict[str, Any] = {
+        "objective": config.objective, "loss": loss_kind, "divergence": settings.divergence,
+        "steps": config.max_steps, "bad_steps": bad_step_counts(learner.opt_state)[1],
+        "seconds": time.perf_counter() - started, **counts,
+        "student_fraction": counts["student_sequences"] / counts["sequences"] if counts["sequences"] else 0.0,
+    }
+    if config.eval_size:
+        from jaxdistill.evaluate import score_model
+
+        held_out = task.load(config.eval_split, config.data_path or None, limit=config.eval_size)
+        summary["eval"] = score_model(student, sides["student"].tokenizer, task, held_out,
+                                      max_new_tokens=config.max_completion_length, chat=config.chat)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return out
