@@ -35,12 +35,12 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 
 from jaxdistill import diagnostics as dx
 from jaxdistill.align import span_logprobs, align_retokenized
 from jaxdistill.config import option, parse_args, to_dict
 from jaxdistill.distill.losses import binarised_divergence
+from jaxdistill.distill.trainer import parse_task_options
 from jaxdistill.generation import generate
 from jaxdistill.generation.sampler import bucket_length, left_pad
 from jaxdistill.generation.scoring import completion_hidden, completion_logprobs
@@ -110,17 +110,6 @@ class Samples:
     texts: list[str]  # decoded without special tokens (what the verifier reads)
     finished_eos: np.ndarray  # bool [N]
     example_index: np.ndarray  # int [N]: which prompt
-
-
-def parse_task_options(items: Sequence[str]) -> dict[str, Any]:
-    """``("difficulty=1", "seed=3")`` -> ``{"difficulty": 1, "seed": 3}`` (values read as YAML scalars)."""
-    options = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"task option {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        options[key.strip()] = yaml.safe_load(value)
-    return options
 
 
 def same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:

@@ -19,8 +19,9 @@ def pair_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("diag_world")
     toks = train_tiny_tokenizers(root / "tokenizers", n_problems=400)
     folders = {}
-    for name, tok_name, model_type, seed in (("teacher", "teacher", "qwen3", 1), ("student_same", "teacher", "qwen3", 2),
-                                             ("student_other", "proxy", "qwen2", 3)):
+    models = (("teacher", "teacher", "qwen3", 1), ("student_same", "teacher", "qwen3", 2),
+              ("student_other", "proxy", "qwen2", 3))
+    for name, tok_name, model_type, seed in models:
         tok = load_tokenizer(toks[tok_name])
         config = QwenConfig(model_type=model_type, vocab_size=tok.vocab_size + 3, hidden_size=32,
                             intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
