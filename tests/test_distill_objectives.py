@@ -170,16 +170,14 @@ def test_learner_lowers_its_own_loss(world, kind):
     settings = LossSettings(kind=kind, student_vocab_size=sides["student"].vocab_size,
                             teacher_vocab_size=SPLIT_VOCAB)
     learner = StudentLearner(student, make_optimizer(1e-2, 10), settings, teacher=teacher)
-    before = learner.loss(batch)
-    losses_seen = [float(learner.step(batch)["loss"]) for _ in range(8)]
-    assert losses_seen[0] == pytest.approx(before, rel=1e-5)
-    assert learner.loss(batch) < 0.7 * before
+    losses_seen = [float(learner.step(batch)["loss"]) for _ in range(10)]  # each before its update
+    assert losses_seen[-1] < 0.7 * losses_seen[0]
 
 
 def test_lora_learner_trains_adapters_only(world):
     student, _ = load_model(world.student, lora=LoraConfig(rank=2, alpha=4.0))
-    base = nnx.clone(nnx.state(student, nnx.Not(LoraParam)))
-    adapters = nnx.clone(nnx.state(student, LoraParam))
+    base = jax.tree.map(np.array, nnx.state(student, nnx.Not(LoraParam)))  # host copies (steps donate buffers)
+    adapters = jax.tree.map(np.array, nnx.state(student, LoraParam))
     batch = DistillBatch(sequences(PROMPTS, COMPLETIONS))
     learner = StudentLearner(student, make_optimizer(1e-2, 2), LossSettings(kind="nll"), lora_only=True)
     learner.step(batch)
@@ -191,3 +189,13 @@ def test_lora_learner_trains_adapters_only(world):
     assert all(changed)
     with pytest.raises(ValueError, match="no LoRA adapters"):
         StudentLearner(load_model(world.student)[0], make_optimizer(1e-2, 2), LossSettings(), lora_only=True)
+
+
+def test_a_model_folder_keeps_its_tokenizer_splitting(world):
+    """Regression: transformers 5 maps a qwen2 folder's config.json to Qwen2Tokenizer, which re-splits
+    digits; the tokenizer copied into a student folder must encode exactly like its source folder."""
+    source = load_tokenizer(world.merged_tokenizer)
+    number = next(piece.decode() for piece in source.token_bytes if len(piece) > 1 and piece.strip().isdigit())
+    text = f"Ann has {number} apples. 3+{number}"
+    assert len(source.encode(number)) == 1 and len(load_tokenizer(world.split_tokenizer).encode(number)) > 1
+    assert load_tokenizer(world.cross_student).encode(text) == source.encode(text)

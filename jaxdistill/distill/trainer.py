@@ -72,9 +72,9 @@ class DistillConfig:
     task: str = option("arith", "task name: " + " | ".join(list_tasks()))
     task_options: tuple[str, ...] = option((), "key=value options for the task constructor, e.g. [difficulty=1]")
     data_path: str = option("", "local data file or folder for the task; empty = generated (arith) or the HF hub")
-    split: str = option("train", "split whose prompts (and gold solutions) are trained on")
+    train_split: str = option("train", "split whose prompts (and gold solutions) are trained on")
     train_limit: int = option(0, "use only the first N examples of the split (0 = all)")
-    chat: bool = option(False, "render prompts with the tokenizer's chat template (completions end with "
+    chat_template: bool = option(False, "render prompts with the tokenizer's chat template (completions end with "
                                "<|im_end|>)")
     resample_solutions: bool = option(True, "sft: draw a fresh valid solution style each time an example is read "
                                             "(arith); false = the example's own solution")
@@ -207,15 +207,15 @@ def distill(config: DistillConfig) -> Path:
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
     task = get_task(config.task, **parse_task_options(config.task_options))
-    examples = task.load(config.split, config.data_path or None, limit=config.train_limit or None)
+    examples = task.load(config.train_split, config.data_path or None, limit=config.train_limit or None)
     student = load_student(config)
     student_tok_dir = config.student_tokenizer or config.student
-    sides = {"student": Side.of(load_tokenizer(student_tok_dir), config.chat)}
+    sides = {"student": Side.of(load_tokenizer(student_tok_dir), config.chat_template)}
     check_vocab(student, sides["student"], "student")
     teacher = None
     if config.objective != "sft":
         teacher, _ = load_model(config.teacher, config.dtype)
-        sides["teacher"] = Side.of(load_tokenizer(config.teacher_tokenizer or config.teacher), config.chat)
+        sides["teacher"] = Side.of(load_tokenizer(config.teacher_tokenizer or config.teacher), config.chat_template)
         check_vocab(teacher, sides["teacher"], "teacher")
 
     loss_kind = "nll"
@@ -294,6 +294,6 @@ def distill(config: DistillConfig) -> Path:
 
         held_out = task.load(config.eval_split, config.data_path or None, limit=config.eval_size)
         summary["eval"] = score_model(student, sides["student"].tokenizer, task, held_out,
-                                      max_new_tokens=config.max_completion_length, chat=config.chat)
+                                      max_new_tokens=config.max_completion_length, chat=config.chat_template)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return out

@@ -1,0 +1,560 @@
+"""Accuracy of models on tasks, the teacher before/after comparison, and the distillation scorecard.
+
+``python -m jaxdistill.evaluate models=[base=runs/tiny/teacher,kd=runs/kd/s0,kd=runs/kd/s1] tasks=[arith]``
+
+- Models are HF folders or run folders (whose final model is in ``<run>/model``); entries that share a
+  label are seeds of one arm and are reported as mean +- std.
+- Decoding is greedy (``temperature=0``) or sampled with ``samples_per_prompt=k`` (accuracy = avg@k).
+  Generation is batched through ``jaxdistill.generation.generate``; the unparseable-answer rate is
+  reported apart from accuracy.
+- With ``original_teacher`` and ``calibrated_teachers``, each calibrated teacher is compared with the
+  original: accuracy under identical decoding, mean per-token KL(calibrated || original) on the
+  calibrated teacher's own samples (temperature 1), and mean response length.
+- ``--scorecard`` trains and evaluates every arm of DESIGN.md section 3 (see :func:`scorecard`).
+
+Outputs (``output_dir``): ``results.json``, ``results.md`` and ``results.png`` (scorecard:
+``scorecard.json``, ``scorecard.md``, ``scorecard.png`` and the student runs under ``runs/``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxdistill.config import option, parse_args
+from jaxdistill.distill.data import Side, pad_sequences, same_tokenizer
+from jaxdistill.distill.objectives import LossSettings, token_kd_per_token
+from jaxdistill.distill.trainer import DistillConfig, distill, parse_task_options
+from jaxdistill.generation import generate
+from jaxdistill.models import Qwen, load_model
+from jaxdistill.rl.losses import masked_mean
+from jaxdistill.tasks import Example, Task, get_task, list_tasks, summarize
+from jaxdistill.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+# ---- configs ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ScorecardConfig:
+    """The arms of DESIGN.md section 3: which teachers, which students, which attacks, which seeds."""
+
+    teacher_eta0: str = option("", "HF folder of the eta = 0 (plain RFT) teacher")
+    teacher_distillable: str = option("", "HF folder of the eta > 0 (distillable) teacher")
+    teacher_undistillable: str = option("", "HF folder of the eta < 0 (undistillable) teacher")
+    students: tuple[str, ...] = option((), "label=path entries: each student's starting HF folder (its tokenizer "
+                                           "inside); include one that differs from the proxy")
+    attacks: tuple[str, ...] = option(("kd",), "objectives run against every teacher: kd | seqkd | gkd")
+    seeds: tuple[int, ...] = option((0, 1, 2), "training seeds of every arm (mean +- std over them)")
+    collapse_ratio: float = option(0.2, "an arm collapses when its accuracy <= this x the accuracy of the same "
+                                        "student and attack from the original teacher")
+    recipe: DistillConfig = option(DistillConfig(), "the shared distillation recipe (student, teacher, "
+                                                    "objective, seed and output_dir are set per arm)")
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """Every option of ``python -m jaxdistill.evaluate`` (YAML keys or ``key=value`` overrides)."""
+
+    models: tuple[str, ...] = option((), "label=path entries (HF or run folders); a repeated label = seeds "
+                                         "of one arm; a bare path is labelled by its folder name")
+    tasks: tuple[str, ...] = option(("arith",), "tasks to evaluate on: " + " | ".join(list_tasks()))
+    task_options: tuple[str, ...] = option((), "key=value (every task) or task:key=value options for the task "
+                                               "constructors, e.g. [arith:difficulty=1]")
+    data_paths: tuple[str, ...] = option((), "task=path entries: local data per task (default: generated or hub)")
+    split: str = option("test", "split evaluated")
+    limit: int = option(200, "examples per task (0 = the whole split)")
+    temperature: float = option(0.0, "0 = greedy; > 0 samples (accuracy is avg@k over samples_per_prompt)")
+    samples_per_prompt: int = option(1, "k of avg@k when sampling (greedy always uses 1)")
+    top_p: float = option(1.0, "nucleus mass when sampling")
+    max_new_tokens: int = option(256, "completion budget")
+    batch_size: int = option(64, "prompts per generation call")
+    seed: int = option(0, "sampling seed")
+    chat_template: bool = option(False, "render prompts with each tokenizer's chat template")
+    dtype: str = option("float32", "float32 | bfloat16")
+    original_teacher: str = option("", "HF folder of the original teacher (teacher comparison and scorecard)")
+    calibrated_teachers: tuple[str, ...] = option((), "label=path entries compared with original_teacher: "
+                                                      "accuracy, KL to the original, response length")
+    output_dir: str = option("runs/evaluate", "where results (or the scorecard and its runs) are written")
+    scorecard: ScorecardConfig = option(ScorecardConfig(), "scorecard mode (--scorecard)")
+
+
+# ---- models and tasks ---------------------------------------------------------------------------
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """An HF folder (``config.json`` inside) or a run folder whose final model is ``<run>/model``."""
+    folder = Path(path).expanduser()
+    for candidate in (folder, folder / "model"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    if not folder.exists():
+        raise FileNotFoundError(f"model path {folder} does not exist; give an HF model folder (config.json + "
+                                "*.safetensors) or a run folder holding model/")
+    if (folder / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{folder} is a run folder without a final model/ (unfinished run?); resume it "
+                                "with resume=true to export the model")
+    raise FileNotFoundError(f"{folder} holds no config.json and no model/config.json; give an HF model folder "
+                            "or a run folder")
+
+
+def parse_entries(entries: Sequence[str], what: str) -> dict[str, list[str]]:
+    """``["a=x", "a=y", "z"]`` -> ``{"a": ["x", "y"], "z": ["z"]}`` (a bare path is labelled by its name)."""
+    groups: dict[str, list[str]] = {}
+    for entry in entries:
+        label, _, path = entry.partition("=") if "=" in entry else (Path(entry).name, "", entry)
+        if not label.strip() or not path.strip():
+            raise ValueError(f"{what} entry {entry!r} is not label=path")
+        groups.setdefault(label.strip(), []).append(path.strip())
+    return groups
+
+
+def make_task(name: str, options: Sequence[str] = ()) -> Task:
+    """``get_task`` with a clear error; options are ``key=value`` (all tasks) or ``task:key=value``."""
+    if name not in list_tasks():
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(list_tasks())}")
+    mine = [o.split(":", 1)[1] if ":" in o.split("=", 1)[0] else o for o in options
+            if ":" not in o.split("=", 1)[0] or o.split(":", 1)[0] == name]
+    return get_task(name, **parse_task_options(tuple(mine)))
+
+
+def _model_and_tokenizer(path: str | Path, dtype: str) -> tuple[Qwen, Any]:
+    folder = resolve_model_dir(path)
+    if not (folder / "tokenizer.json").exists() and not (folder / "tokenizer_config.json").exists():
+        raise FileNotFoundError(f"{folder} has no tokenizer files; export models with "
+                                "save_model(..., tokenizer_dir=...) so each folder carries its tokenizer")
+    model, _ = load_model(folder, dtype)
+    return model, load_tokenizer(folder)
+
+
+# ---- scoring one model ----------------------------------------------------------------------------
+
+def sample_in_batches(model: Qwen, side: Side, prompts: Sequence[Sequence[int]], *, batch_size: int,
+                      num_generations: int = 1, **sampling) -> tuple[list[list[int]], list[bool]]:
+    """Completions (EOS dropped) and whether each ended on EOS, prompt-major (k per prompt).
+
+    Every call has ``batch_size`` prompts (the last one padded with copies), so one program is compiled.
+    """
+    completions, finished = [], []
+    size = min(batch_size, len(prompts))
+    for start in range(0, len(prompts), size):
+        chunk = list(prompts[start:start + size])
+        real = len(chunk)
+        chunk += [chunk[-1]] * (size - real)
+        out = generate(model, chunk, eos_ids=[side.eos_id], pad_id=side.pad_id, vocab_limit=side.vocab_size,
+                       num_generations=num_generations, **sampling)
+        done = np.asarray(out.finished_eos)[:real * num_generations]
+        rows = out.completions()[:real * num_generations]
+        completions += [c[:-1] if d else c for c, d in zip(rows, done)]
+        finished += [bool(d) for d in done]
+    return completions, finished
+
+
+def score_model(model: Qwen, tokenizer, task: Task, examples: Sequence[Example], *, max_new_tokens: int = 256,
+                temperature: float = 0.0, samples_per_prompt: int = 1, top_p: float = 1.0, seed: int = 0,
+                batch_size: int = 64, chat: bool = False, keep_completions: bool = False) -> dict[str, Any]:
+    """Accuracy (avg@k when sampling), unparseable rate, mean response length (tokens) and EOS rate."""
+    side = Side.of(tokenizer, chat)
+    k = samples_per_prompt if temperature > 0 else 1
+    prompts = [side.prompt(task, e) for e in examples]
+    ids, finished = sample_in_batches(model, side, prompts, batch_size=batch_size, num_generations=k,
+                                      max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                      seed=seed)
+    texts = [side.text(c) for c in ids]
+    verdicts = [task.verify(text, examples[i // k]) for i, text in enumerate(texts)]
+    summary = summarize(verdicts)
+    result = {"accuracy": summary["accuracy"], "unparseable_rate": summary["unparseable_rate"],
+              "mean_length": float(np.mean([len(c) + f for c, f in zip(ids, finished)])),
+              "finished_rate": float(np.mean(finished)), "n": len(examples), "samples_per_prompt": k}
+    if keep_completions:
+        result["completions"] = texts
+    return result
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = np.asarray(values, np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def evaluate_models(models: Mapping[str, str | Sequence[str]], tasks: Sequence[str] = ("arith",), *,
+                    task_options: Sequence[str] = (), data_paths: Mapping[str, str] | None = None,
+                    split: str = "test", limit: int = 200, temperature: float = 0.0, samples_per_prompt: int = 1,
+                    top_p: float = 1.0, max_new_tokens: int = 256, batch_size: int = 64, seed: int = 0,
+                    chat: bool = False, dtype: str = "float32", output_dir: str | Path | None = None
+                    ) -> dict[str, Any]:
+    """Accuracy of every model on every task; groups of paths under one label are seeds (mean +- std).
+
+    Returns ``{"settings": ..., "models": {label: {"runs": [{"path", task: metrics}], task: aggregate}}}``
+    where ``aggregate`` holds ``accuracy_mean``, ``accuracy_std``, ``unparseable_rate_mean``,
+    ``mean_length_mean`` and ``n_runs``. With ``output_dir``, writes results.json / .md / .png.
+    """
+    groups = {label: [paths] if isinstance(paths, (str, Path)) else list(paths) for label, paths in models.items()}
+    if not groups:
+        raise ValueError("no models to evaluate: give models=[label=path, ...]")
+    task_objects = {name: make_task(name, task_options) for name in tasks}  # unknown task: error now
+    for paths in groups.values():  # a wrong path: error before any model is loaded
+        for path in paths:
+            resolve_model_dir(path)
+    data_paths = dict(data_paths or {})
+    examples = {name: task.load(split, data_paths.get(name), limit=limit or None)
+                for name, task in task_objects.items()}
+    settings = dict(split=split, limit=limit, temperature=temperature, samples_per_prompt=samples_per_prompt,
+                    top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, chat=chat)
+    results: dict[str, Any] = {"settings": settings, "models": {}}
+    for label, paths in groups.items():
+        runs = []
+        for path in paths:
+            model, tokenizer = _model_and_tokenizer(path, dtype)
+            run = {"path": str(path)}
+            for name, task in task_objects.items():
+                run[name] = score_model(model, tokenizer, task, examples[name], max_new_tokens=max_new_tokens,
+                                        temperature=temperature, samples_per_prompt=samples_per_prompt,
+                                        top_p=top_p, seed=seed, batch_size=batch_size, chat=chat)
+                log.info("%s (%s) on %s: accuracy %.3f", label, path, name, run[name]["accuracy"])
+            runs.append(run)
+            del model
+        entry: dict[str, Any] = {"runs": runs}
+        for name in task_objects:
+            entry[name] = aggregate([run[name] for run in runs])
+        results["models"][label] = entry
+    if output_dir is not None:
+        write_results(results, list(task_objects), Path(output_dir))
+    return results
+
+
+def aggregate(runs: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Mean and std (over seeds) of accuracy; means of the unparseable rate and response length."""
+    accuracy_mean, accuracy_std = _mean_std([r["accuracy"] for r in runs])
+    return {"accuracy_mean": accuracy_mean, "accuracy_std": accuracy_std,
+            "unparseable_rate_mean": float(np.mean([r["unparseable_rate"] for r in runs])),
+            "mean_length_mean": float(np.mean([r["mean_length"] for r in runs])), "n_runs": len(runs)}
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def write_results(results: Mapping[str, Any], tasks: Sequence[str], out: Path) -> None:
+    """results.json, results.md (accuracy % mean ± std; unparseable % and length apart) and results.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    header = "| model | runs | " + " | ".join(f"{t} accuracy % | {t} unparseable % | {t} length" for t in tasks) + " |"
+    lines = [header, "|" + "---|" * (2 + 3 * len(tasks))]
+    for label, entry in results["models"].items():
+        cells = []
+        for t in tasks:
+            a = entry[t]
+            cells += [_pm(a["accuracy_mean"], a["accuracy_std"]), f"{100 * a['unparseable_rate_mean']:.1f}",
+                      f"{a['mean_length_mean']:.1f}"]
+        lines.append(f"| {label} | {entry[tasks[0]]['n_runs']} | " + " | ".join(cells) + " |")
+    s = results["settings"]
+    decoding = "greedy" if s["temperature"] == 0 else f"T={s['temperature']}, avg@{s['samples_per_prompt']}"
+    text = f"# Accuracy ({decoding}, {s['split']} split, {s['limit'] or 'all'} examples per task)\n\n"
+    text += "\n".join(lines) + "\n"
+    if "teachers" in results:
+        text += "\n" + teacher_table(results["teachers"])
+    (out / "results.md").write_text(text)
+    bar_chart({label: {t: (e[t]["accuracy_mean"], e[t]["accuracy_std"]) for t in tasks}
+               for label, e in results["models"].items()}, out / "results.png", title=f"accuracy ({decoding})")
+
+
+def bar_chart(values: Mapping[str, Mapping[str, tuple[float, float]]], path: Path, *, title: str) -> Path:
+    """Grouped bars: one group per inner key (task or arm), one bar per outer key, std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = list(values)
+    groups = list(dict.fromkeys(g for v in values.values() for g in v))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(groups) * max(len(series), 1) * 0.5 + 2), 3.5))
+    x = np.arange(len(groups))
+    for i, name in enumerate(series):
+        means = [100 * values[name].get(g, (np.nan, 0))[0] for g in groups]
+        stds = [100 * values[name].get(g, (0, 0))[1] for g in groups]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=name)
+    ax.set_xticks(x, groups, rotation=20 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=max(1, len(series) // 6 + 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---- teachers before and after calibration ----------------------------------------------------------
+
+@partial(jax.jit, static_argnames=("graphdef_a", "graphdef_b", "settings"))
+def _token_kl(state_a, state_b, seqs, graphdef_a, graphdef_b, settings):
+    """Per-token KL(p_a || p_b) of the next-token distributions along ``seqs``, masked mean."""
+    model_a, model_b = nnx.merge(graphdef_a, state_a), nnx.merge(graphdef_b, state_b)
+    per_token = token_kd_per_token(model_a, model_b, seqs, seqs, settings)  # reverse_kl: KL(p_a || p_b)
+    return masked_mean(per_token, seqs.mask), seqs.mask.sum()
+
+
+def mean_token_kl(model: Qwen, reference: Qwen, side: Side, prompts: Sequence[Sequence[int]],
+                  completions: Sequence[Sequence[int]], *, batch_size: int = 64) -> float:
+    """Mean over completion tokens of ``KL(p_model(.|ctx) || p_reference(.|ctx))`` (both share ``side``)."""
+    settings = LossSettings(kind="token_kd", divergence="reverse_kl", student_vocab_size=side.vocab_size,
+                            teacher_vocab_size=side.vocab_size)
+    graphdef_a, state_a = nnx.split(model)
+    graphdef_b, state_b = nnx.split(reference)
+    width = max(max(map(len, completions)), 1)
+    total, count = 0.0, 0
+    for start in range(0, len(prompts), batch_size):
+        seqs = pad_sequences(prompts[start:start + batch_size], completions[start:start + batch_size],
+                             side.pad_id, width=width)
+        kl, n = _token_kl(state_a, state_b, seqs, graphdef_a, graphdef_b, settings)
+        total, count = total + float(kl) * float(n), count + float(n)
+    return total / max(count, 1.0)
+
+
+def compare_teachers(original: str | Path, calibrated: Mapping[str, str | Path], task: Task,
+                     examples: Sequence[Example], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                     samples_per_prompt: int = 1, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
+                     chat: bool = False, dtype: str = "float32") -> dict[str, Any]:
+    """Each calibrated teacher next to the original: accuracy with identical decoding, mean token KL to the
+    original on the calibrated teacher's own samples (temperature 1), mean response length."""
+    decoding = dict(max_new_tokens=max_new_tokens, temperature=temperature, samples_per_prompt=samples_per_prompt,
+                    top_p=top_p, seed=seed, batch_size=batch_size, chat=chat)
+    base, base_tokenizer = _model_and_tokenizer(original, dtype)
+    out = {"original": {"path": str(original), **score_model(base, base_tokenizer, task, examples, **decoding)}}
+    side = Side.of(base_tokenizer, chat)
+    prompts = [side.prompt(task, e) for e in examples]
+    for label, path in calibrated.items():
+        model, tokenizer = _model_and_tokenizer(path, dtype)
+        if not same_tokenizer(tokenizer, base_tokenizer):
+            raise ValueError(f"calibrated teacher {label} ({path}) has another tokenizer than the original "
+                             f"teacher ({original}); a KL between them needs one vocabulary")
+        entry = {"path": str(path), **score_model(model, tokenizer, task, examples, **decoding)}
+        samples, finished = sample_in_batches(model, side, prompts, batch_size=batch_size,
+                                              max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
+        samples = [c + [side.eos_id] if f else c for c, f in zip(samples, finished)]
+        entry["kl_to_original"] = mean_token_kl(model, base, side, prompts, samples, batch_size=batch_size)
+        entry["accuracy_change"] = entry["accuracy"] - out["original"]["accuracy"]
+        out[label] = entry
+    return out
+
+
+def teacher_table(teachers: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: accuracy (and change), KL to the original, unparseable rate and length of each teacher."""
+    lines = ["## Teachers (identical decoding)", "",
+             "| teacher | accuracy % | change (points) | KL to original (nats/token) | unparseable % | length |",
+             "|---|---|---|---|---|---|"]
+    for label, t in teachers.items():
+        change = f"{100 * t['accuracy_change']:+.1f}" if "accuracy_change" in t else "-"
+        kl = f"{t['kl_to_original']:.4f}" if "kl_to_original" in t else "0"
+        lines.append(f"| {label} | {100 * t['accuracy']:.1f} | {change} | {kl} | "
+                     f"{100 * t['unparseable_rate']:.1f} | {t['mean_length']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---- the scorecard ----------------------------------------------------------------------------------
+
+TEACHER_ARMS = (("original", "original teacher"), ("eta0", "eta = 0 (RFT control)"),
+                ("distillable", "eta > 0 (distillable)"), ("undistillable", "eta < 0 (undistillable)"))
+
+
+def scorecard_arms(config: EvaluateConfig) -> list[dict[str, Any]]:
+    """Every (arm, objective, teacher) of the scorecard, in the order they run."""
+    card = config.scorecard
+    teachers = {"original": config.original_teacher, "eta0": card.teacher_eta0,
+                "distillable": card.teacher_distillable, "undistillable": card.teacher_undistillable}
+    arms = [{"arm": "before", "objective": "sft", "teacher": "", "steps": 0},
+            {"arm": "sft", "objective": "sft", "teacher": ""}]
+    for attack in card.attacks:
+        for key, _ in TEACHER_ARMS:
+            if teachers[key]:
+                arms.append({"arm": f"{attack}/{key}", "objective": attack, "teacher": teachers[key],
+                             "teacher_key": key, "attack": attack})
+    return arms
+
+
+def scorecard(config: EvaluateConfig) -> dict[str, Any]:
+    """Run every arm of DESIGN.md section 3 for every student and seed, evaluate them, write the table.
+
+    Arms: the student before distillation; SFT on gold; then for each attack in ``scorecard.attacks``,
+    distillation from the original, eta = 0, distillable and undistillable teachers (those given). All
+    arms share ``scorecard.recipe`` (same prompts, steps, batch size, learning rate: same compute). A
+    finished run (its ``summary.json`` exists) is reused, so an interrupted scorecard resumes.
+    "collapse": accuracy <= ``collapse_ratio`` x that of the same student and attack from the original.
+    Writes scorecard.json, scorecard.md and scorecard.png in ``output_dir``; returns the JSON dict.
+    """
+    card, recipe = config.scorecard, config.scorecard.recipe
+    students = parse_entries(card.students, "scorecard.students")
+    if not students:
+        raise ValueError("scorecard.students is empty: give scorecard.students=[label=HF folder, ...]")
+    if not config.original_teacher:
+        raise ValueError("the scorecard needs original_teacher=<HF folder of the teacher before calibration>")
+    for attack in card.attacks:
+        if attack not in ("seqkd", "kd", "gkd"):
+            raise ValueError(f"scorecard attack {attack!r} is not valid; use seqkd, kd or gkd")
+    teacher_paths = [config.original_teacher, card.teacher_eta0, card.teacher_distillable,
+                     card.teacher_undistillable] + [p for ps in students.values() for p in ps]
+    for path in filter(None, teacher_paths):
+        resolve_model_dir(path)
+    task = make_task(recipe.task, recipe.task_options)
+    examples = task.load(config.split, recipe.data_path or None, limit=config.limit or None)
+    out = Path(config.output_dir)
+    arms = scorecard_arms(config)
+    decoding = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                    samples_per_prompt=config.samples_per_prompt, top_p=config.top_p, seed=config.seed,
+                    batch_size=config.batch_size, chat=config.chat_template)
+    jobs = [(label, paths[0], arm, seed) for label, paths in students.items() for arm in arms for seed in card.seeds]
+    started = time.perf_counter()
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for i, (label, student_path, arm, seed) in enumerate(jobs):
+        run_dir = out / "runs" / label / arm["arm"].replace("/", "_") / f"seed{seed}"
+        elapsed = time.perf_counter() - started
+        eta = f", eta {elapsed / i * (len(jobs) - i) / 60:.1f} min" if i else ""
+        print(f"[scorecard {i + 1}/{len(jobs)}] {label} {arm['arm']} seed {seed}{eta}", flush=True)
+        if not (run_dir / "summary.json").exists():
+            run_config = dataclasses.replace(
+                recipe, student=str(resolve_model_dir(student_path)), teacher=arm["teacher"] and
+                str(resolve_model_dir(arm["teacher"])), objective=arm["objective"], seed=seed,
+                output_dir=str(run_dir), max_steps=arm.get("steps", recipe.max_steps), resume=True,
+                student_tokenizer="", teacher_tokenizer="", eval_size=0, progress=False)
+            distill(run_config)
+        model, tokenizer = _model_and_tokenizer(run_dir, config.dtype)
+        result = score_model(model, tokenizer, task, examples, **decoding)
+        rows.setdefault((label, arm["arm"]), []).append({"seed": seed, **result})
+    table = []
+    for label in students:
+        for arm in arms:
+            runs = rows[(label, arm["arm"])]
+            row = {"student": label, "arm": arm["arm"], "objective": arm["objective"],
+                   "teacher": arm.get("teacher_key", ""), **aggregate(runs), "runs": runs}
+            table.append(row)
+    flag_collapse(table, card.collapse_ratio)
+    result = {"settings": {"task": recipe.task, "split": config.split, "limit": config.limit,
+                           "seeds": list(card.seeds), "collapse_ratio": card.collapse_ratio,
+                           "decoding": decoding, "recipe": dataclasses.asdict(recipe)},
+              "arms": table, "seconds": time.perf_counter() - started}
+    calibrated = {key: path for key, path in (("eta0", card.teacher_eta0), ("distillable", card.teacher_distillable),
+                                              ("undistillable", card.teacher_undistillable)) if path}
+    result["teachers"] = compare_teachers(config.original_teacher, calibrated, task, examples, dtype=config.dtype,
+                                          **decoding)
+    write_scorecard(result, out)
+    return result
+
+
+def flag_collapse(rows: Sequence[dict[str, Any]], ratio: float = 0.2) -> None:
+    """Marks each teacher arm (in place) with ``relative_to_original`` = its mean accuracy over that of the
+    same student and attack distilled from the original teacher, and ``collapse`` = accuracy <= ratio x it
+    (never when that reference accuracy is 0: the ratio is then undefined, reported as None).
+
+    rows: dicts with ``student``, ``arm`` ("<attack>/<teacher>" for teacher arms), ``objective``,
+    ``teacher`` ("" for the before / sft arms) and ``accuracy_mean``.
+    """
+    for row in rows:
+        if not row["teacher"]:
+            continue
+        base = next((r for r in rows if r["student"] == row["student"] and r["arm"] == f"{row['objective']}/original"),
+                    None)
+        if base is None:
+            raise ValueError(f"no {row['objective']}/original arm for student {row['student']} to compare with")
+        if base["accuracy_mean"] > 0:
+            row["relative_to_original"] = row["accuracy_mean"] / base["accuracy_mean"]
+            row["collapse"] = bool(row["accuracy_mean"] <= ratio * base["accuracy_mean"])
+        else:  # the original teacher taught nothing: there is nothing to collapse from
+            row["relative_to_original"], row["collapse"] = None, False
+
+
+def write_scorecard(result: Mapping[str, Any], out: Path) -> None:
+    """scorecard.json, scorecard.md (students per arm, collapse flagged; the teachers) and scorecard.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scorecard.json").write_text(json.dumps(result, indent=2))
+    s = result["settings"]
+    lines = [f"# Scorecard: {s['task']} ({s['split']}, {s['limit'] or 'all'} examples, seeds {s['seeds']})", "",
+             f"Student accuracy % (mean ± std over seeds). collapse = accuracy <= {s['collapse_ratio']:g} x "
+             "the same student and attack distilled from the original teacher.", "",
+             "| student | arm | accuracy % | unparseable % | length | vs original | collapse |",
+             "|---|---|---|---|---|---|---|"]
+    for row in result["arms"]:
+        relative = f"{row['relative_to_original']:.2f}" if row.get("relative_to_original") is not None else ""
+        collapse = ("**collapse**" if row["collapse"] else "no") if "collapse" in row else ""
+        lines.append(f"| {row['student']} | {row['arm']} | {_pm(row['accuracy_mean'], row['accuracy_std'])} | "
+                     f"{100 * row['unparseable_rate_mean']:.1f} | {row['mean_length_mean']:.1f} | {relative} | "
+                     f"{collapse} |")
+    text = "\n".join(lines) + "\n"
+    if result.get("teachers"):
+        text += "\n" + teacher_table(result["teachers"])
+    (out / "scorecard.md").write_text(text)
+    values: dict[str, dict[str, tuple[float, float]]] = {}
+    for row in result["arms"]:
+        values.setdefault(row["student"], {})[row["arm"]] = (row["accuracy_mean"], row["accuracy_std"])
+    bar_chart(values, out / "scorecard.png", title=f"student accuracy per arm ({s['task']})")
+
+
+# ---- CLI --------------------------------------------------------------------------------------------
+
+def evaluate(config: EvaluateConfig) -> dict[str, Any]:
+    """The plain evaluation of ``config.models`` (plus the teacher comparison when teachers are given)."""
+    results = evaluate_models(
+        parse_entries(config.models, "models"), config.tasks, task_options=config.task_options,
+        data_paths={k: v[0] for k, v in parse_entries(config.data_paths, "data_paths").items()},
+        split=config.split, limit=config.limit, temperature=config.temperature,
+        samples_per_prompt=config.samples_per_prompt, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size, seed=config.seed, chat=config.chat_template, dtype=config.dtype)
+    if config.original_teacher:
+        task = make_task(config.tasks[0], config.task_options)
+        data = parse_entries(config.data_paths, "data_paths").get(task.name, [None])[0]
+        examples = task.load(config.split, data, limit=config.limit or None)
+        calibrated = {k: v[0] for k, v in parse_entries(config.calibrated_teachers, "calibrated_teachers").items()}
+        results["teachers"] = compare_teachers(
+            config.original_teacher, calibrated, task, examples, max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature, samples_per_prompt=config.samples_per_prompt, top_p=config.top_p,
+            seed=config.seed, batch_size=config.batch_size, chat=config.chat_template, dtype=config.dtype)
+    write_results(results, list(config.tasks), Path(config.output_dir))
+    return results
+
+
+DESCRIPTION = f"""Evaluate models on tasks, compare calibrated teachers, or run the distillation scorecard.
+
+tasks: {', '.join(list_tasks())}
+distillation objectives (scorecard.attacks, scorecard.recipe.objective): sft, seqkd, kd, gkd
+
+examples:
+  python -m jaxdistill.evaluate models=[teacher=runs/tiny/teacher,kd=runs/kd/seed0,kd=runs/kd/seed1] \\
+      tasks=[arith] limit=200
+  python -m jaxdistill.evaluate original_teacher=runs/tiny/teacher \\
+      calibrated_teachers=[plus=runs/cal/plus,minus=runs/cal/minus] models=[...]
+  python -m jaxdistill.evaluate --scorecard original_teacher=T scorecard.teacher_eta0=T0 \\
+      scorecard.teacher_distillable=Tp scorecard.teacher_undistillable=Tm \\
+      scorecard.students=[proxy=runs/tiny/proxy] scorecard.attacks=[seqkd,gkd] scorecard.recipe.max_steps=200
+Outputs: results.json/.md/.png (scorecard: scorecard.json/.md/.png and runs/) in output_dir."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config, flags = parse_args(EvaluateConfig, argv, prog="python -m jaxdistill.evaluate", description=DESCRIPTION,
+                               extra_flags=[("--scorecard", "run every arm of the distillation scorecard")])
+    try:
+        if flags["scorecard"]:
+            scorecard(config)
+            print((Path(config.output_dir) / "scorecard.md").read_text())
+        else:
+            if not config.models:
+                raise ValueError("no models to evaluate: give models=[label=path, ...] (or --scorecard)")
+            evaluate(config)
+            print((Path(config.output_dir) / "results.md").read_text())
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

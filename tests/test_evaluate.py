@@ -1,0 +1,128 @@
+"""``jaxdistill.evaluate``: reproducible greedy results, JSON/markdown/PNG outputs, seeds as mean +- std,
+the teacher comparison, the scorecard's arms and collapse flags, clear errors, and the CLI's --help."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from distill_world import build_world
+from jaxdistill.distill import DistillConfig, distill
+from jaxdistill.evaluate import (EvaluateConfig, ScorecardConfig, aggregate, compare_teachers, evaluate_models,
+                                 flag_collapse, main as evaluate_main, make_task, scorecard)
+from jaxdistill.tasks import list_tasks
+
+SMALL = dict(task_options=("difficulty=1",), limit=4, max_new_tokens=16, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory)
+
+
+def test_greedy_results_are_identical_across_runs_and_files_are_written(world, tmp_path):
+    models = {"student": [str(world.student)], "teacher": str(world.teacher)}
+    first = evaluate_models(models, ["arith"], output_dir=tmp_path / "a", **SMALL)
+    second = evaluate_models(models, ["arith"], output_dir=tmp_path / "b", **SMALL)
+    assert first == second
+    assert (tmp_path / "a" / "results.json").read_text() == (tmp_path / "b" / "results.json").read_text()
+    run = first["models"]["teacher"]["runs"][0]["arith"]
+    assert run["n"] == 4 and 0.0 <= run["accuracy"] <= 1.0 and run["mean_length"] > 0
+    table = (tmp_path / "a" / "results.md").read_text()
+    assert "| student | 1 |" in table and "| teacher | 1 |" in table and "unparseable" in table
+    png = (tmp_path / "a" / "results.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+
+
+def test_seeds_are_reported_as_mean_and_std(world, tmp_path):
+    summary = aggregate([{"accuracy": 0.2, "unparseable_rate": 0.1, "mean_length": 10},
+                         {"accuracy": 0.4, "unparseable_rate": 0.3, "mean_length": 20}])
+    assert summary["accuracy_mean"] == pytest.approx(0.3)
+    assert summary["accuracy_std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert summary["unparseable_rate_mean"] == pytest.approx(0.2) and summary["n_runs"] == 2
+    run = distill(DistillConfig(student=str(world.student), max_steps=0, output_dir=str(tmp_path / "run"),
+                                progress=False))
+    results = evaluate_models({"arm": [str(world.student), str(run)]}, ["arith"], **SMALL)  # a run folder too
+    arm = results["models"]["arm"]
+    assert arm["arith"]["n_runs"] == 2 and arm["arith"]["accuracy_std"] == 0.0  # the same weights twice
+    assert arm["runs"][0]["arith"] == arm["runs"][1]["arith"]
+
+
+def test_clear_errors_for_unknown_task_and_wrong_paths(world, tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown task 'arithmetic'; valid tasks: gsm8k, math500"):
+        evaluate_models({"s": str(world.student)}, ["arithmetic"])
+    with pytest.raises(FileNotFoundError, match="nowhere.*does not exist"):
+        evaluate_models({"s": str(tmp_path / "nowhere")}, ["arith"])
+    (tmp_path / "unfinished" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="without a final model/"):
+        evaluate_models({"s": str(tmp_path / "unfinished")}, ["arith"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        evaluate_main([f"models=[s={tmp_path / 'nowhere'}]", f"output_dir={tmp_path / 'out'}"])
+    with pytest.raises(ValueError, match="unknown task"):
+        make_task("gsm9k")
+
+
+def test_teacher_comparison_kl_accuracy_and_length(world):
+    task = make_task("arith", ["difficulty=1"])
+    examples = task.load("test", limit=4)
+    out = compare_teachers(world.teacher, {"same": world.teacher, "other": world.student}, task, examples,
+                           max_new_tokens=16, batch_size=4)
+    assert out["same"]["kl_to_original"] == pytest.approx(0.0, abs=1e-5)
+    assert out["same"]["accuracy_change"] == 0.0 and out["same"]["mean_length"] == out["original"]["mean_length"]
+    assert out["other"]["kl_to_original"] > 1e-3  # another model, same tokenizer
+    with pytest.raises(ValueError, match="another tokenizer"):
+        compare_teachers(world.teacher, {"x": world.cross_student}, task, examples, max_new_tokens=16, batch_size=4)
+
+
+def test_collapse_is_relative_to_the_same_student_and_attack_from_the_original():
+    rows = [{"student": "s", "arm": "sft", "objective": "sft", "teacher": "", "accuracy_mean": 0.3},
+            {"student": "s", "arm": "kd/original", "objective": "kd", "teacher": "original", "accuracy_mean": 0.5},
+            {"student": "s", "arm": "kd/undistillable", "objective": "kd", "teacher": "undistillable",
+             "accuracy_mean": 0.1},
+            {"student": "s", "arm": "kd/distillable", "objective": "kd", "teacher": "distillable", "accuracy_mean": 0.6},
+            {"student": "s", "arm": "gkd/original", "objective": "gkd", "teacher": "original", "accuracy_mean": 0.0},
+            {"student": "s", "arm": "gkd/undistillable", "objective": "gkd", "teacher": "undistillable",
+             "accuracy_mean": 0.0}]
+    flag_collapse(rows, 0.2)
+    assert "collapse" not in rows[0]
+    assert rows[2]["collapse"] and rows[2]["relative_to_original"] == pytest.approx(0.2)  # 0.1 <= 0.2 x 0.5
+    assert not rows[3]["collapse"] and not rows[1]["collapse"]
+    assert rows[5]["collapse"] is False and rows[5]["relative_to_original"] is None  # nothing to collapse from
+
+
+def test_scorecard_runs_every_arm_and_writes_the_table(world, tmp_path):
+    recipe = DistillConfig(task="arith", task_options=("difficulty=1",), train_limit=16, batch_size=4, max_steps=1,
+                           max_completion_length=16, learning_rate=1e-3, save_steps=0)
+    teacher = str(world.teacher)
+    config = EvaluateConfig(original_teacher=teacher, output_dir=str(tmp_path / "card"), limit=4, max_new_tokens=16,
+                            batch_size=4, scorecard=ScorecardConfig(
+                                teacher_eta0=teacher, teacher_distillable=teacher, teacher_undistillable=teacher,
+                                students=(f"small={world.student}",), attacks=("kd",), seeds=(0,), recipe=recipe))
+    result = scorecard(config)
+    arms = [row["arm"] for row in result["arms"]]
+    assert arms == ["before", "sft", "kd/original", "kd/eta0", "kd/distillable", "kd/undistillable"]
+    summaries = {arm: json.loads((tmp_path / "card" / "runs" / "small" / arm.replace("/", "_") / "seed0" /
+                                  "summary.json").read_text()) for arm in arms}
+    assert summaries["before"]["steps"] == 0 and summaries["sft"]["objective"] == "sft"
+    assert summaries["kd/undistillable"]["objective"] == "kd" and summaries["kd/undistillable"]["steps"] == 1
+    assert all("collapse" in row for row in result["arms"][2:])
+    assert set(result["teachers"]) == {"original", "eta0", "distillable", "undistillable"}
+    assert result["teachers"]["undistillable"]["kl_to_original"] == pytest.approx(0.0, abs=1e-5)
+    table = (tmp_path / "card" / "scorecard.md").read_text()
+    for arm in arms:
+        assert f"| small | {arm} |" in table
+    assert "## Teachers" in table and (tmp_path / "card" / "scorecard.png").read_bytes()[:4] == b"\x89PNG"
+    again = scorecard(config)  # finished runs are reused, results unchanged
+    assert [r["accuracy_mean"] for r in again["arms"]] == [r["accuracy_mean"] for r in result["arms"]]
+
+
+def test_cli_help_lists_every_task_objective_and_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    fields = ([f.name for f in dataclasses.fields(EvaluateConfig)] +
+              [f"scorecard.{f.name}" for f in dataclasses.fields(ScorecardConfig) if f.name != "recipe"] +
+              [f"scorecard.recipe.{f.name}" for f in dataclasses.fields(DistillConfig)])
+    for word in fields + list_tasks() + ["sft", "seqkd", "kd", "gkd", "--scorecard"]:
+        assert word in text, word
