@@ -38,16 +38,16 @@ ARITH_DIFFICULTY = 1  # two-step problems: learnable by a 0.3M-parameter model i
 class Profile:
     """Sizes and budgets of one default run (full or quick)."""
 
-    teacher_sft_steps: int = 1500
-    proxy_sft_steps: int = 600
+    teacher_sft_steps: int = 800
+    proxy_sft_steps: int = 300
     sft_batch: int = 32
-    calibrate_steps: int = 60
+    calibrate_steps: int = 30
     prompts_per_step: int = 8
     num_generations: int = 4
-    student_steps: int = 300
-    student_batch: int = 32
-    eval_size: int = 200
-    max_completion_length: int = 112
+    student_steps: int = 60
+    student_batch: int = 16
+    eval_size: int = 100
+    max_completion_length: int = 96
 
 
 FULL = Profile()
