@@ -96,7 +96,8 @@ class DistillConfig:
     seqkd_only_correct: bool = option(False, "seqkd: train only on teacher samples the task verifier accepts")
     sampling_temperature: float = option(1.0, "temperature of teacher and student sampling")
     top_p: float = option(1.0, "nucleus mass of teacher and student sampling")
-    max_completion_length: int = option(128, "most tokens per sampled completion (and per gold solution)")
+    max_completion_length: int = option(128, "most tokens per sampled completion (gold and re-tokenized "
+                                             "completions are never cut: longer rows get a wider bucket)")
     # optimisation
     batch_size: int = option(16, "sequences per optimizer step")
     max_steps: int = option(200, "optimizer steps (0 = export the starting student unchanged)")
