@@ -9,7 +9,7 @@ from flax import nnx
 
 from distill_world import SPLIT_VOCAB, build_world
 from jaxdistill.distill import losses
-from jaxdistill.distill.data import BatchMaker, BatchRecipe, Side
+from jaxdistill.distill.data import BatchMaker, BatchRecipe, Side, batch_indices
 from jaxdistill.distill.learner import StudentLearner, _loss
 from jaxdistill.distill.objectives import DistillBatch, LossSettings, Sequences
 from jaxdistill.models import LoraConfig, LoraParam, load_model
@@ -199,3 +199,23 @@ def test_a_model_folder_keeps_its_tokenizer_splitting(world):
     text = f"Ann has {number} apples. 3+{number}"
     assert len(source.encode(number)) == 1 and len(load_tokenizer(world.split_tokenizer).encode(number)) > 1
     assert load_tokenizer(world.cross_student).encode(text) == source.encode(text)
+
+
+def test_seqkd_only_correct_trains_exactly_the_verified_teacher_samples():
+    from distill_world import FIXTURE_TEACHER  # a trained arith teacher (75% greedy), so samples vary
+
+    teacher, _ = load_model(FIXTURE_TEACHER)
+    side = Side.of(load_tokenizer(FIXTURE_TEACHER))
+    task = get_task("arith", difficulty=1)
+    recipe = BatchRecipe(objective="seqkd", loss_kind="nll", batch_size=8, max_completion_length=64,
+                         seqkd_only_correct=True, seed=3)
+    batch, metrics = BatchMaker(recipe, task, task.load("train", limit=64), {"student": side, "teacher": side},
+                                student=teacher, teacher=teacher)(0)
+    examples = [task.load("train", limit=64)[i] for i in batch_indices(64, 8, 3, 0)]
+    tokens, mask = np.asarray(batch.student.tokens), np.asarray(batch.student.mask)
+    trained = mask.sum(1) > 0
+    # a row is its sample, EOS and padding: decoding drops the special tokens
+    correct = [task.verify(side.text(row), e).reward == 1.0 for row, e in zip(tokens.tolist(), examples)]
+    assert list(trained) == correct and 0 < trained.mean() < 1
+    assert metrics["seqkd/kept_fraction"] == pytest.approx(trained.mean())
+    assert metrics["samples/teacher_accuracy"] == pytest.approx(trained.mean())
