@@ -121,11 +121,14 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def from_dict(cls, data: dict[str, Any], prefix: str = "", root=None):
+def from_dict(cls, data: dict[str, Any], prefix: str = "", root=None, base=None):
     """Build ``cls`` from a (possibly nested) dict, checking keys and types.
 
-    ``root`` is the top-level config class (for error messages about nested keys)."""
+    Values not in ``data`` keep those of ``base`` (default: ``cls()``), so a nested section that sets
+    one key keeps the parent's defaults for the others. ``root`` is the top-level class (for errors).
+    """
     root = root or cls
+    base = base if base is not None else cls()
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
     fields, hints = _fields(cls), _hints(cls)
@@ -135,12 +138,12 @@ def from_dict(cls, data: dict[str, Any], prefix: str = "", root=None):
             raise _unknown_key(root, prefix + key)
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
-            kwargs[key] = from_dict(typ, value or {}, prefix + key + ".", root)
+            kwargs[key] = from_dict(typ, value or {}, prefix + key + ".", root, getattr(base, key))
         else:
             kwargs[key] = _coerce(value, typ, prefix + key)
     try:
-        return cls(**kwargs)
-    except TypeError as err:
+        return dataclasses.replace(base, **kwargs)
+    except (TypeError, ValueError) as err:
         raise ConfigError(f"{cls.__name__}: {err}") from err
 
 

@@ -23,6 +23,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxdistill.config import option
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
@@ -44,29 +46,37 @@ LOGICAL_RULES: dict[str, Any] = {
 class MeshConfig:
     """Shape of the device mesh; one axis may be -1 to take all remaining devices."""
 
-    data: int = 1  # data-parallel replicas
-    fsdp: int = -1  # parameter + batch sharding (-1: all devices not used by data and tensor)
-    tensor: int = 1  # tensor-parallel width (heads, MLP width, vocabulary)
+    data: int = option(1, "data-parallel replicas (batch rows; parameters replicated)")
+    fsdp: int = option(-1, "parameter + batch sharding (-1: all devices not used by data and tensor)")
+    tensor: int = option(1, "tensor-parallel width (attention heads, MLP width, vocabulary)")
+    num_devices: int = option(-1, "use the first N devices (-1: all)")
 
 
-def make_mesh(config: MeshConfig | None = None, devices=None) -> Mesh:
-    """A ``Mesh`` with axes (data, fsdp, tensor) over ``devices`` (default: all devices)."""
-    config = config or MeshConfig()
-    devices = np.asarray(devices if devices is not None else jax.devices())
+def mesh_axis_sizes(config: MeshConfig, num_devices: int) -> tuple[int, int, int]:
+    """(data, fsdp, tensor) sizes of ``config`` on ``num_devices`` devices (resolving the -1 axis)."""
     sizes = [config.data, config.fsdp, config.tensor]
     if sizes.count(-1) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
-        if devices.size % known:
-            raise ValueError(f"{devices.size} devices do not divide into mesh axes {sizes}")
-        sizes[sizes.index(-1)] = devices.size // known
-    if math.prod(sizes) != devices.size:
+        if num_devices % known:
+            raise ValueError(f"{num_devices} devices do not divide into mesh axes {sizes}")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
         raise ValueError(
             f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {math.prod(sizes)} devices, "
-            f"but {devices.size} are available; set the axes so their product is {devices.size} (or use -1)"
+            f"but {num_devices} are available; set the axes so their product is {num_devices} (or use -1)"
         )
-    return Mesh(devices.reshape(sizes), MESH_AXES)
+    return sizes[0], sizes[1], sizes[2]
+
+
+def make_mesh(config: MeshConfig | None = None, devices=None) -> Mesh:
+    """A ``Mesh`` with axes (data, fsdp, tensor) over ``devices`` (default: all, or the first num_devices)."""
+    config = config or MeshConfig()
+    if devices is None:
+        devices = jax.devices() if config.num_devices == -1 else jax.devices()[:config.num_devices]
+    devices = np.asarray(devices)
+    return Mesh(devices.reshape(mesh_axis_sizes(config, devices.size)), MESH_AXES)
 
 
 def _axis_size(mesh: Mesh, mesh_axes) -> int:

@@ -73,3 +73,13 @@ def test_cli_error_exits_with_message(capsys):
     with pytest.raises(SystemExit):
         parse_args(Outer, ["etaa=1"], prog="x", description="d")
     assert "did you mean 'eta'" in capsys.readouterr().err
+
+
+@dataclasses.dataclass
+class Parent:
+    mesh: Inner = option(Inner(fsdp=2, tensor=4), "a nested default that differs from Inner()")
+
+
+def test_nested_override_keeps_the_parents_nested_defaults():
+    cfg = load_config(Parent, None, ["mesh.tensor=8"])
+    assert (cfg.mesh.fsdp, cfg.mesh.tensor) == (2, 8)

@@ -54,7 +54,7 @@ def test_logprobs_equal_a_full_forward(tiny, temperature):
     logits = model(ids, mask)[:, out.prompt_ids.shape[1] - 1:-1] / temperature
     logits = logits.at[..., 0].set(-jnp.inf)  # the pad id (0) is never sampled
     logp = jax.nn.log_softmax(logits, axis=-1)
-    expected = jnp.take_along_axis(logp, out.tokens[..., None], axis=-1)[..., 0] * out.mask
+    expected = jnp.where(out.mask == 1, jnp.take_along_axis(logp, out.tokens[..., None], axis=-1)[..., 0], 0.0)
     np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(expected), atol=1e-4)
     assert float(jnp.min(out.entropy * out.mask)) >= 0.0 and float(jnp.max(out.entropy)) > 0.1
     assert not bool(jnp.any((out.tokens == 0) & (out.mask == 1)))

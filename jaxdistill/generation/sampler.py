@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxdistill.distributed import to_host
 from jaxdistill.models.qwen import KVCache, Qwen
 from jaxdistill.sharding import LOGICAL_RULES, batch_sharding
 
@@ -88,11 +89,14 @@ class GenerationOutput:
 
     @property
     def finish_reasons(self) -> list[str]:
-        return ["eos" if e else "length" for e in np.asarray(self.finished_eos)]
+        return ["eos" if e else "length" for e in to_host(self.finished_eos)]
 
     def completions(self) -> list[list[int]]:
-        """Completion ids per row as Python lists (EOS included, padding dropped)."""
-        tokens, lengths = np.asarray(self.tokens), np.asarray(self.lengths)
+        """Completion ids per row as Python lists (EOS included, padding dropped).
+
+        In a multi-process run the rows are gathered from every process (a collective), so every
+        process gets the whole batch."""
+        tokens, lengths = to_host(self.tokens), to_host(self.lengths)
         return [tokens[i, :n].tolist() for i, n in enumerate(lengths)]
 
 
@@ -126,19 +130,52 @@ def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
     return logits
 
 
+def greedy_tokens(logits: jax.Array) -> jax.Array:
+    """argmax over the last axis (first maximum), as max + masked min: two plain reductions, which
+    XLA runs several times faster on CPU than a variadic argmax reduction over a large vocabulary."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    ids = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(logits == top, ids, logits.shape[-1]), axis=-1)
+
+
+def categorical_tokens(logits: jax.Array, uniforms: jax.Array, block: int = 512) -> jax.Array:
+    """Exact sampling from softmax(logits) by inverse CDF, one uniform per row.
+
+    logits [B, V] (-inf entries are never drawn), uniforms [B] in [0, 1) -> ids [B].
+    Two levels keep it cheap: pick a block of ``block`` ids by the cumulative block masses, then an
+    id inside that block by its own cumulative masses. It needs B random numbers per step instead
+    of B x V Gumbel draws (two orders of magnitude faster at V = 152k on a CPU).
+    """
+    b, v = logits.shape
+    pad = (-v) % block
+    probs = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    probs = jnp.pad(probs, ((0, 0), (0, pad))).reshape(b, -1, block)  # [B, nb, block]
+    block_mass = probs.sum(-1)  # [B, nb]
+    block_cdf = jnp.cumsum(block_mass, -1)
+    target = uniforms * block_cdf[:, -1]
+    chosen = jax.vmap(lambda cdf, x: jnp.searchsorted(cdf, x, side="right"))(block_cdf, target)
+    last_block = jnp.max(jnp.where(block_mass > 0, jnp.arange(block_mass.shape[1]), 0), axis=-1)
+    chosen = jnp.minimum(chosen, last_block)  # rounding can push the target past the last mass
+    before = jnp.take_along_axis(block_cdf - block_mass, chosen[:, None], axis=-1)[:, 0]
+    inner = jnp.take_along_axis(probs, chosen[:, None, None], axis=1)[:, 0]  # [B, block]
+    inner_cdf = jnp.cumsum(inner, -1) + before[:, None]
+    j = jax.vmap(lambda cdf, x: jnp.searchsorted(cdf, x, side="right"))(inner_cdf, target)
+    last = jnp.max(jnp.where(inner > 0, jnp.arange(block), 0), axis=-1)
+    return (chosen * block + jnp.minimum(j, last)).astype(jnp.int32)
+
+
 def sample_step(logits: jax.Array, keys: jax.Array, params: SamplingParams):
     """logits [B, V], keys [B] -> (tokens [B], logprobs [B], entropy [B])."""
     filtered = filter_logits(logits, params)
     if params.temperature == 0:
-        tokens = jnp.argmax(filtered, axis=-1)
-        logp_all = jax.nn.log_softmax(filtered, axis=-1)
+        tokens = greedy_tokens(filtered)
     else:
-        tokens = jax.vmap(jax.random.categorical)(keys, filtered)
-        logp_all = jax.nn.log_softmax(filtered, axis=-1)
-    logprobs = jnp.take_along_axis(logp_all, tokens[:, None], axis=-1)[:, 0]
+        tokens = categorical_tokens(filtered, jax.vmap(jax.random.uniform)(keys))
+    chosen = jnp.take_along_axis(filtered, tokens[:, None], axis=-1)[:, 0]
+    logprobs = chosen - jax.nn.logsumexp(filtered, axis=-1)
     entropy = jnp.zeros_like(logprobs)
     if params.return_entropy:
-        tempered = jax.nn.log_softmax(logits / max(params.temperature, 1e-6) if params.temperature else logits)
+        tempered = jax.nn.log_softmax(logits / params.temperature if params.temperature else logits)
         entropy = -jnp.sum(jnp.where(tempered > -jnp.inf, jnp.exp(tempered) * tempered, 0.0), axis=-1)
     return tokens.astype(jnp.int32), logprobs, entropy
 
@@ -280,7 +317,9 @@ def generate(model: Qwen, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
             mask = jnp.concatenate([mask, jnp.tile(mask[-1:], (extra, 1))])
             row_keys = jnp.concatenate([row_keys, jnp.tile(row_keys[-1:], (extra,))])
         ids, mask = jax.device_put((ids, mask), batch_sharding(mesh))
-        row_keys = jax.device_put(row_keys, NamedSharding(mesh, P(LOGICAL_RULES["batch"])))
+        # Keys travel as their raw uint32 data: multi-process device_put accepts plain arrays only.
+        key_data = jax.device_put(jax.random.key_data(row_keys), NamedSharding(mesh, P(LOGICAL_RULES["batch"], None)))
+        row_keys = jax.random.wrap_key_data(key_data)
     graphdef, state = nnx.split(model)
     tokens, cmask, logprobs, lengths, done, entropy = _jitted_program(graphdef, state, ids, mask, row_keys,
                                                                       params, mesh)

@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from jaxdistill.distributed import is_main_process, to_host
 from jaxdistill.models.config import LoraConfig, QwenConfig, as_dtype
 from jaxdistill.models.lora import Linear
 from jaxdistill.models.qwen import Qwen
@@ -82,7 +83,11 @@ def read_config(path: str | Path) -> tuple[Path, dict]:
     """The checkpoint folder and its parsed ``config.json`` (with clear errors)."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {folder} does not exist")
+        hint = ""
+        if len(folder.parts) == 2 and not str(path).startswith((".", "/", "~")):  # looks like a hub repo id
+            hint = (f"; to use the hub model {path}, download it first: "
+                    f"huggingface-cli download {path} --local-dir {path}")
+        raise FileNotFoundError(f"model folder {folder} does not exist{hint}")
     cfg_file = folder / "config.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{folder} has no config.json; point to an HF model folder "
@@ -117,6 +122,7 @@ def load_model(path: str | Path, dtype: str = "float32", mesh: Mesh | None = Non
     expected = hf_parameter_map(config)
     loaded: dict[tuple, jax.Array] = {}
     tied_head = None
+    embed_source = None
     for file in _checkpoint_files(folder):
         with safe_open(str(file), framework="numpy") as f:
             for name in f.keys():
@@ -127,6 +133,8 @@ def load_model(path: str | Path, dtype: str = "float32", mesh: Mesh | None = Non
                     raise ValueError(f"{file.name}: unexpected tensor {name!r} for a {config.model_type} model "
                                      f"with this config.json (extra or misnamed weight)")
                 state_path, transpose = expected[name]
+                if name == "model.embed_tokens.weight":
+                    embed_source = (file, name)
                 var = variables[state_path]
                 want = tuple(var.get_value().shape)
                 array = f.get_tensor(name)
@@ -140,10 +148,12 @@ def load_model(path: str | Path, dtype: str = "float32", mesh: Mesh | None = Non
         raise ValueError(f"{folder}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
                          f"({len(missing)} in all) for this config.json")
     if tied_head is not None:
+        # Compared on the host copies from the files: the loaded embedding may be spread over processes.
         with safe_open(str(tied_head[0]), framework="numpy") as f:
             head = f.get_tensor(tied_head[1])
-        embed = np.asarray(jax.device_get(loaded[("embed_tokens",)])).astype(np.float32)
-        if not np.allclose(head.astype(np.float32), embed):
+        with safe_open(str(embed_source[0]), framework="numpy") as f:
+            embed = f.get_tensor(embed_source[1])
+        if not np.allclose(head.astype(np.float32), embed.astype(np.float32)):
             raise ValueError("config.json sets tie_word_embeddings=true but lm_head.weight differs from "
                              "model.embed_tokens.weight; set tie_word_embeddings=false")
     state = nnx.from_flat_state([(p, v.replace(loaded[p])) for p, v in variables.items()])
@@ -171,13 +181,15 @@ def save_model(model: Qwen, path: str | Path, *, tokenizer_dir: str | Path | Non
     """Write an HF folder (config.json, safetensors, generation_config.json) with LoRA merged.
 
     ``tokenizer_dir``: copy its tokenizer files alongside, so the folder is self-contained.
-    Sharded arrays are gathered to the host one tensor at a time.
+    Sharded arrays are gathered to the host one tensor at a time. In a multi-process run every
+    process must call this (the gathers are collectives) and process 0 alone writes the folder.
     """
     from huggingface_hub import split_state_dict_into_shards_factory
 
     config: QwenConfig = model.config
     out = Path(path).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, np.ndarray] = {}
     for name, (state_path, transpose) in hf_parameter_map(config).items():
         owner = model
@@ -188,8 +200,11 @@ def save_model(model: Qwen, path: str | Path, *, tokenizer_dir: str | Path | Non
             value = owner.merged_kernel()
         else:
             value = getattr(owner, leaf)[...]
-        array = np.asarray(jax.device_get(value))
-        tensors[name] = np.ascontiguousarray(array.T if transpose else array)
+        array = to_host(value)
+        if is_main_process():
+            tensors[name] = np.ascontiguousarray(array.T if transpose else array)
+    if not is_main_process():
+        return out
     split = split_state_dict_into_shards_factory(
         tensors, get_storage_size=lambda a: a.nbytes, max_shard_size=max_shard_size,
         filename_pattern="model{suffix}.safetensors")
@@ -216,16 +231,20 @@ def save_model(model: Qwen, path: str | Path, *, tokenizer_dir: str | Path | Non
 
 
 def save_lora(model: Qwen, path: str | Path) -> Path:
-    """Write only the adapter weights (safetensors, keyed like the HF tensors) and their config."""
+    """Write only the adapter weights (safetensors, keyed like the HF tensors) and their config.
+
+    Multi-process: every process calls this (gathers are collectives); process 0 writes."""
     from jaxdistill.models.lora import LoraParam
 
     if model.lora_config is None:
         raise ValueError("model has no LoRA adapters to save")
     out = Path(path).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for p, var in nnx.to_flat_state(nnx.state(model, LoraParam)):
-        tensors[".".join(map(str, p))] = np.asarray(jax.device_get(var.get_value()))
+        tensors[".".join(map(str, p))] = to_host(var.get_value())
+    if not is_main_process():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "adapter.safetensors"), metadata={"format": "jaxdistill-lora"})
     cfg = model.lora_config
     (out / "adapter_config.json").write_text(json.dumps(

@@ -41,12 +41,14 @@ class Linear(nnx.Module):
         self.lora_dropout = nnx.data(None)
 
     def add_lora(self, rank: int, alpha: float, dropout: float, rngs: nnx.Rngs) -> None:
-        """Attach a fresh adapter (A ~ N(0, 1/in), B = 0)."""
+        """Attach a fresh adapter (A ~ N(0, 1/in), B = 0).
+
+        Adapters are stored in fp32 whatever the base dtype: with bf16 weights and a small learning rate,
+        bf16 adapters (and their AdamW moments) would lose most updates to rounding."""
         d_in, d_out = self.kernel[...].shape
-        dtype = self.kernel[...].dtype
         a = jax.random.normal(rngs.params(), (d_in, rank), jnp.float32) / jnp.sqrt(d_in)
-        self.lora_a = LoraParam(a.astype(dtype), logical_axes=(self.axes[0], "lora_rank"))
-        self.lora_b = LoraParam(jnp.zeros((rank, d_out), dtype), logical_axes=("lora_rank", self.axes[1]))
+        self.lora_a = LoraParam(a, logical_axes=(self.axes[0], "lora_rank"))
+        self.lora_b = LoraParam(jnp.zeros((rank, d_out), jnp.float32), logical_axes=("lora_rank", self.axes[1]))
         self.lora_scale = alpha / rank
         self.lora_dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
 

@@ -84,7 +84,7 @@ def _loss_and_grads(lora_state, frozen_state, batch, graphdef, settings):
 @partial(jax.jit, static_argnames=("optimizer",), donate_argnames=("lora_state", "opt_state"))
 def _apply_updates(lora_state, opt_state, grads, optimizer):
     updates, opt_state = optimizer.update(grads, opt_state, lora_state)
-    return optax.apply_updates(lora_state, updates), opt_state, optax.global_norm(grads)
+    return optax.apply_updates(lora_state, updates), opt_state, optax.tree.norm(grads)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "settings"))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.align import SpanAlignment, align_retokenized
+from jaxdistill.distributed import to_host
 from jaxdistill.generation.sampler import SamplingParams, bucket_length, left_pad
 from jaxdistill.generation.scoring import completion_logprobs
 from jaxdistill.models.qwen import Qwen
@@ -120,11 +121,11 @@ class CalibrationScorer:
             reward = calibration.reward
         metrics = {k: float(v) for k, v in calibration_metrics(aligned, calibration).items()}
         proxy_count = np.maximum(proxy_mask.sum(1), 1)
-        metrics["calibration/proxy_logprob_per_token"] = float(np.mean(np.asarray(proxy_lp).sum(1) / proxy_count))
-        metrics["calibration/proxy_logprob_per_byte"] = float(np.mean(
-            np.asarray(proxy_lp).sum(1) / np.maximum(spans.total_bytes_a, 1)))
+        proxy_sums = to_host(proxy_lp).sum(1)  # gathered from every process in multi-process runs
+        metrics["calibration/proxy_logprob_per_token"] = float(np.mean(proxy_sums / proxy_count))
+        metrics["calibration/proxy_logprob_per_byte"] = float(np.mean(proxy_sums / np.maximum(spans.total_bytes_a, 1)))
         metrics["calibration/byte_mismatches"] = float(len(alignment.mismatches))
-        return np.asarray(reward, np.float32), metrics
+        return to_host(reward).astype(np.float32), metrics
 
 
 def describe_verdicts(verdicts: Sequence[Verdict]) -> dict[str, Any]:

@@ -33,6 +33,19 @@ def list_tasks() -> list[str]:
     return list(TASKS)
 
 
+def parse_task_options(items) -> dict:
+    """``("difficulty=1", "seed=3")`` -> ``{"difficulty": 1, "seed": 3}`` (values read as YAML scalars)."""
+    import yaml
+
+    options = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"task option {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
 def get_task(name: str, **options) -> Task:
     """A fresh task object by name; ``options`` go to its constructor (e.g. ``instruction=``,
     arith's ``difficulty=``, ``seed=``, ``train_size=``, math500's ``timeout_s=``)."""
@@ -46,6 +59,6 @@ __all__ = [
     "IfevalTask", "MalformedRow", "MalformedRowsWarning", "Math500Task", "NqOpenTask", "OK",
     "STATUSES", "SUPPORTED_INSTRUCTIONS", "Style", "TASKS", "TIMEOUT", "Task", "UNPARSEABLE",
     "UNSUPPORTED", "Verdict", "describe", "extract_answer", "generate_problems", "get_task",
-    "list_styles", "list_tasks", "make_pipeline", "render_solution", "solutions",
+    "list_styles", "list_tasks", "make_pipeline", "parse_task_options", "render_solution", "solutions",
     "strip_thinking", "summarize", "train_tiny_tokenizers",
 ]

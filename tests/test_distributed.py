@@ -1,0 +1,165 @@
+"""Multi-process runs on one machine: 2 JAX processes (2 CPU devices each) over 127.0.0.1 give the
+same calibration as 1 process with the same 4-device mesh and global batch; plus the init logic."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+from jaxdistill import distributed
+from jaxdistill.training import read_metrics
+from tiny_models import tiny_world
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_TIMEOUT_S = 300  # generous: the runs take ~40 s on 2 idle cores, several times that on busy ones
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices_per_process: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "SLURM_", "OMPI_", "TPU_"))}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+               # Both runs compile the same way; skipping XLA's slow optimisation passes halves the test time.
+               JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+    return env
+
+
+def _calibrate(config: Path, *overrides: str, devices: int, log: Path) -> subprocess.Popen:
+    """Start ``python -m jaxdistill.calibrate`` (stdout/stderr to ``log``)."""
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "jaxdistill.calibrate", "--config", str(config), *overrides],
+                                cwd=REPO, env=_env(devices), stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait(processes: list[subprocess.Popen], logs: list[Path]) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    try:
+        for p in processes:
+            p.wait(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        for p in processes:
+            p.kill()
+            p.wait()
+        pytest.fail(f"calibrate processes ran past {RUN_TIMEOUT_S} s; logs:\n" +
+                    "\n".join(f"--- {log}\n{log.read_text()[-3000:]}" for log in logs))
+    for p, log in zip(processes, logs):
+        assert p.returncode == 0, f"{log.name} exited with {p.returncode}:\n{log.read_text()[-5000:]}"
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The same tiny calibration as 1 process x 4 devices and as 2 processes x 2 devices."""
+    root = tmp_path_factory.mktemp("multiprocess")
+    world = tiny_world(root / "world")
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump(dict(
+        teacher=str(world["teacher"]), proxy=str(world["proxy"]), task="arith", num_generations=4,
+        prompts_per_step=2, max_steps=2, max_completion_length=12, learning_rate=1e-2, lora_rank=4,
+        lora_alpha=8.0, eval_every=0, eval_prompts=4, save_every=2, progress=False, eta=1.0, beta=0.04,
+        mesh={"data": 1, "fsdp": 4, "tensor": 1})))
+    one, two = root / "one", root / "two"
+    port = _free_loopback_port()
+    logs = [root / f"two.process{i}.log" for i in range(2)] + [root / "one.log"]
+    # All three processes run at once: XLA compiles mostly on one core, so this overlaps the compiles.
+    processes = [_calibrate(config, f"output_dir={two}", "distributed.mode=explicit",
+                            f"distributed.coordinator_address=127.0.0.1:{port}", "distributed.num_processes=2",
+                            f"distributed.process_id={i}", devices=2, log=logs[i]) for i in range(2)]
+    processes.append(_calibrate(config, f"output_dir={one}", "distributed.mode=off", devices=4, log=logs[2]))
+    _wait(processes, logs)
+    return {"one": one, "two": two, "logs": logs[:2]}
+
+
+def test_two_processes_join_one_runtime(two_runs):
+    for i, log in enumerate(two_runs["logs"]):
+        assert f"process {i} of 2, 2 local / 4 global devices" in log.read_text()
+    # only process 0 prints the result
+    assert '"output_dir"' in two_runs["logs"][0].read_text()
+    assert '"output_dir"' not in two_runs["logs"][1].read_text()
+
+
+def test_two_processes_log_the_same_metrics_as_one(two_runs):
+    one, two = read_metrics(two_runs["one"]), read_metrics(two_runs["two"])
+    assert [r["step"] for r in two] == [0, 1, 2]  # written once (process 0), not once per process
+    assert [r["step"] for r in one] == [0, 1, 2]
+    compared = 0
+    for a, b in zip(one, two):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key in ("step_time", "tokens_per_second"):
+                continue
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["step"], key)
+            compared += 1
+    assert compared > 50
+    assert two[2]["grad_norm"] > 0 and two[2]["kl"] > 0  # the adapters did move
+
+
+def test_two_processes_export_and_checkpoint_like_one(two_runs):
+    for folder, name in (("teacher", "model.safetensors"), ("adapter", "adapter.safetensors")):
+        a = load_file(str(two_runs["one"] / folder / name))
+        b = load_file(str(two_runs["two"] / folder / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    assert (two_runs["two"] / "checkpoints" / "2").is_dir()
+    assert json.loads((two_runs["two"] / "config.json").read_text())["distributed"]["num_processes"] == 2
+
+
+# ---- initialisation logic (no runtime is started) ------------------------------------------------
+
+def _clear_cluster_env(monkeypatch):
+    for key in list(os.environ):
+        if key.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")):
+            monkeypatch.delenv(key)
+
+
+def test_auto_without_a_cluster_is_a_single_process(monkeypatch):
+    _clear_cluster_env(monkeypatch)
+    monkeypatch.setattr(distributed, "detect_cluster", lambda: None)
+    assert distributed.initialize("auto") == "single"
+    assert distributed.initialize("off") == "off"
+
+
+def test_slurm_job_with_several_tasks_is_detected(monkeypatch):
+    _clear_cluster_env(monkeypatch)
+    slurm = dict(SLURM_JOB_ID="42", SLURM_STEP_NODELIST="node[001-002]", SLURM_NTASKS="2", SLURM_PROCID="1",
+                 SLURM_LOCALID="0")
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    assert distributed.detect_cluster() == "slurm"
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task allocation runs as one process
+    assert distributed.detect_cluster() != "slurm"
+
+
+def test_explicit_errors_name_the_missing_fields(monkeypatch):
+    _clear_cluster_env(monkeypatch)
+    with pytest.raises(ValueError, match="distributed.num_processes, distributed.process_id"):
+        distributed.initialize("explicit", coordinator_address="127.0.0.1:1234")
+    with pytest.raises(ValueError, match="only coordinator_address set"):
+        distributed.initialize("auto", coordinator_address="127.0.0.1:1234")
+    with pytest.raises(ValueError, match=r"process_id=2 must be in \[0, num_processes=2\)"):
+        distributed.initialize("explicit", "127.0.0.1:1234", 2, 2)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        distributed.initialize("slurm")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two' is not an integer"):
+        distributed.initialize("auto")
+
+
+def test_to_host_copies_local_arrays():
+    import jax.numpy as jnp
+
+    np.testing.assert_array_equal(distributed.to_host(jnp.arange(6).reshape(2, 3)), np.arange(6).reshape(2, 3))
