@@ -124,8 +124,13 @@ def make_task(name: str, options: Sequence[str] = ()) -> Task:
     """``get_task`` with a clear error; options are ``key=value`` (all tasks) or ``task:key=value``."""
     if name not in list_tasks():
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(list_tasks())}")
-    mine = [o.split(":", 1)[1] if ":" in o.split("=", 1)[0] else o for o in options
-            if ":" not in o.split("=", 1)[0] or o.split(":", 1)[0] == name]
+    mine = []
+    for item in options:
+        if ":" in item.split("=", 1)[0]:  # "task:key=value" applies to that task only
+            task_name, item = item.split(":", 1)
+            if task_name != name:
+                continue
+        mine.append(item)
     return get_task(name, **parse_task_options(tuple(mine)))
 
 

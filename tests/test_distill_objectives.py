@@ -9,7 +9,7 @@ from flax import nnx
 
 from distill_world import SPLIT_VOCAB, build_world
 from jaxdistill.distill import losses
-from jaxdistill.distill.data import BatchMaker, BatchRecipe, Side
+from jaxdistill.distill.data import BatchMaker, BatchRecipe, Side, batch_indices
 from jaxdistill.distill.learner import StudentLearner, _loss
 from jaxdistill.distill.objectives import DistillBatch, LossSettings, Sequences
 from jaxdistill.models import LoraConfig, LoraParam, load_model
@@ -93,16 +93,13 @@ def test_token_kd_slices_two_model_vocab_sizes(models):
 
 
 def test_chunked_logits_give_the_same_loss_and_gradient(models):
-    student, teacher, _ = models
-    seqs = sequences(PROMPTS, COMPLETIONS)
-    batch = DistillBatch(seqs, seqs)
+    student = models[0]
+    batch = DistillBatch(sequences(PROMPTS, COMPLETIONS))
     graphdef, params, rest = nnx.split(student, nnx.Param, ...)
-    teacher_graphdef, teacher_state = nnx.split(teacher)
 
     def value_and_grad(chunk_size):
-        settings = LossSettings(kind="token_kd", top_k=5, student_vocab_size=SPLIT_VOCAB,
-                                teacher_vocab_size=SPLIT_VOCAB, chunk_size=chunk_size)
-        fn = jax.jit(lambda p: _loss(p, rest, teacher_state, batch, graphdef, teacher_graphdef, settings)[0])
+        settings = LossSettings(kind="nll", student_vocab_size=SPLIT_VOCAB, chunk_size=chunk_size)
+        fn = jax.jit(lambda p: _loss(p, rest, None, batch, graphdef, None, settings)[0])
         return jax.value_and_grad(fn)(params)
 
     (one, grad_one), (chunked, grad_chunked) = value_and_grad(64), value_and_grad(4)  # 6 positions: 2 chunks
@@ -160,7 +157,7 @@ def test_cross_tokenizer_spans_hold_the_same_bytes_on_both_sides(world, models):
         assert len(student_spans) < int(np.asarray(batch.teacher.mask[row]).sum())  # spans merge digits
 
 
-@pytest.mark.parametrize("kind", ["nll", "token_kd", "span_kd"])
+@pytest.mark.parametrize("kind", ["token_kd", "span_kd"])  # nll: see test_distill_smoke.py
 def test_learner_lowers_its_own_loss(world, kind):
     cross = kind == "span_kd"
     student, _ = load_model(world.cross_student if cross else world.student)
@@ -199,3 +196,23 @@ def test_a_model_folder_keeps_its_tokenizer_splitting(world):
     text = f"Ann has {number} apples. 3+{number}"
     assert len(source.encode(number)) == 1 and len(load_tokenizer(world.split_tokenizer).encode(number)) > 1
     assert load_tokenizer(world.cross_student).encode(text) == source.encode(text)
+
+
+def test_seqkd_only_correct_trains_exactly_the_verified_teacher_samples():
+    from distill_world import FIXTURE_TEACHER  # a trained arith teacher (75% greedy), so samples vary
+
+    teacher, _ = load_model(FIXTURE_TEACHER)
+    side = Side.of(load_tokenizer(FIXTURE_TEACHER))
+    task = get_task("arith", difficulty=1)
+    recipe = BatchRecipe(objective="seqkd", loss_kind="nll", batch_size=8, max_completion_length=64,
+                         seqkd_only_correct=True, seed=3)
+    batch, metrics = BatchMaker(recipe, task, task.load("train", limit=64), {"student": side, "teacher": side},
+                                student=teacher, teacher=teacher)(0)
+    examples = [task.load("train", limit=64)[i] for i in batch_indices(64, 8, 3, 0)]
+    tokens, mask = np.asarray(batch.student.tokens), np.asarray(batch.student.mask)
+    trained = mask.sum(1) > 0
+    # a row is its sample, EOS and padding: decoding drops the special tokens
+    correct = [task.verify(side.text(row), e).reward == 1.0 for row, e in zip(tokens.tolist(), examples)]
+    assert list(trained) == correct and 0 < trained.mean() < 1
+    assert metrics["seqkd/kept_fraction"] == pytest.approx(trained.mean())
+    assert metrics["samples/teacher_accuracy"] == pytest.approx(trained.mean())

@@ -60,6 +60,7 @@ def test_clear_errors_for_unknown_task_and_wrong_paths(world, tmp_path, capsys):
         evaluate_main([f"models=[s={tmp_path / 'nowhere'}]", f"output_dir={tmp_path / 'out'}"])
     with pytest.raises(ValueError, match="unknown task"):
         make_task("gsm9k")
+    assert make_task("arith", ["arith:difficulty=3", "gsm8k:instruction=x"]).config.max_number == 50
 
 
 def test_teacher_comparison_kl_accuracy_and_length(world):

@@ -96,7 +96,8 @@ class DistillConfig:
     seqkd_only_correct: bool = option(False, "seqkd: train only on teacher samples the task verifier accepts")
     sampling_temperature: float = option(1.0, "temperature of teacher and student sampling")
     top_p: float = option(1.0, "nucleus mass of teacher and student sampling")
-    max_completion_length: int = option(128, "most tokens per sampled completion (and per gold solution)")
+    max_completion_length: int = option(128, "most tokens per sampled completion (gold and re-tokenized "
+                                             "completions are never cut: longer rows get a wider bucket)")
     # optimisation
     batch_size: int = option(16, "sequences per optimizer step")
     max_steps: int = option(200, "optimizer steps (0 = export the starting student unchanged)")
@@ -183,10 +184,17 @@ def check_vocab(model: Qwen, side: Side, role: str) -> None:
                          f"tokenizer the {role} was trained with")
 
 
-@functools.lru_cache(maxsize=32)
 def cached_optimizer(learning_rate, max_steps, warmup_steps, schedule, weight_decay, max_grad_norm):
-    """One optimizer object per setting, so runs with the same recipe reuse the compiled step."""
-    return make_optimizer(learning_rate, max(max_steps, 1), warmup_steps=warmup_steps, schedule=schedule,
+    """One optimizer object per setting (the optimizer is part of the jit key), so runs with the same
+    recipe reuse the compiled step. A constant schedule without warmup does not depend on ``max_steps``."""
+    if schedule == "constant" and warmup_steps == 0:
+        max_steps = 1
+    return _optimizer(learning_rate, max(max_steps, 1), warmup_steps, schedule, weight_decay, max_grad_norm)
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(learning_rate, max_steps, warmup_steps, schedule, weight_decay, max_grad_norm):
+    return make_optimizer(learning_rate, max_steps, warmup_steps=warmup_steps, schedule=schedule,
                           weight_decay=weight_decay, max_grad_norm=max_grad_norm or None)
 
 

@@ -1,0 +1,67 @@
+"""Tiny-world smoke (slow): each objective lowers its own loss and lifts an untrained student's held-out
+arith accuracy above chance.
+
+The teacher is ``tests/fixtures/tiny_arith_teacher`` (Qwen3, hidden 64, 2 layers, 75% greedy on held-out
+difficulty-1 arith; rebuilt by ``tests/fixtures/build_tiny_teacher.py``). Each student is a randomly
+initialised Qwen2 (hidden 64, 2 layers) with the teacher's tokenizer, trained for STEPS steps of 32
+sequences (learning rate 1e-2, cosine decay). "Chance" is the held-out accuracy of always answering the
+most frequent training answer (what a model that learned only the answer distribution would score): 4.4%
+on the 500 test problems. A student must beat it significantly (one-sided binomial test, p < 0.01).
+
+gkd runs with forward KL (TRL's beta = 0): from an untrained student the default generalized JSD
+(beta 0.5) saturates near its bound log 2 and barely moves in this budget (measured: loss 0.61 -> 0.48,
+accuracy 0%), while the forward KL keeps a useful gradient.
+"""
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from distill_world import FIXTURE_TEACHER, tiny_config
+from jaxdistill.distill import DistillConfig, distill
+from jaxdistill.models import Qwen, save_model
+from jaxdistill.tasks import get_task
+from jaxdistill.training import read_metrics
+
+STEPS = 300
+EVAL_SIZE = 500
+
+
+@pytest.fixture(scope="module")
+def student_folder(tmp_path_factory) -> Path:
+    config = tiny_config(448, "qwen2", hidden=64, layers=2)
+    return save_model(Qwen(config, rngs=nnx.Rngs(0)), tmp_path_factory.mktemp("student") / "init",
+                      tokenizer_dir=FIXTURE_TEACHER)
+
+
+@pytest.fixture(scope="module")
+def chance() -> float:
+    task = get_task("arith", difficulty=1)
+    most_common = Counter(e.answer for e in task.load("train")).most_common(1)[0][0]
+    return float(np.mean([e.answer == most_common for e in task.load("test", limit=EVAL_SIZE)]))
+
+
+def run(objective: str, student: Path, out: Path, steps: int) -> dict:
+    folder = distill(DistillConfig(
+        student=str(student), teacher=str(FIXTURE_TEACHER), student_init="random", objective=objective,
+        divergence="forward_kl", task="arith", task_options=("difficulty=1",), batch_size=32, max_steps=steps,
+        learning_rate=1e-2, lr_schedule="cosine", warmup_steps=20, max_completion_length=64,
+        eval_size=EVAL_SIZE, save_steps=0, progress=False, output_dir=str(out)))
+    return {"losses": [r["loss"] for r in read_metrics(folder)] if steps else [],
+            "accuracy": json.loads((folder / "summary.json").read_text())["eval"]["accuracy"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["sft", "seqkd", "kd", "gkd"])
+def test_objective_lowers_its_loss_and_lifts_accuracy_above_chance(objective, student_folder, chance, tmp_path):
+    untrained = run("sft", student_folder, tmp_path / "untrained", steps=0)["accuracy"]
+    result = run(objective, student_folder, tmp_path / objective, steps=STEPS)
+    print(f"{objective}: accuracy {untrained:.3f} -> {result['accuracy']:.3f} (chance {chance:.3f}); loss "
+          f"{np.mean(result['losses'][:5]):.3f} -> {np.mean(result['losses'][-20:]):.3f}")
+    assert np.mean(result["losses"][-20:]) < 0.5 * np.mean(result["losses"][:5])
+    assert untrained <= chance
+    significant = chance + 2.33 * np.sqrt(chance * (1 - chance) / EVAL_SIZE)  # p < 0.01 above chance
+    assert result["accuracy"] > significant
