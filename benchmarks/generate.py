@@ -59,7 +59,6 @@ def median_time(fn, repeats: int) -> float:
 
 def matmul_time(model, batch: int, repeats: int) -> float:
     """Median time of the bare matrix products of one decode step (all layers + LM head)."""
-    cfg = model.config
     kernels = []
     for layer in model.layers:
         for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,

@@ -23,13 +23,11 @@ import dataclasses
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
-from jaxdistill.config import option, parse_args, to_dict
+from jaxdistill.config import option, parse_args
 from jaxdistill.distributed import DistributedConfig, initialize_from_config
 from jaxdistill.sharding import MeshConfig
 

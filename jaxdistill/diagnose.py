@@ -40,7 +40,7 @@ from jaxdistill import diagnostics as dx
 from jaxdistill.align import span_logprobs, align_retokenized
 from jaxdistill.config import option, parse_args, to_dict
 from jaxdistill.distill.losses import binarised_divergence
-from jaxdistill.distill.trainer import parse_task_options
+from jaxdistill.tasks import parse_task_options
 from jaxdistill.generation import generate
 from jaxdistill.generation.sampler import bucket_length, left_pad
 from jaxdistill.generation.scoring import completion_hidden, completion_logprobs

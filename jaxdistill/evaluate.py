@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxdistill.config import option, parse_args
 from jaxdistill.distill.data import Side, pad_sequences, same_tokenizer
 from jaxdistill.distill.objectives import LossSettings, token_kd_per_token
-from jaxdistill.distill.trainer import DistillConfig, distill, parse_task_options
+from jaxdistill.distill.trainer import DistillConfig, distill
+from jaxdistill.tasks import parse_task_options
 from jaxdistill.generation import generate
 from jaxdistill.models import Qwen, load_model
 from jaxdistill.rl.losses import masked_mean

@@ -1,6 +1,5 @@
 """calibrate: the loop's mechanics on tiny random models (metrics, export, resume, meshes, bad steps, CLI)."""
 import dataclasses
-import json
 
 import numpy as np
 import pytest

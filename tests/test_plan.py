@@ -13,7 +13,7 @@ from jaxdistill.calibrate import CalibrateConfig
 from jaxdistill.config import load_config
 from jaxdistill.generation.sampler import _constrain_cache
 from jaxdistill.models import LoraConfig, LoraParam, load_model
-from jaxdistill.plan import GIB, PUBLISHED_CONFIGS, main, plan_memory
+from jaxdistill.plan import PUBLISHED_CONFIGS, main, plan_memory
 from jaxdistill.sharding import MeshConfig, make_mesh
 from jaxdistill.training import make_optimizer
 from tiny_models import random_qwen_folder

@@ -21,7 +21,7 @@ runs inside the same program under ``stop_gradient``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ from flax import struct
 
 from jaxdistill.align import span_logprobs
 from jaxdistill.distill import losses
-from jaxdistill.generation.scoring import completion_hidden
+from jaxdistill.generation.scoring import completion_hidden, map_completion_chunks
 from jaxdistill.models.qwen import Qwen
 from jaxdistill.rl.losses import masked_mean, token_logprobs
 
@@ -95,24 +95,6 @@ class LossSettings:
             raise ValueError(f"loss kind must be one of {LOSS_KINDS}, got {self.kind!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-
-
-def map_completion_chunks(fn: Callable[..., jax.Array], chunk_size: int, *arrays: jax.Array) -> jax.Array:
-    """``fn`` over chunks of the completion axis, each chunk rematerialised in the backward pass.
-
-    arrays: [N, C, ...] each; fn(*chunks) with chunks [N, c, ...] returns [N, c]. Returns [N, C].
-    """
-    n, c = arrays[0].shape[:2]
-    chunk = max(1, min(chunk_size, c))
-    pad = (-c) % chunk
-
-    def split(x):  # [N, C, ...] -> [C / chunk, N, chunk, ...]
-        if pad:
-            x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-        return jnp.moveaxis(x.reshape(n, (c + pad) // chunk, chunk, *x.shape[2:]), 1, 0)
-
-    out = jax.lax.map(lambda args: jax.checkpoint(fn)(*args), tuple(split(x) for x in arrays))
-    return jnp.moveaxis(out, 0, 1).reshape(n, -1)[:, :c]
 
 
 def _hidden(model: Qwen, seqs: Sequences) -> jax.Array:

@@ -31,10 +31,8 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import jax
-import numpy as np
 import yaml
 from flax import nnx
 
@@ -45,7 +43,7 @@ from jaxdistill.distill.objectives import LossSettings
 from jaxdistill.models import LoraConfig, Qwen, load_model, save_model
 from jaxdistill.models.hf_io import read_config
 from jaxdistill.models.config import QwenConfig
-from jaxdistill.tasks import get_task, list_tasks
+from jaxdistill.tasks import get_task, list_tasks, parse_task_options
 from jaxdistill.tokenizer import load_tokenizer
 from jaxdistill.training import (Checkpointer, MetricsLogger, StepTimer, TooManyBadSteps, bad_step_counts,
                                  make_optimizer)
@@ -152,17 +150,6 @@ def resolved_divergence(config: DistillConfig) -> str:
     if config.divergence != "auto":
         return config.divergence
     return "jsd" if config.objective == "gkd" else "forward_kl"
-
-
-def parse_task_options(items: tuple[str, ...]) -> dict[str, Any]:
-    """``("difficulty=1", "seed=3")`` -> ``{"difficulty": 1, "seed": 3}`` (values read as YAML scalars)."""
-    options = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"task option {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        options[key.strip()] = yaml.safe_load(value)
-    return options
 
 
 def load_student(config: DistillConfig) -> Qwen:

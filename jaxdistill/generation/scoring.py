@@ -31,35 +31,39 @@ def completion_hidden(model: Qwen, prompt_ids, prompt_mask, tokens, mask, *, lor
     return hidden[:, p - 1:p - 1 + c]
 
 
-def _chunks(x: jax.Array, chunk: int) -> jax.Array:
-    """[N, C, ...] -> [C // chunk, N, chunk, ...] (C padded up to a multiple of chunk)."""
-    n, c = x.shape[:2]
+def map_completion_chunks(fn, chunk_size: int, *arrays: jax.Array):
+    """``fn`` over chunks of the completion axis, each chunk rematerialised in the backward pass.
+
+    arrays: [N, C, ...] each; ``fn(*chunks)`` with chunks [N, c, ...] returns [N, c] (or a tuple of
+    them). Returns [N, C] (or the tuple). Only one chunk's logits are alive at a time.
+    """
+    n, c = arrays[0].shape[:2]
+    chunk = max(1, min(chunk_size, c))
     pad = (-c) % chunk
-    if pad:
-        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-    x = x.reshape(n, (c + pad) // chunk, chunk, *x.shape[2:])
-    return jnp.moveaxis(x, 1, 0)
+
+    def split(x):  # [N, C, ...] -> [C / chunk, N, chunk, ...]
+        if pad:
+            x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape(n, (c + pad) // chunk, chunk, *x.shape[2:]), 1, 0)
+
+    out = jax.lax.map(lambda args: jax.checkpoint(fn)(*args), tuple(split(x) for x in arrays))
+    return jax.tree.map(lambda y: jnp.moveaxis(y, 0, 1).reshape(n, -1)[:, :c], out)
 
 
 def logprobs_from_hidden(model: Qwen, hidden: jax.Array, tokens: jax.Array, params: SamplingParams,
                          chunk_size: int = 128, with_entropy: bool = False):
     """hidden [N, C, D], tokens [N, C] -> log-probs [N, C] (and entropy [N, C]) under ``params``."""
-    n, c, _ = hidden.shape
-    chunk = min(chunk_size, c)
 
-    @jax.checkpoint
     def one_chunk(h, t):
+        n, c = t.shape
         logits = model.logits(h)  # [N, chunk, V]
-        v = logits.shape[-1]
-        flat = filter_logits(logits.reshape(-1, v), params)  # temperature 0: untempered, as the sampler
+        flat = filter_logits(logits.reshape(n * c, -1), params)  # temperature 0: untempered, as the sampler
         logp = jax.nn.log_softmax(flat, axis=-1)
-        chosen = jnp.take_along_axis(logp, t.reshape(-1, 1), axis=-1)[:, 0].reshape(n, -1)
-        entropy = -jnp.sum(jnp.where(logp > -jnp.inf, jnp.exp(logp) * logp, 0.0), axis=-1).reshape(n, -1)
+        chosen = jnp.take_along_axis(logp, t.reshape(-1, 1), axis=-1)[:, 0].reshape(n, c)
+        entropy = -jnp.sum(jnp.where(logp > -jnp.inf, jnp.exp(logp) * logp, 0.0), axis=-1).reshape(n, c)
         return chosen, entropy
 
-    chosen, entropy = jax.lax.map(lambda args: one_chunk(*args), (_chunks(hidden, chunk), _chunks(tokens, chunk)))
-    chosen = jnp.moveaxis(chosen, 0, 1).reshape(n, -1)[:, :c]
-    entropy = jnp.moveaxis(entropy, 0, 1).reshape(n, -1)[:, :c]
+    chosen, entropy = map_completion_chunks(one_chunk, chunk_size, hidden, tokens)
     return (chosen, entropy) if with_entropy else chosen
 
 
