@@ -31,10 +31,8 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import jax
-import numpy as np
 import yaml
 from flax import nnx
 
