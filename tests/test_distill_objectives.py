@@ -110,7 +110,8 @@ def test_chunked_logits_give_the_same_loss_and_gradient(models):
 
 def gold_batch(world, student, teacher, student_tokenizer, loss_kind, batch_size=3):
     """A batch of gold solutions scored by the teacher (gkd with lmbda=0: no sampling)."""
-    sides = {"student": Side.of(load_tokenizer(student_tokenizer)), "teacher": Side.of(load_tokenizer(world.split_tokenizer))}
+    sides = {"student": Side.of(load_tokenizer(student_tokenizer)),
+             "teacher": Side.of(load_tokenizer(world.split_tokenizer))}
     task = get_task("arith", difficulty=1)
     recipe = BatchRecipe(objective="gkd", loss_kind=loss_kind, batch_size=batch_size, max_completion_length=64,
                          lmbda=0.0, off_policy_data="gold")

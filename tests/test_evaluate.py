@@ -80,7 +80,8 @@ def test_collapse_is_relative_to_the_same_student_and_attack_from_the_original()
             {"student": "s", "arm": "kd/original", "objective": "kd", "teacher": "original", "accuracy_mean": 0.5},
             {"student": "s", "arm": "kd/undistillable", "objective": "kd", "teacher": "undistillable",
              "accuracy_mean": 0.1},
-            {"student": "s", "arm": "kd/distillable", "objective": "kd", "teacher": "distillable", "accuracy_mean": 0.6},
+            {"student": "s", "arm": "kd/distillable", "objective": "kd", "teacher": "distillable",
+             "accuracy_mean": 0.6},
             {"student": "s", "arm": "gkd/original", "objective": "gkd", "teacher": "original", "accuracy_mean": 0.0},
             {"student": "s", "arm": "gkd/undistillable", "objective": "gkd", "teacher": "undistillable",
              "accuracy_mean": 0.0}]
