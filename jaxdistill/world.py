@@ -44,15 +44,17 @@ class Profile:
     calibrate_steps: int = 30
     prompts_per_step: int = 8
     num_generations: int = 4
-    student_steps: int = 60
-    student_batch: int = 16
+    student_steps: int = 400  # untrained students need 300-500 steps to clear chance (docs/distill.md)
+    student_batch: int = 32
+    student_lr: float = 1e-2
     eval_size: int = 100
     max_completion_length: int = 96
 
 
 FULL = Profile()
 QUICK = Profile(teacher_sft_steps=4, proxy_sft_steps=2, sft_batch=8, calibrate_steps=2, prompts_per_step=2,
-                num_generations=2, student_steps=2, student_batch=4, eval_size=4, max_completion_length=24)
+                num_generations=2, student_steps=2, student_batch=4, student_lr=3e-3, eval_size=4,
+                max_completion_length=24)
 
 # Architectures (DESIGN.md §6): a tiny Qwen3 teacher, a tinier Qwen2 proxy, and two students: one with
 # the proxy's shape and tokenizer, one that differs from the proxy (the teacher's tokenizer, wider).
@@ -189,8 +191,10 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
     world = build_world(out / "world", profile, seed)
     teachers = calibrate_teachers(world, out, profile, seed)
     recipe = DistillConfig(task="arith", task_options=(f"difficulty={ARITH_DIFFICULTY}",),
-                           max_steps=profile.student_steps, batch_size=profile.student_batch, learning_rate=3e-3,
-                           lr_schedule="cosine", max_completion_length=profile.max_completion_length,
+                           max_steps=profile.student_steps, batch_size=profile.student_batch,
+                           learning_rate=profile.student_lr, lr_schedule="cosine",
+                           # gkd's JSD(0.5) does not learn from random weights; forward KL does (docs/distill.md)
+                           divergence="forward_kl", max_completion_length=profile.max_completion_length,
                            save_steps=0, progress=False)
     card = ScorecardConfig(teacher_eta0=str(teachers["eta0"]), teacher_distillable=str(teachers["distillable"]),
                            teacher_undistillable=str(teachers["undistillable"]),
