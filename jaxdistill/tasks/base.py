@@ -12,6 +12,7 @@ calibrate / distill / evaluate only ever touch these names:
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import re
 from collections import Counter
@@ -58,7 +59,7 @@ class MalformedRow(ValueError):
     """A data row that lacks a field or has a field of the wrong type; loaders skip it."""
 
 
-class Task:
+class Task(abc.ABC):
     """Base class: subclasses set the class attributes and implement ``parse_row`` and ``verify``.
 
     ``hub_name``/``hub_config``/``hub_splits`` say where ``load`` finds the data on the HF hub when
@@ -78,8 +79,9 @@ class Task:
             self.instruction = instruction
 
     # ---- data -------------------------------------------------------------------------------
+    @abc.abstractmethod
     def parse_row(self, row: Mapping[str, Any]) -> Example:
-        raise NotImplementedError
+        """One data row -> an Example (raise MalformedRow for a bad row)."""
 
     def load(self, split: str = "test", path: str | Path | None = None, *,
              limit: int | None = None) -> list[Example]:
@@ -111,8 +113,9 @@ class Task:
         return example.solution
 
     # ---- scoring ----------------------------------------------------------------------------
+    @abc.abstractmethod
     def verify(self, completion: str, example: Example) -> Verdict:
-        raise NotImplementedError
+        """Score one completion: reward in [0, 1] and a parse status."""
 
     def rewards(self, completions: Sequence[str], examples: Sequence[Example]) -> list[float]:
         """``verify(...).reward`` for aligned lists of completions and examples."""
