@@ -8,7 +8,6 @@ reference is ``teacher(..., lora=False)``. The proxy is loaded once and never up
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from jax.sharding import Mesh
 
@@ -44,7 +43,3 @@ class Cluster:
                 raise ValueError(f"{name} tokenizer at {tok.path} has no eos token; set eos_token in its "
                                  "tokenizer_config.json")
         return cls(device_mesh, teacher_model, teacher_config, t_tok, proxy_model, proxy_config, p_tok)
-
-    @staticmethod
-    def tokenizer_dir(model_dir: str, tokenizer_dir: str | None) -> Path:
-        return Path(tokenizer_dir or model_dir)

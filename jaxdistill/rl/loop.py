@@ -4,6 +4,7 @@ checkpoints, exact resume and a bad-step guard. Configured by ``jaxdistill.calib
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ from jaxdistill.models import LoraConfig, save_lora, save_model
 from jaxdistill.rl.advantages import combined_advantages, zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
-from jaxdistill.rl.rewards import CalibrationScorer, _jit_scores, describe_verdicts, plain_scoring, task_rewards
+from jaxdistill.rl.rewards import CalibrationScorer, score_completions, describe_verdicts, plain_scoring, task_rewards
 from jaxdistill.tasks import get_task, parse_task_options
 from jaxdistill.tasks.pipeline import make_pipeline, prompt_text
 from jaxdistill.training import (Checkpointer, MetricsLogger, StepTimer, TooManyBadSteps, bad_step_counts,
@@ -112,9 +113,9 @@ class CalibrationRun:
                             old_logp=out.logprobs, advantages=jnp.zeros(len(completions), jnp.float32))
         ref_logp = self.learner.reference_logprobs(rollouts)
         plain = plain_scoring(tok.vocab_size)
-        teacher_lp = _jit_scores(cl.teacher, out.prompt_ids, out.prompt_mask, out.tokens, out.mask, plain,
+        teacher_lp = score_completions(cl.teacher, out.prompt_ids, out.prompt_mask, out.tokens, out.mask, plain,
                                  lora=True, chunk_size=128)
-        ref_plain = (_jit_scores(cl.teacher, out.prompt_ids, out.prompt_mask, out.tokens, out.mask, plain,
+        ref_plain = (score_completions(cl.teacher, out.prompt_ids, out.prompt_mask, out.tokens, out.mask, plain,
                                  lora=False, chunk_size=128) if self.scorer.subtract_reference else None)
         r_cal, cal_metrics = self.scorer(texts_in, completions, teacher_lp, ref_plain)
         advantages = combined_advantages(jnp.asarray(r_task), jnp.asarray(r_cal), g, eta=c.eta,
@@ -166,7 +167,7 @@ class CalibrationRun:
             start = int(extra["step"])
             log.info("resumed from step %d", start)
         elif jax.process_index() == 0:
-            (self.out / "config.json").write_text(__import__("json").dumps(to_dict(c), indent=2))
+            (self.out / "config.json").write_text(json.dumps(to_dict(c), indent=2))
         logger = MetricsLogger(self.out, c.max_steps, description=f"calibrate eta={c.eta:+g}",
                                tensorboard=c.tensorboard, start_step=start, show_progress=c.progress,
                                append=latest is not None)

@@ -53,7 +53,8 @@ def _pad_to(array: np.ndarray, width: int, value) -> np.ndarray:
     return np.concatenate([array, pad], axis=1)
 
 
-_jit_scores = jax.jit(completion_logprobs, static_argnames=("params", "lora", "chunk_size"))
+# completion_logprobs compiled once per (shape, scoring settings, adapters on/off)
+score_completions = jax.jit(completion_logprobs, static_argnames=("params", "lora", "chunk_size"))
 
 
 class CalibrationScorer:
@@ -80,7 +81,7 @@ class CalibrationScorer:
         prompts = [self.proxy_tokenizer.encode(t) for t in prompt_texts]
         prompt_ids, prompt_mask = left_pad(prompts, bucket_length(max(map(len, prompts))), pad)
         tokens = np.where(proxy_mask, proxy_ids, pad).astype(np.int32)
-        return _jit_scores(self.proxy, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), jnp.asarray(tokens),
+        return score_completions(self.proxy, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), jnp.asarray(tokens),
                            jnp.asarray(proxy_mask.astype(np.int32)), self.proxy_scoring, lora=False, chunk_size=128)
 
     def __call__(self, prompt_texts: Sequence[str], completion_ids: Sequence[Sequence[int]],
