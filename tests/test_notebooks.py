@@ -75,10 +75,21 @@ def test_qwen3_notebook_runs_on_a_tiny_stand_in(tmp_path, monkeypatch, shared_di
 
 
 def test_quickstart_notebook_runs_the_quick_tiny_world(tmp_path, monkeypatch):
-    pytest.importorskip("jaxdistill.world")
+    """Notebook 01 runs the default run's quick profile; the CLI's --quick then reuses its stages.
+
+    One quick run serves both checks (issue 8's artefact test and the notebook), to keep the suite short.
+    """
+    from default_run_checks import assert_every_artefact
+
+    from jaxdistill.calibrate import main
+
     output_dir = tmp_path / "tiny_world"
     notebook = execute("01_quickstart_tiny.ipynb", tmp_path, monkeypatch, QUICK=True, OUTPUT_DIR=str(output_dir))
     runs = sorted(output_dir.rglob("metrics.jsonl"))
     assert runs, f"default_run wrote no metrics.jsonl under {output_dir}"
     assert all(read_metrics(p.parent) for p in runs)
     assert f"{len(runs)} runs with metrics under {output_dir}" in outputs_text(notebook)
+    assert_every_artefact(output_dir)
+    (output_dir / "report.md").unlink()
+    assert main(["--quick", f"output_dir={output_dir}"]) == 0  # the README's CLI, finished stages reused
+    assert_every_artefact(output_dir)
