@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 
 import jax
@@ -32,6 +30,7 @@ import numpy as np
 
 from jaxdistill.align import align_retokenized, align_spans, align_spans_loop, align_texts, span_logprobs
 from jaxdistill.tokenizer import load_tokenizer
+from timing import median_seconds  # benchmarks/timing.py (the script's folder is on sys.path)
 
 
 def _default_shared() -> Path:
@@ -41,15 +40,6 @@ def _default_shared() -> Path:
 def _default(relative: str) -> str | None:
     path = _default_shared() / relative
     return str(path) if path.exists() else None
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def load_rows(data: Path, tokenizer, batch: int, length: int) -> list[str]:

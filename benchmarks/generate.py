@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from jaxdistill.generation import generate
 from jaxdistill.models import load_model
+from timing import median_seconds  # benchmarks/timing.py (the script's folder is on sys.path)
 
 SHAPES = {
     "a": dict(vocab_size=151936, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
@@ -48,15 +48,6 @@ def build_checkpoint(folder: Path, shape: dict, seed: int = 0):
     return model
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def matmul_time(model, batch: int, repeats: int) -> float:
     """Median time of the bare matrix products of one decode step (all layers + LM head)."""
     kernels = []
@@ -73,7 +64,7 @@ def matmul_time(model, batch: int, repeats: int) -> float:
         return [x @ k for x, k in zip(xs, kernels)]
 
     jax.block_until_ready(products(xs, kernels))
-    return median_time(lambda: jax.block_until_ready(products(xs, kernels)), repeats)
+    return median_seconds(lambda: jax.block_until_ready(products(xs, kernels)), repeats)
 
 
 def bench(name: str, shape: dict, batch: int, prompt_len: int, new_tokens: int, repeats: int,
@@ -91,9 +82,9 @@ def bench(name: str, shape: dict, batch: int, prompt_len: int, new_tokens: int, 
     start = time.perf_counter()
     tokens = run(new_tokens)
     first_call = time.perf_counter() - start
-    run_time = median_time(lambda: run(new_tokens), repeats)
+    run_time = median_seconds(lambda: run(new_tokens), repeats)
     run(1)
-    prefill_time = median_time(lambda: run(1), repeats)
+    prefill_time = median_seconds(lambda: run(1), repeats)
     step_time = (run_time - prefill_time) / (new_tokens - 1)
     bare = matmul_time(model, batch, repeats * 3)
     result = dict(config=name, batch=batch, prompt=prompt_len, new_tokens=new_tokens, dtype=dtype,
@@ -109,7 +100,7 @@ def bench(name: str, shape: dict, batch: int, prompt_len: int, new_tokens: int, 
                 return torch_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
             ref = torch_run()
-            torch_time = median_time(torch_run, repeats)
+            torch_time = median_seconds(torch_run, repeats)
         same = bool(np.array_equal(ref[:, prompt_len:].numpy(), np.asarray(tokens)))
         result.update(torch_tokens_per_s=batch * new_tokens / torch_time, torch_run_s=torch_time,
                       speedup=torch_time / run_time, same_greedy_tokens=same)
