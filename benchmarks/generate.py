@@ -55,13 +55,13 @@ def matmul_time(model, batch: int, repeats: int) -> float:
         for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
                      layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
             kernels.append(proj.kernel[...])
-    head = model.embed_tokens[...].T if model.lm_head is None else model.lm_head.kernel[...]
+    head = model.embed_tokens[...] if model.lm_head is None else model.lm_head[...]  # [vocab, hidden]
+    xs = [jnp.ones((batch, k.shape[0]), k.dtype) for k in kernels] + [jnp.ones((batch, head.shape[1]), head.dtype)]
     kernels.append(head)
-    xs = [jnp.ones((batch, k.shape[0]), k.dtype) for k in kernels]
 
     @jax.jit
     def products(xs, kernels):
-        return [x @ k for x, k in zip(xs, kernels)]
+        return [x @ k for x, k in zip(xs[:-1], kernels[:-1])] + [xs[-1] @ kernels[-1].T]
 
     jax.block_until_ready(products(xs, kernels))
     return median_seconds(lambda: jax.block_until_ready(products(xs, kernels)), repeats)

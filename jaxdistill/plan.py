@@ -44,7 +44,7 @@ from jaxdistill.config import ConfigError, load_config
 from jaxdistill.generation.sampler import bucket_length
 from jaxdistill.models.config import LoraConfig, QwenConfig, as_dtype
 from jaxdistill.models.lora import LoraParam
-from jaxdistill.models.qwen import Qwen
+from jaxdistill.models.qwen import KVCache, Qwen
 from jaxdistill.sharding import MESH_AXES, LOGICAL_RULES, logical_to_spec, mesh_axis_sizes
 
 GIB = 1024 ** 3
@@ -238,8 +238,8 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
     # prompts may use the bucket above it), then max_completion_length slots follow
     length = bucket_length(config.max_prompt_length) + config.max_completion_length
     kv = teacher_cfg.num_key_value_heads
-    kv_shape = (rows_padded, length, kv, teacher_cfg.head_dim)
-    one_layer = per_device_bytes(kv_shape, as_dtype(dtype), ("batch", "length", "kv_heads", "head_dim"), mesh)
+    kv_shape = (rows_padded, kv, length, teacher_cfg.head_dim)
+    one_layer = per_device_bytes(kv_shape, as_dtype(dtype), KVCache.VALUE_AXES, mesh)  # keys: same bytes
     cache = 2 * teacher_cfg.num_hidden_layers * one_layer
     cache += per_device_bytes((rows_padded, length), np.bool_, ("batch", "length"), mesh)  # valid slots
     items.append(PlanItem("generation", "teacher KV cache", cache, True,

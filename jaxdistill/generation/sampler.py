@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Sequence
 
 import jax
@@ -106,13 +107,11 @@ def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
     """logits [B, V] fp32 -> tempered, filtered logits [B, V] (removed entries are -inf)."""
     neg_inf = jnp.array(-jnp.inf, logits.dtype)
     vocab = logits.shape[-1]
-    ids = jnp.arange(vocab)
-    banned = jnp.zeros((vocab,), bool)
     if params.vocab_limit is not None and params.vocab_limit < vocab:
-        banned = banned | (ids >= params.vocab_limit)
-    if params.pad_id not in params.eos_ids:
-        banned = banned | (ids == params.pad_id)
-    logits = jnp.where(banned, neg_inf, logits)
+        # banned by position, not sliced off: ids keep their meaning and shapes stay [B, V]
+        logits = jnp.where(jnp.arange(vocab) >= params.vocab_limit, neg_inf, logits)
+    if params.pad_id not in params.eos_ids and params.pad_id < vocab:
+        logits = logits.at[:, params.pad_id].set(neg_inf)  # one column, written in place
     if params.temperature == 0:
         return logits
     logits = logits / params.temperature
@@ -131,11 +130,26 @@ def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
 
 
 def greedy_tokens(logits: jax.Array) -> jax.Array:
-    """argmax over the last axis (first maximum), as max + masked min: two plain reductions, which
-    XLA runs several times faster on CPU than a variadic argmax reduction over a large vocabulary."""
-    top = jnp.max(logits, axis=-1, keepdims=True)
-    ids = jnp.arange(logits.shape[-1], dtype=jnp.int32)
-    return jnp.min(jnp.where(logits == top, ids, logits.shape[-1]), axis=-1)
+    """logits [B, V] -> ids [B], the first maximum of each row (argmax), in two levels.
+
+    The vocabulary is cut into blocks; the row maximum is found from the block maxima, then the first
+    block holding it, then the first id inside that block. Every pass is a plain reduction, which XLA
+    runs several times faster on a CPU than a variadic argmax over 152k entries (0.8 ms against
+    5 ms for 16 rows).
+    """
+    b, v = logits.shape
+    block = math.gcd(v, 1024)  # a divisor of V, so no padded copy (128 for Qwen's 151936)
+    if block < 64:
+        block = 512
+        logits = jnp.pad(logits, ((0, 0), (0, (-v) % block)), constant_values=-jnp.inf)
+    blocks = logits.reshape(b, -1, block)  # [B, nb, block]
+    block_max = jnp.max(blocks, axis=-1)  # [B, nb]
+    top = jnp.max(block_max, axis=-1, keepdims=True)  # [B, 1]
+    nb = block_max.shape[1]
+    first = jnp.min(jnp.where(block_max == top, jnp.arange(nb, dtype=jnp.int32), nb), axis=-1)  # [B]
+    inner = jnp.take_along_axis(blocks, first[:, None, None], axis=1)[:, 0]  # [B, block]
+    j = jnp.min(jnp.where(inner == top, jnp.arange(block, dtype=jnp.int32), block), axis=-1)
+    return (first * block + j).astype(jnp.int32)
 
 
 def categorical_tokens(logits: jax.Array, uniforms: jax.Array, block: int = 512) -> jax.Array:
@@ -187,12 +201,13 @@ def _constrain_cache(cache: KVCache, mesh: Mesh | None) -> KVCache:
         return cache
     from jaxdistill.sharding import logical_to_spec
 
-    def kv_spec(x):
-        return NamedSharding(mesh, logical_to_spec(("batch", "length", "kv_heads", "head_dim"), x.shape, mesh))
+    def kv_spec(x, axes):
+        return NamedSharding(mesh, logical_to_spec(axes, x.shape, mesh))
 
     row = NamedSharding(mesh, P(LOGICAL_RULES["batch"]))
-    return KVCache(keys=tuple(jax.lax.with_sharding_constraint(k, kv_spec(k)) for k in cache.keys),
-                   values=tuple(jax.lax.with_sharding_constraint(v, kv_spec(v)) for v in cache.values),
+    return KVCache(keys=tuple(jax.lax.with_sharding_constraint(k, kv_spec(k, KVCache.KEY_AXES)) for k in cache.keys),
+                   values=tuple(jax.lax.with_sharding_constraint(v, kv_spec(v, KVCache.VALUE_AXES))
+                                for v in cache.values),
                    valid=jax.lax.with_sharding_constraint(cache.valid, NamedSharding(mesh, P(LOGICAL_RULES["batch"], None))),
                    positions=jax.lax.with_sharding_constraint(cache.positions, row), index=cache.index)
 

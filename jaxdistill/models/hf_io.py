@@ -36,7 +36,7 @@ def hf_parameter_map(config: QwenConfig) -> dict[str, tuple[tuple, bool]]:
     names: dict[str, tuple[tuple, bool]] = {"model.embed_tokens.weight": (("embed_tokens",), False),
                                              "model.norm.weight": (("norm", "weight"), False)}
     if not config.tie_word_embeddings:
-        names["lm_head.weight"] = (("lm_head", "kernel"), True)
+        names["lm_head.weight"] = (("lm_head",), False)
     for i in range(config.num_hidden_layers):
         pre = f"model.layers.{i}."
         layer = ("layers", i)
