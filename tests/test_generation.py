@@ -99,6 +99,18 @@ def test_vocab_limit_and_pad_are_never_sampled():
     assert tokens.max() < 8 and 0 not in tokens
 
 
+def test_negative_pad_id_bans_nothing():
+    """pad_id < 0 means "no pad ban" (plain scoring); no id, not even the last one, is removed."""
+    from jaxdistill.generation.sampler import filter_logits
+
+    logits = jnp.arange(12, dtype=jnp.float32).reshape(2, 6)
+    for temperature in (0.0, 1.0):
+        out = filter_logits(logits, SamplingParams(max_new_tokens=1, temperature=temperature, pad_id=-1))
+        np.testing.assert_array_equal(out, logits)
+    banned = filter_logits(logits, SamplingParams(max_new_tokens=1, temperature=0.0, pad_id=5, vocab_limit=4))
+    assert np.isneginf(np.asarray(banned)[:, 4:]).all() and np.isfinite(np.asarray(banned)[:, :4]).all()
+
+
 def test_sharded_generation_equals_single_device(tiny):
     folder = tiny["qwen3_gqa"][0]
     single, _ = load_model(folder)

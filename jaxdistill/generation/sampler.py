@@ -52,7 +52,7 @@ class SamplingParams:
     top_p: float = 1.0  # nucleus mass, in (0, 1]
     top_k: int = 0  # 0 = no top-k filter
     eos_ids: tuple[int, ...] = ()
-    pad_id: int = 0
+    pad_id: int = 0  # never sampled (unless an EOS id); < 0 = no pad ban (plain scoring)
     vocab_limit: int | None = None  # real tokenizer size; logits beyond it are padding rows
     return_entropy: bool = False
     lora: bool = True  # False samples from the reference (adapters off)
@@ -110,7 +110,7 @@ def filter_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
     if params.vocab_limit is not None and params.vocab_limit < vocab:
         # banned by position, not sliced off: ids keep their meaning and shapes stay [B, V]
         logits = jnp.where(jnp.arange(vocab) >= params.vocab_limit, neg_inf, logits)
-    if params.pad_id not in params.eos_ids and params.pad_id < vocab:
+    if 0 <= params.pad_id < vocab and params.pad_id not in params.eos_ids:  # pad_id < 0: nothing to ban
         logits = logits.at[:, params.pad_id].set(neg_inf)  # one column, written in place
     if params.temperature == 0:
         return logits
