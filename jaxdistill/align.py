@@ -393,9 +393,7 @@ def _align_rows(
             offset += size
         differing_regions.append(regions)
 
-    spans = jax.device_get(
-        _align_spans_jit(merged_a.astype(np.int32), mask_a, merged_b.astype(np.int32), mask_b)
-    )
+    spans = _align_spans_bucketed(merged_a.astype(np.int32), mask_a, merged_b.astype(np.int32), mask_b)
     # Span bookkeeping on the host, in numpy (eager jnp ops would compile one kernel each).
     capacity = max(1, min(width_a, width_b))
     in_span = spans.span_ids_a >= 0
@@ -440,6 +438,30 @@ def _align_rows(
 
 
 _align_spans_jit = jax.jit(align_spans)
+
+
+def _bucket(n: int, smallest: int) -> int:
+    """Smallest power of two >= n (at least ``smallest``)."""
+    return max(smallest, 1 << (max(n, 1) - 1).bit_length())
+
+
+def _align_spans_bucketed(lengths_a: np.ndarray, mask_a: np.ndarray, lengths_b: np.ndarray,
+                          mask_b: np.ndarray) -> SpanAlignment:
+    """:func:`align_spans` on host arrays, padded to power-of-two rows and widths so the jitted
+    program is compiled once per bucket, not once per batch shape (every compiled program keeps its
+    code mapped: thousands of shapes exhaust the process's memory maps). Padding is masked, so it
+    holds no bytes and ends no span; the result is cut back to the input's shape."""
+    batch, width_a = lengths_a.shape
+    width_b = lengths_b.shape[1]
+    rows = _bucket(batch, 8)
+
+    def pad(x, width):
+        return np.pad(x, ((0, rows - x.shape[0]), (0, width - x.shape[1])))
+
+    wa, wb = _bucket(width_a, 16), _bucket(width_b, 16)
+    spans = jax.device_get(_align_spans_jit(pad(lengths_a, wa), pad(mask_a, wa), pad(lengths_b, wb), pad(mask_b, wb)))
+    return SpanAlignment(*(x[:batch] for x in spans))._replace(
+        span_ids_a=spans.span_ids_a[:batch, :width_a], span_ids_b=spans.span_ids_b[:batch, :width_b])
 
 
 def _held_bytes(tokenizer: "Tokenizer", ids: Sequence[int], lengths: np.ndarray) -> bytes:
