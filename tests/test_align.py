@@ -475,3 +475,23 @@ def test_span_reward_on_real_tokenizers_is_jit_able_and_counts_only_exact_spans(
     assert np.isfinite(out.reward).all() and (np.asarray(out.reward) < 0).all()
     np.testing.assert_array_equal(out.counted, alignment.exact_spans)
     assert not alignment.exact_spans[2].all() and alignment.exact_spans[2].sum() > 0
+
+
+def test_host_alignment_compiles_once_per_bucket_not_per_batch_shape(shared_dir):
+    """align_texts pads to power-of-two rows and widths: batches of 3-7 texts of 20-60 tokens share
+    one compiled aligner (one compile per new shape used to exhaust the process's memory maps)."""
+    from jaxdistill import align
+
+    qwen, llama = _tokenizer(shared_dir, "qwen3"), _tokenizer(shared_dir, "llama3")
+    rng = np.random.default_rng(0)
+    words = PARAGRAPH.split()
+    batches = [[" ".join(rng.choice(words, size=rng.integers(12, 40))) for _ in range(rng.integers(3, 8))]
+               for _ in range(6)]
+    align.align_texts(qwen, llama, batches[0])
+    before = align._align_spans_jit._cache_size()
+    for texts in batches[1:]:
+        result = align.align_texts(qwen, llama, texts)
+        assert result.spans.span_ids_a.shape == result.ids_a.shape  # cut back to the batch's own shape
+        assert result.spans.num_spans.shape == (len(texts),)
+        assert (result.aligned_byte_fraction == 1.0).all()
+    assert align._align_spans_jit._cache_size() - before <= 1
