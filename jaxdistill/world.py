@@ -38,32 +38,35 @@ ARITH_DIFFICULTY = 1  # two-step problems: learnable by a 0.3M-parameter model i
 class Profile:
     """Sizes and budgets of one default run (full or quick)."""
 
-    teacher_sft_steps: int = 800
-    proxy_sft_steps: int = 300
+    teacher_sft_steps: int = 1500
+    proxy_sft_steps: int = 400
+    student_warmup_steps: int = 200  # gold SFT every student starts from (its "pretraining"), shared by all arms
     sft_batch: int = 32
+    sft_lr: float = 3e-3
     calibrate_steps: int = 30
     prompts_per_step: int = 8
     num_generations: int = 4
-    student_steps: int = 400  # untrained students need 300-500 steps to clear chance (docs/distill.md)
+    student_steps: int = 100  # per arm, from the warmed-up student
     student_batch: int = 32
-    student_lr: float = 1e-2
+    student_lr: float = 3e-3
     eval_size: int = 100
-    max_completion_length: int = 96
+    max_completion_length: int = 80  # gold solutions of difficulty 1 take up to 78 teacher tokens
 
 
 FULL = Profile()
-QUICK = Profile(teacher_sft_steps=4, proxy_sft_steps=2, sft_batch=8, calibrate_steps=2, prompts_per_step=2,
-                num_generations=2, student_steps=2, student_batch=4, student_lr=3e-3, eval_size=4,
+QUICK = Profile(teacher_sft_steps=4, proxy_sft_steps=2, student_warmup_steps=2, sft_batch=8, calibrate_steps=2,
+                prompts_per_step=2, num_generations=2, student_steps=2, student_batch=4, eval_size=4,
                 max_completion_length=24)
 
 # Architectures (DESIGN.md §6): a tiny Qwen3 teacher, a tinier Qwen2 proxy, and two students: one with
 # the proxy's shape and tokenizer, one that differs from the proxy (the teacher's tokenizer, wider).
-TEACHER_SHAPE = dict(model_type="qwen3", hidden_size=96, intermediate_size=256, num_hidden_layers=3,
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=24, qk_norm=True)
-PROXY_SHAPE = dict(model_type="qwen2", hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, qkv_bias=True)
-OTHER_STUDENT_SHAPE = dict(model_type="qwen2", hidden_size=96, intermediate_size=256, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, head_dim=24, qkv_bias=True)
+# Sizes are set by the time budget on two CPU cores: a teacher SFT step costs ~0.3 s at batch 32.
+TEACHER_SHAPE = dict(model_type="qwen3", hidden_size=64, intermediate_size=192, num_hidden_layers=3,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, qk_norm=True)
+PROXY_SHAPE = dict(model_type="qwen2", hidden_size=48, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=12, qkv_bias=True)
+OTHER_STUDENT_SHAPE = dict(model_type="qwen2", hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, qkv_bias=True)
 
 
 def init_model_folder(folder: Path, shape: dict[str, Any], tokenizer_dir: Path, seed: int) -> Path:
@@ -74,14 +77,15 @@ def init_model_folder(folder: Path, shape: dict[str, Any], tokenizer_dir: Path, 
     return save_model(Qwen(config, rngs=nnx.Rngs(seed)), folder, tokenizer_dir=tokenizer_dir)
 
 
-def _sft(student: Path, out: Path, steps: int, batch: int, seed: int, *, eval_size: int, lr: float) -> Path:
+def _sft(student: Path, out: Path, steps: int, profile: Profile, seed: int) -> Path:
     from jaxdistill.distill.trainer import DistillConfig, distill
 
     config = DistillConfig(student=str(student), objective="sft", task="arith",
-                           task_options=(f"difficulty={ARITH_DIFFICULTY}",), max_steps=steps, batch_size=batch,
-                           learning_rate=lr, lr_schedule="cosine", warmup_steps=min(50, steps // 10),
-                           seed=seed, output_dir=str(out), eval_size=eval_size, save_steps=0,
-                           max_completion_length=128)
+                           task_options=(f"difficulty={ARITH_DIFFICULTY}",), max_steps=steps,
+                           batch_size=profile.sft_batch, learning_rate=profile.sft_lr, lr_schedule="cosine",
+                           warmup_steps=min(50, steps // 10), seed=seed, output_dir=str(out),
+                           eval_size=profile.eval_size, save_steps=0,
+                           max_completion_length=profile.max_completion_length)
     return Path(distill(config)) / "model"
 
 
@@ -100,21 +104,18 @@ def build_world(folder: str | Path, profile: Profile = FULL, seed: int = 0) -> d
     toks = train_tiny_tokenizers(root / "tokenizers", seed=seed)
     teacher_init = init_model_folder(root / "init" / "teacher", TEACHER_SHAPE, toks["teacher"], seed)
     proxy_init = init_model_folder(root / "init" / "proxy", PROXY_SHAPE, toks["proxy"], seed + 1)
-    paths = {
-        "teacher_tokenizer": toks["teacher"],
-        "proxy_tokenizer": toks["proxy"],
-        # students start untrained: one shaped like the proxy (its tokenizer), one that differs from it
-        "student_proxy_like": init_model_folder(root / "init" / "student_proxy_like", PROXY_SHAPE, toks["proxy"],
-                                                seed + 2),
-        "student_other": init_model_folder(root / "init" / "student_other", OTHER_STUDENT_SHAPE, toks["teacher"],
-                                           seed + 3),
-    }
+    paths = {"teacher_tokenizer": toks["teacher"], "proxy_tokenizer": toks["proxy"]}
     log.info("training the tiny teacher (%d sft steps)", profile.teacher_sft_steps)
-    paths["teacher"] = _sft(teacher_init, root / "teacher_sft", profile.teacher_sft_steps, profile.sft_batch, seed,
-                            eval_size=profile.eval_size, lr=3e-3)
+    paths["teacher"] = _sft(teacher_init, root / "teacher_sft", profile.teacher_sft_steps, profile, seed)
     log.info("training the tiny proxy (%d sft steps)", profile.proxy_sft_steps)
-    paths["proxy"] = _sft(proxy_init, root / "proxy_sft", profile.proxy_sft_steps, profile.sft_batch, seed,
-                          eval_size=profile.eval_size, lr=3e-3)
+    paths["proxy"] = _sft(proxy_init, root / "proxy_sft", profile.proxy_sft_steps, profile, seed)
+    # Students start from a short gold SFT (a stand-in for the pretrained LM a real student starts
+    # from), shared by every arm: one shaped like the proxy (its tokenizer), one that differs from it.
+    for name, shape, tok, offset in (("student_proxy_like", PROXY_SHAPE, toks["proxy"], 2),
+                                     ("student_other", OTHER_STUDENT_SHAPE, toks["teacher"], 3)):
+        log.info("warming up the %s student (%d sft steps)", name, profile.student_warmup_steps)
+        init = init_model_folder(root / "init" / name, shape, tok, seed + offset)
+        paths[name] = _sft(init, root / f"{name}_warmup", profile.student_warmup_steps, profile, seed + offset)
     done.write_text(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     log.info("tiny world built in %.0f s", time.perf_counter() - start)
     return paths
