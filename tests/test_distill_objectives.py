@@ -135,7 +135,9 @@ def test_span_path_with_one_tokenizer_equals_chosen_token_kd(world, models):
         completion_logits(student, batch.student), completion_logits(teacher, batch.teacher), batch.student.tokens,
         batch.student.mask, divergence_kind="jsd", beta=0.5, temperature=1.5, student_vocab_size=SPLIT_VOCAB,
         teacher_vocab_size=SPLIT_VOCAB)
-    assert loss_of(student, teacher, batch, settings) == pytest.approx(float(expected), rel=1e-5)
+    # The loss is ~5e-6 (two tiny, nearly uniform models): a small difference of O(1) fp32 log-probs, so the
+    # two programs' summation orders show at the 1e-5 relative level (3.5e-10 absolute seen); hence 1e-4.
+    assert loss_of(student, teacher, batch, settings) == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_cross_tokenizer_spans_hold_the_same_bytes_on_both_sides(world, models):
