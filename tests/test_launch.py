@@ -135,3 +135,10 @@ def test_hub_name_not_downloaded_says_how_to_fetch_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="huggingface-cli download Qwen/Qwen3-8B --local-dir Qwen/Qwen3-8B"):
         load_model("Qwen/Qwen3-8B")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    """Every file under configs/ parses and names only real fields (a broken YAML once shipped)."""
+    config = load_config(CalibrateConfig, path)
+    assert config.teacher and config.proxy
