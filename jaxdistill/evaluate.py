@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdistill.config import option, parse_args
-from jaxdistill.distill.data import Side, pad_sequences, same_tokenizer
+from jaxdistill.distill.data import Side, TeacherSampleCache, pad_sequences, same_tokenizer
 from jaxdistill.distill.objectives import LossSettings, token_kd_per_token
 from jaxdistill.distill.trainer import DistillConfig, distill
 from jaxdistill.tasks import parse_task_options
@@ -422,6 +422,7 @@ def scorecard(config: EvaluateConfig) -> dict[str, Any]:
     jobs = [(label, paths[0], arm, seed) for label, paths in students.items() for arm in arms for seed in card.seeds]
     started = time.perf_counter()
     rows: dict[tuple[str, str], list[dict]] = {}
+    teacher_samples = TeacherSampleCache()  # students of one (teacher, attack, seed) read the same samples
     for i, (label, student_path, arm, seed) in enumerate(jobs):
         run_dir = out / "runs" / label / arm["arm"].replace("/", "_") / f"seed{seed}"
         elapsed = time.perf_counter() - started
@@ -433,7 +434,7 @@ def scorecard(config: EvaluateConfig) -> dict[str, Any]:
                 str(resolve_model_dir(arm["teacher"])), objective=arm["objective"], seed=seed,
                 output_dir=str(run_dir), max_steps=arm.get("steps", recipe.max_steps), resume=True,
                 student_tokenizer="", teacher_tokenizer="", eval_size=0, progress=False)
-            distill(run_config)
+            distill(run_config, teacher_samples=teacher_samples)
         model, tokenizer = _model_and_tokenizer(run_dir, config.dtype)
         result = score_model(model, tokenizer, task, examples, **decoding)
         rows.setdefault((label, arm["arm"]), []).append({"seed": seed, **result})

@@ -1,6 +1,8 @@
 """The trainer's losses on real (tiny, random) models: prompt tokens never trained, vocabularies sliced,
 chunking exact, the span path equal to its one-tokenizer counterpart, spans covering the same bytes on
 both sides, and each loss lowered by the learner. The pure maths is tested in test_distill_losses.py."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ from flax import nnx
 
 from distill_world import SPLIT_VOCAB, build_world
 from jaxdistill.distill import losses
-from jaxdistill.distill.data import BatchMaker, BatchRecipe, Side, batch_indices
+from jaxdistill.distill.data import BatchMaker, BatchRecipe, Side, TeacherSampleCache, batch_indices
 from jaxdistill.distill.learner import StudentLearner, _loss
 from jaxdistill.distill.objectives import DistillBatch, LossSettings, Sequences
 from jaxdistill.models import LoraConfig, LoraParam, load_model
@@ -219,3 +221,27 @@ def test_seqkd_only_correct_trains_exactly_the_verified_teacher_samples():
     assert list(trained) == correct and 0 < trained.mean() < 1
     assert metrics["seqkd/kept_fraction"] == pytest.approx(trained.mean())
     assert metrics["samples/teacher_accuracy"] == pytest.approx(trained.mean())
+
+
+def test_teacher_sample_cache_gives_a_second_student_the_same_batches(world, models):
+    """Two students distilled from one teacher with one seed read identical teacher samples: with a shared
+    cache the second samples nothing and gets the very batches it would have sampled itself."""
+    student, teacher, other_student = models
+    sides = {"student": Side.of(load_tokenizer(world.split_tokenizer)),
+             "teacher": Side.of(load_tokenizer(world.split_tokenizer))}
+    task = get_task("arith", difficulty=1)
+    examples = task.load("train", limit=16)
+    recipe = BatchRecipe(objective="seqkd", loss_kind="nll", batch_size=3, max_completion_length=12, seed=5)
+    cache = TeacherSampleCache()
+    makers = [BatchMaker(recipe, task, examples, sides, student=s, teacher=teacher, teacher_samples=cache,
+                         teacher_id="teacher-folder") for s in (student, other_student)]
+    uncached = BatchMaker(recipe, task, examples, sides, student=other_student, teacher=teacher)
+    for step in range(2):
+        first, second, fresh = makers[0](step)[0], makers[1](step)[0], uncached(step)[0]
+        np.testing.assert_array_equal(second.student.tokens, fresh.student.tokens)
+        np.testing.assert_array_equal(first.student.tokens, fresh.student.tokens)
+    assert (cache.misses, cache.hits) == (2, 2)
+    other_seed = BatchMaker(dataclasses.replace(recipe, seed=6), task, examples, sides, student=student,
+                            teacher=teacher, teacher_samples=cache, teacher_id="teacher-folder")
+    other_seed(0)
+    assert cache.misses == 3  # another seed samples other completions

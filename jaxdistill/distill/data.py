@@ -115,6 +115,32 @@ def sample_completions(model: Qwen, side: Side, prompts: Sequence[Sequence[int]]
     return Completions(origin, rows, finished)
 
 
+class TeacherSampleCache:
+    """Teacher completions memoised across distillation runs in one process (the scorecard's students).
+
+    A step's teacher samples are a pure function of (teacher weights, prompts, sampling seed, sampling
+    settings): two students distilled from the same teacher with the same seed read the same prompts and
+    the same seeds at every step (seqkd always; gkd whenever their ``lmbda`` splits agree), so they receive
+    identical teacher completions. The cache samples them once. Keys hold the teacher's folder, so a
+    cache must not outlive a rewrite of that folder; entries are host lists of ids (a few MB per
+    scorecard).
+    """
+
+    def __init__(self):
+        self._entries: dict[tuple, Completions] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple, sample) -> Completions:
+        """The completions stored under ``key``, or ``sample()``'s (then stored)."""
+        if key in self._entries:
+            self.hits += 1
+        else:
+            self.misses += 1
+            self._entries[key] = sample()
+        return self._entries[key]
+
+
 @dataclasses.dataclass
 class AlignedRow:
     """One completion under both tokenizers, with the byte spans they share.
@@ -263,11 +289,17 @@ class BatchMaker:
     """Builds the ``DistillBatch`` of any step (a pure function of the step and the current student)."""
 
     def __init__(self, recipe: BatchRecipe, task: Task, examples: Sequence[Example], sides: dict[str, Side], *,
-                 student: Qwen, teacher: Qwen | None = None):
+                 student: Qwen, teacher: Qwen | None = None, teacher_samples: TeacherSampleCache | None = None,
+                 teacher_id: str = ""):
+        """``teacher_samples`` (with ``teacher_id``, e.g. the teacher's resolved folder) shares teacher
+        completions with other runs of the same process; None samples every step afresh."""
         if recipe.objective != "sft" and (teacher is None or "teacher" not in sides):
             raise ValueError(f"objective {recipe.objective!r} needs a teacher model and tokenizer")
+        if teacher_samples is not None and not teacher_id:
+            raise ValueError("a teacher sample cache needs teacher_id (e.g. the teacher's folder)")
         self.recipe, self.task, self.examples = recipe, task, list(examples)
         self.sides, self.student, self.teacher = sides, student, teacher
+        self.teacher_samples, self.teacher_id = teacher_samples, teacher_id
 
     def student_rows(self, step: int) -> int:
         if self.recipe.objective != "gkd":
@@ -302,8 +334,17 @@ class BatchMaker:
             else:
                 teacher_side = self.sides["teacher"]
                 prompts = [teacher_side.prompt(self.task, e) for e in examples[rest]]
-                samples = sample_completions(self.teacher, teacher_side, prompts, "teacher",
-                                             seed=step_seed(recipe.seed, step, 1), **sampling)
+                seed = step_seed(recipe.seed, step, 1)
+
+                def sample():
+                    return sample_completions(self.teacher, teacher_side, prompts, "teacher", seed=seed, **sampling)
+
+                if self.teacher_samples is None:
+                    samples = sample()
+                else:
+                    key = (self.teacher_id, teacher_side.eos_id, teacher_side.pad_id, teacher_side.vocab_size,
+                           tuple(map(tuple, prompts)), seed, tuple(sorted(sampling.items())))
+                    samples = self.teacher_samples.get(key, sample)
                 groups.append((rest, samples))
                 metrics["samples/teacher_accuracy"] = self._accuracy(samples, examples[rest])
 

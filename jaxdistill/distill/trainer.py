@@ -37,7 +37,7 @@ import yaml
 from flax import nnx
 
 from jaxdistill.config import option, to_dict
-from jaxdistill.distill.data import OBJECTIVES, BatchMaker, BatchRecipe, Side, same_tokenizer
+from jaxdistill.distill.data import OBJECTIVES, BatchMaker, BatchRecipe, Side, TeacherSampleCache, same_tokenizer
 from jaxdistill.distill.learner import StudentLearner
 from jaxdistill.distill.objectives import LossSettings
 from jaxdistill.models import LoraConfig, Qwen, load_model, save_model
@@ -187,8 +187,11 @@ def _optimizer(learning_rate, max_steps, warmup_steps, schedule, weight_decay, m
 
 # ---- the run ------------------------------------------------------------------------------------
 
-def distill(config: DistillConfig) -> Path:
+def distill(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None = None) -> Path:
     """Train a student as ``config`` says; returns the run folder (the final model is in ``<it>/model``).
+
+    ``teacher_samples``: a cache shared by several runs of one process (the scorecard's students), so
+    teacher completions that are identical across them are sampled once.
 
     Raises ``TooManyBadSteps`` after ``max_bad_steps`` consecutive non-finite steps.
     """
@@ -231,7 +234,9 @@ def distill(config: DistillConfig) -> Path:
                          lmbda=config.lmbda, off_policy_data=config.off_policy_data,
                          seqkd_only_correct=config.seqkd_only_correct,
                          resample_solutions=config.resample_solutions)
-    make_batch = BatchMaker(recipe, task, examples, sides, student=student, teacher=teacher)
+    make_batch = BatchMaker(recipe, task, examples, sides, student=student, teacher=teacher,
+                            teacher_samples=teacher_samples if teacher is not None else None,
+                            teacher_id=str(Path(config.teacher).resolve()) if teacher is not None else "")
     optimizer = cached_optimizer(config.learning_rate, config.max_steps, config.warmup_steps, config.lr_schedule,
                                  config.weight_decay, config.max_grad_norm)
     learner = StudentLearner(student, optimizer, settings, teacher=teacher, lora_only=config.lora_rank > 0)
