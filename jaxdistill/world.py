@@ -7,7 +7,7 @@
     default_run()        -> build_world, then calibrate eta = +1 (distillable), -1 (undistillable) and 0
                             (control) from the same base teacher, distill students from every teacher
                             with two attacks (seqkd, gkd) -- one student like the proxy, one that differs
-                            from it in tokenizer and size -- evaluate every arm, and write
+                            from it in family and tokenizer -- evaluate every arm, and write
                             runs/<name>/report.md and knob.png
 
 Every stage runs the same code paths as a real Qwen run (HF folders in and out, the sampler, the
@@ -40,10 +40,10 @@ class Profile:
 
     teacher_sft_steps: int = 1500
     proxy_sft_steps: int = 400
-    student_warmup_steps: int = 200  # gold SFT every student starts from (its "pretraining"), shared by all arms
+    student_warmup_steps: int = 400  # gold SFT every student starts from (its "pretraining"), shared by all arms
     sft_batch: int = 32
     sft_lr: float = 3e-3
-    calibrate_steps: int = 30
+    calibrate_steps: int = 60
     prompts_per_step: int = 8
     num_generations: int = 4
     student_steps: int = 100  # per arm, from the warmed-up student
@@ -59,14 +59,15 @@ QUICK = Profile(teacher_sft_steps=4, proxy_sft_steps=2, student_warmup_steps=2, 
                 max_completion_length=24)
 
 # Architectures (DESIGN.md §6): a tiny Qwen3 teacher, a tinier Qwen2 proxy, and two students: one with
-# the proxy's shape and tokenizer, one that differs from the proxy (the teacher's tokenizer, wider).
-# Sizes are set by the time budget on two CPU cores: a teacher SFT step costs ~0.3 s at batch 32.
+# the proxy's shape and tokenizer, one that differs from the proxy in family and tokenizer (Qwen3 with
+# the teacher's tokenizer) at the proxy's size. Sizes are set by the time budget on two CPU cores: a
+# teacher SFT step costs ~0.3 s at batch 32, a proxy-sized one ~0.12 s.
 TEACHER_SHAPE = dict(model_type="qwen3", hidden_size=64, intermediate_size=192, num_hidden_layers=3,
                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, qk_norm=True)
 PROXY_SHAPE = dict(model_type="qwen2", hidden_size=48, intermediate_size=128, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2, head_dim=12, qkv_bias=True)
-OTHER_STUDENT_SHAPE = dict(model_type="qwen2", hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, qkv_bias=True)
+OTHER_STUDENT_SHAPE = dict(model_type="qwen3", hidden_size=48, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=12, qk_norm=True)
 
 
 def init_model_folder(folder: Path, shape: dict[str, Any], tokenizer_dir: Path, seed: int) -> Path:
