@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 
 import numpy as np
 
@@ -47,12 +48,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--json", help="also write the curves to this file")
     args, overrides = parser.parse_known_args(argv)
+    runs = tempfile.mkdtemp(prefix="rft_control_")  # a fresh folder per invocation: runs never collide
     results = {}
     for seed in args.seeds:
         for label, permute in (("reward", None), ("permuted", 1000 + seed)):
             config = load_config(CalibrateConfig, args.config, [*overrides, f"seed={seed}", "export=false",
                                                                 "progress=false",
-                                                                f"output_dir=runs/rft_control/{label}_seed{seed}"])
+                                                                f"output_dir={runs}/{label}_seed{seed}"])
             curve = accuracy_curve(config, permute_seed=permute)
             results[f"{label}/seed{seed}"] = curve
             print(f"seed {seed} {label:8s} " + "  ".join(f"{step}:{acc:.3f}" for step, acc in curve), flush=True)

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -111,6 +112,10 @@ def _require(config: CalibrateConfig) -> None:
     if missing:
         raise ValueError(f"calibrate needs {' and '.join(missing)}: set them in the YAML config or as "
                          f"{missing[0]}=PATH (or run with no arguments for the tiny-world default run)")
+    checkpoints = Path(config.output_dir) / "checkpoints"
+    if not config.resume and checkpoints.is_dir() and any(checkpoints.iterdir()):
+        raise FileExistsError(f"{config.output_dir} already holds checkpoints of a calibration: set resume=true to "
+                              "continue it, or choose another output_dir (starting over would overwrite its metrics)")
 
 
 def calibrate(config: CalibrateConfig) -> dict[str, Any]:

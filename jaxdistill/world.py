@@ -145,7 +145,8 @@ def calibrate_teachers(world: dict[str, Path], out: Path, profile: Profile, seed
                 # only correct rollouts earn calibration reward: with "all", eta = -1 taught the teacher to
                 # break its answers (accuracy 0.40 -> 0.10 in 30 steps of the first full run)
                 calibration_scope="correct",
-                eval_prompts=profile.eval_size, save_every=max(profile.calibrate_steps, 1), seed=seed,
+                eval_prompts=profile.eval_size, save_every=max(profile.calibrate_steps // 3, 1), seed=seed,
+                resume=True,  # an interrupted default run continues its calibrations exactly
                 mesh=MeshConfig(num_devices=1))
             calibrate(config)
         teachers[name] = exported

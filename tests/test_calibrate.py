@@ -146,3 +146,12 @@ def test_unknown_key_names_the_nearest_field(capsys):
     with pytest.raises(SystemExit):
         main(["eta=high"])
     assert "eta: expected float" in capsys.readouterr().err
+
+
+def test_existing_checkpoints_without_resume_is_a_clear_error(tmp_path):
+    """Starting over in a folder that holds a calibration would overwrite its metrics: refuse, say how."""
+    (tmp_path / "checkpoints" / "4").mkdir(parents=True)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 4}\n')
+    with pytest.raises(FileExistsError, match="resume=true"):
+        calibrate(CalibrateConfig(teacher="t", proxy="p", output_dir=str(tmp_path)))
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 4}\n'
