@@ -31,6 +31,7 @@ import jax
 from jaxdistill.config import option, parse_args
 from jaxdistill.distributed import DistributedConfig, initialize_from_config
 from jaxdistill.sharding import MeshConfig
+from jaxdistill.training import holds_checkpoints
 
 log = logging.getLogger("jaxdistill.calibrate")
 
@@ -113,7 +114,7 @@ def _require(config: CalibrateConfig) -> None:
         raise ValueError(f"calibrate needs {' and '.join(missing)}: set them in the YAML config or as "
                          f"{missing[0]}=PATH (or run with no arguments for the tiny-world default run)")
     checkpoints = Path(config.output_dir) / "checkpoints"
-    if not config.resume and checkpoints.is_dir() and any(checkpoints.iterdir()):
+    if not config.resume and holds_checkpoints(checkpoints):
         raise FileExistsError(f"{config.output_dir} already holds checkpoints of a calibration: set resume=true to "
                               "continue it, or choose another output_dir (starting over would overwrite its metrics)")
 

@@ -144,6 +144,12 @@ def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
 
 # ---- checkpoints ------------------------------------------------------------------------------
 
+def holds_checkpoints(directory: str | Path) -> bool:
+    """Whether ``directory`` exists and is not empty (a run that ``resume=true`` would continue)."""
+    directory = Path(directory)
+    return directory.is_dir() and any(directory.iterdir())
+
+
 class Checkpointer:
     """orbax checkpoints of (trainable params, optimizer state, JSON extras) every ``save_every`` steps."""
 

@@ -46,7 +46,7 @@ from jaxdistill.models.config import QwenConfig
 from jaxdistill.tasks import get_task, list_tasks, parse_task_options
 from jaxdistill.tokenizer import load_tokenizer
 from jaxdistill.training import (Checkpointer, MetricsLogger, StepTimer, TooManyBadSteps, bad_step_counts,
-                                 make_optimizer)
+                                 holds_checkpoints, make_optimizer)
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def distill(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None
     check_config(config)
     out = Path(config.output_dir)
     checkpoints_dir = out / "checkpoints"
-    if not config.resume and checkpoints_dir.exists() and any(checkpoints_dir.iterdir()):
+    if not config.resume and holds_checkpoints(checkpoints_dir):
         raise FileExistsError(f"{out} already holds checkpoints: set resume=true to continue that run, or "
                               "choose another output_dir")
     out.mkdir(parents=True, exist_ok=True)
