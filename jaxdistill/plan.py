@@ -234,8 +234,8 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
     eval_rows = min(config.eval_prompts, 64)  # greedy_accuracy generates 64 prompts at a time
     rows = max(rollout_rows, eval_rows)
     rows_padded = math.ceil(rows / batch_shards) * batch_shards  # generate() pads rows to divide
-    # prompts are left-padded to a power-of-two bucket (at most max_prompt_length for rollouts; evaluation
-    # prompts may use the bucket above it), then max_completion_length slots follow
+    # prompts are left-padded to a bucket of 16, 24, 32, 48, 64, ... tokens (at most max_prompt_length for
+    # rollouts; evaluation prompts may use the bucket above it), then max_completion_length slots follow
     length = bucket_length(config.max_prompt_length) + config.max_completion_length
     kv = teacher_cfg.num_key_value_heads
     kv_shape = (rows_padded, kv, length, teacher_cfg.head_dim)

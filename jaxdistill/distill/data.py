@@ -207,7 +207,7 @@ warn_once = _WarnOnce()
 
 
 def completion_width(longest: int, max_completion_length: int) -> int:
-    """Columns for completions: ``max_completion_length``, or a power-of-two bucket for longer rows
+    """Columns for completions: ``max_completion_length``, or a bucket (``bucket_length``) for longer rows
     (re-tokenized text can take more tokens than the side that sampled it)."""
     return max_completion_length if longest <= max_completion_length else bucket_length(longest)
 
