@@ -37,6 +37,7 @@ from jaxdistill.distill.objectives import LossSettings, token_kd_per_token
 from jaxdistill.distill.trainer import DistillConfig, distill
 from jaxdistill.tasks import parse_task_options
 from jaxdistill.generation import generate
+from jaxdistill.jobs import Job, default_workers, run_jobs
 from jaxdistill.models import Qwen, load_model
 from jaxdistill.rl.losses import masked_mean
 from jaxdistill.tasks import Example, Task, get_task, list_tasks, summarize
@@ -58,6 +59,8 @@ class ScorecardConfig:
                                            "inside); include one that differs from the proxy")
     attacks: tuple[str, ...] = option(("kd",), "objectives run against every teacher: kd | seqkd | gkd")
     seeds: tuple[int, ...] = option((0, 1, 2), "training seeds of every arm (mean +- std over them)")
+    workers: int = option(0, "processes running arms at once (0: one per CPU core on a CPU host, 1 on an "
+                             "accelerator); the results do not depend on it")
     collapse_ratio: float = option(0.2, "an arm collapses when its accuracy <= this x the accuracy of the same "
                                         "student and attack from the original teacher")
     recipe: DistillConfig = option(DistillConfig(), "the shared distillation recipe (student, teacher, "
@@ -149,10 +152,15 @@ def sample_in_batches(model: Qwen, side: Side, prompts: Sequence[Sequence[int]],
                       num_generations: int = 1, **sampling) -> tuple[list[list[int]], list[bool]]:
     """Completions (EOS dropped) and whether each ended on EOS, prompt-major (k per prompt).
 
-    Every call has ``batch_size`` prompts (the last one padded with copies), so one program is compiled.
+    The prompts are split evenly into ceil(n / batch_size) calls of one size (the last padded with
+    copies of its last prompt), so one program is compiled and little is padded (100 prompts at
+    ``batch_size=64``: two calls of 50, not 64 + 64).
     """
     completions, finished = [], []
-    size = min(batch_size, len(prompts))
+    if not prompts:
+        return completions, finished
+    calls = -(-len(prompts) // batch_size)
+    size = -(-len(prompts) // calls)
     for start in range(0, len(prompts), size):
         chunk = list(prompts[start:start + size])
         real = len(chunk)
@@ -389,17 +397,9 @@ def scorecard_arms(config: EvaluateConfig) -> list[dict[str, Any]]:
     return arms
 
 
-def scorecard(config: EvaluateConfig) -> dict[str, Any]:
-    """Run every arm of DESIGN.md section 3 for every student and seed, evaluate them, write the table.
-
-    Arms: the student before distillation; SFT on gold; then for each attack in ``scorecard.attacks``,
-    distillation from the original, eta = 0, distillable and undistillable teachers (those given). All
-    arms share ``scorecard.recipe`` (same prompts, steps, batch size, learning rate: same compute). A
-    finished run (its ``summary.json`` exists) is reused, so an interrupted scorecard resumes.
-    "collapse": accuracy <= ``collapse_ratio`` x that of the same student and attack from the original.
-    Writes scorecard.json, scorecard.md and scorecard.png in ``output_dir``; returns the JSON dict.
-    """
-    card, recipe = config.scorecard, config.scorecard.recipe
+def check_scorecard(config: EvaluateConfig) -> dict[str, list[str]]:
+    """The scorecard's students ({label: [path]}); raises ValueError / FileNotFoundError on bad settings."""
+    card = config.scorecard
     students = parse_entries(card.students, "scorecard.students")
     if not students:
         raise ValueError("scorecard.students is empty: give scorecard.students=[label=HF folder, ...]")
@@ -408,54 +408,138 @@ def scorecard(config: EvaluateConfig) -> dict[str, Any]:
     for attack in card.attacks:
         if attack not in ("seqkd", "kd", "gkd"):
             raise ValueError(f"scorecard attack {attack!r} is not valid; use seqkd, kd or gkd")
-    teacher_paths = [config.original_teacher, card.teacher_eta0, card.teacher_distillable,
-                     card.teacher_undistillable] + [p for ps in students.values() for p in ps]
-    for path in filter(None, teacher_paths):
-        resolve_model_dir(path)
+    if card.workers < 0:
+        raise ValueError(f"scorecard.workers={card.workers}: give 0 (one per CPU core) or a positive count")
+    return students
+
+
+def arm_dir(config: EvaluateConfig, student: str, arm: Mapping[str, Any], seed: int) -> Path:
+    """The run folder of one student, arm and seed."""
+    return Path(config.output_dir) / "runs" / student / arm["arm"].replace("/", "_") / f"seed{seed}"
+
+
+def run_arm(config: EvaluateConfig, arm: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
+    """Train (or reuse: a run folder with ``summary.json``) and score every student of one arm and seed.
+
+    The students read the same prompts and sampling seeds, so the teacher's completions are sampled once
+    (``TeacherSampleCache``). Returns one row per student: {"student", "arm", "seed", **score_model(...)}.
+    """
+    recipe = config.scorecard.recipe
     task = make_task(recipe.task, recipe.task_options)
     examples = task.load(config.split, recipe.data_path or None, limit=config.limit or None)
-    out = Path(config.output_dir)
-    arms = scorecard_arms(config)
-    decoding = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                    samples_per_prompt=config.samples_per_prompt, top_p=config.top_p, seed=config.seed,
-                    batch_size=config.batch_size, chat=config.chat_template)
-    jobs = [(label, paths[0], arm, seed) for label, paths in students.items() for arm in arms for seed in card.seeds]
-    started = time.perf_counter()
-    rows: dict[tuple[str, str], list[dict]] = {}
-    teacher_samples = TeacherSampleCache()  # students of one (teacher, attack, seed) read the same samples
-    for i, (label, student_path, arm, seed) in enumerate(jobs):
-        run_dir = out / "runs" / label / arm["arm"].replace("/", "_") / f"seed{seed}"
-        elapsed = time.perf_counter() - started
-        eta = f", eta {elapsed / i * (len(jobs) - i) / 60:.1f} min" if i else ""
-        print(f"[scorecard {i + 1}/{len(jobs)}] {label} {arm['arm']} seed {seed}{eta}", flush=True)
+    teacher_samples = TeacherSampleCache()
+    rows = []
+    for label, paths in parse_entries(config.scorecard.students, "scorecard.students").items():
+        run_dir = arm_dir(config, label, arm, seed)
         if not (run_dir / "summary.json").exists():
             run_config = dataclasses.replace(
-                recipe, student=str(resolve_model_dir(student_path)), teacher=arm["teacher"] and
+                recipe, student=str(resolve_model_dir(paths[0])), teacher=arm["teacher"] and
                 str(resolve_model_dir(arm["teacher"])), objective=arm["objective"], seed=seed,
                 output_dir=str(run_dir), max_steps=arm.get("steps", recipe.max_steps), resume=True,
                 student_tokenizer="", teacher_tokenizer="", eval_size=0, progress=False)
             distill(run_config, teacher_samples=teacher_samples)
         model, tokenizer = _model_and_tokenizer(run_dir, config.dtype)
-        result = score_model(model, tokenizer, task, examples, **decoding)
-        rows.setdefault((label, arm["arm"]), []).append({"seed": seed, **result})
-    table = []
-    for label in students:
-        for arm in arms:
-            runs = rows[(label, arm["arm"])]
-            row = {"student": label, "arm": arm["arm"], "objective": arm["objective"],
-                   "teacher": arm.get("teacher_key", ""), **aggregate(runs), "runs": runs}
-            table.append(row)
-    flag_collapse(table, card.collapse_ratio)
-    result = {"settings": {"task": recipe.task, "split": config.split, "limit": config.limit,
-                           "seeds": list(card.seeds), "collapse_ratio": card.collapse_ratio,
-                           "decoding": decoding, "recipe": dataclasses.asdict(recipe)},
-              "arms": table, "seconds": time.perf_counter() - started}
+        result = score_model(model, tokenizer, task, examples, **_decoding(config))
+        rows.append({"student": label, "arm": arm["arm"], "seed": seed, **result})
+    return rows
+
+
+def compare_scorecard_teachers(config: EvaluateConfig) -> dict[str, Any]:
+    """``compare_teachers`` for the scorecard's original and calibrated teachers."""
+    card, recipe = config.scorecard, config.scorecard.recipe
+    task = make_task(recipe.task, recipe.task_options)
+    examples = task.load(config.split, recipe.data_path or None, limit=config.limit or None)
     calibrated = {key: path for key, path in (("eta0", card.teacher_eta0), ("distillable", card.teacher_distillable),
                                               ("undistillable", card.teacher_undistillable)) if path}
-    result["teachers"] = compare_teachers(config.original_teacher, calibrated, task, examples, dtype=config.dtype,
-                                          **decoding)
-    write_scorecard(result, out)
+    return compare_teachers(config.original_teacher, calibrated, task, examples, dtype=config.dtype,
+                            **_decoding(config))
+
+
+def _decoding(config: EvaluateConfig) -> dict[str, Any]:
+    return dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                samples_per_prompt=config.samples_per_prompt, top_p=config.top_p, seed=config.seed,
+                batch_size=config.batch_size, chat=config.chat_template)
+
+
+# Relative cost of one training step per objective (sft = 1): seqkd samples the teacher, gkd samples the
+# student and runs the teacher over the aligned spans. Only orders the jobs and drives the ETA.
+STEP_COST = {"sft": 1.0, "seqkd": 1.3, "kd": 1.5, "gkd": 1.8}
+
+
+def scorecard_jobs(config: EvaluateConfig, *, producers: Mapping[str, str] | None = None,
+                   step_seconds: float = 0.15) -> list[Job]:
+    """One job per (arm, seed) (``run_arm``: every student of it) and one for the teacher comparison.
+
+    producers: {model path: name of the job that writes it}, when the students or teachers are made by
+    jobs of the same graph (the default run); each arm job then waits on the jobs it reads from.
+    step_seconds: a student's sft step on one core, for the jobs' expected cost.
+    """
+    producers = producers or {}
+    card = config.scorecard
+    students = parse_entries(card.students, "scorecard.students")
+    student_jobs = tuple(producers[p[0]] for p in students.values() if p[0] in producers)
+    jobs = []
+    for arm in scorecard_arms(config):
+        after = student_jobs + ((producers[arm["teacher"]],) if arm["teacher"] in producers else ())
+        steps = arm.get("steps", card.recipe.max_steps)
+        cost = len(students) * (10.0 + steps * step_seconds * STEP_COST[arm["objective"]])
+        for seed in card.seeds:
+            jobs.append(Job(f"scorecard {arm['arm']} seed {seed}", run_arm, {"config": config, "arm": arm, "seed": seed},
+                            after=after, cost=cost))
+    teachers = (config.original_teacher, card.teacher_eta0, card.teacher_distillable, card.teacher_undistillable)
+    jobs.append(Job("scorecard teachers", compare_scorecard_teachers, {"config": config},
+                    after=tuple(producers[t] for t in teachers if t in producers), cost=20.0 * len(teachers)))
+    return jobs
+
+
+def assemble_scorecard(config: EvaluateConfig, results: Mapping[str, Any], seconds: float) -> dict[str, Any]:
+    """The scorecard from the results of ``scorecard_jobs``: rows per (student, arm), collapse flags, the
+    teacher table; writes scorecard.json, scorecard.md and scorecard.png in ``output_dir``."""
+    card = config.scorecard
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for name, value in results.items():
+        if name.startswith("scorecard ") and name != "scorecard teachers":
+            for row in value:
+                rows.setdefault((row["student"], row["arm"]), []).append(
+                    {k: v for k, v in row.items() if k not in ("student", "arm")})
+    table = []
+    arms = scorecard_arms(config)
+    for label in parse_entries(card.students, "scorecard.students"):
+        for arm in arms:
+            runs = sorted(rows[(label, arm["arm"])], key=lambda r: r["seed"])
+            table.append({"student": label, "arm": arm["arm"], "objective": arm["objective"],
+                          "teacher": arm.get("teacher_key", ""), **aggregate(runs), "runs": runs})
+    flag_collapse(table, card.collapse_ratio)
+    recipe = card.recipe
+    result = {"settings": {"task": recipe.task, "split": config.split, "limit": config.limit,
+                           "seeds": list(card.seeds), "collapse_ratio": card.collapse_ratio,
+                           "decoding": _decoding(config), "recipe": dataclasses.asdict(recipe)},
+              "arms": table, "seconds": seconds, "teachers": results["scorecard teachers"]}
+    write_scorecard(result, Path(config.output_dir))
     return result
+
+
+def scorecard(config: EvaluateConfig) -> dict[str, Any]:
+    """Run every arm of DESIGN.md section 3 for every student and seed, evaluate them, write the table.
+
+    Arms: the student before distillation; SFT on gold; then for each attack in ``scorecard.attacks``,
+    distillation from the original, eta = 0, distillable and undistillable teachers (those given). All
+    arms share ``scorecard.recipe`` (same prompts, steps, batch size, learning rate: same compute). A
+    finished run (its ``summary.json`` exists) is reused, so an interrupted scorecard resumes. The arms
+    run on ``scorecard.workers`` processes (``jaxdistill.jobs``); results do not depend on how many.
+    "collapse": accuracy <= ``collapse_ratio`` x that of the same student and attack from the original.
+    Writes scorecard.json, scorecard.md and scorecard.png in ``output_dir``; returns the JSON dict.
+    """
+    students = check_scorecard(config)
+    card = config.scorecard
+    for path in filter(None, [config.original_teacher, card.teacher_eta0, card.teacher_distillable,
+                              card.teacher_undistillable] + [p for ps in students.values() for p in ps]):
+        resolve_model_dir(path)
+    make_task(card.recipe.task, card.recipe.task_options)
+    started = time.perf_counter()
+    results = run_jobs(scorecard_jobs(config), workers=card.workers or default_workers(), label="scorecard",
+                       compilation_cache=str(Path(config.output_dir) / "compilation_cache"))
+    return assemble_scorecard(config, results, time.perf_counter() - started)
 
 
 def flag_collapse(rows: Sequence[dict[str, Any]], ratio: float = 0.2) -> None:

@@ -10,6 +10,9 @@
                             from it in family and tokenizer -- evaluate every arm, and write
                             runs/<name>/report.md and knob.png
 
+Every stage is a job of one graph (``jaxdistill.jobs``) run on one worker process per CPU core: the
+teacher's SFT trains next to the proxy's and the students' warm-ups, the calibrations next to the
+scorecard arms of the original teacher, and so on (XLA keeps about one core busy per tiny model).
 Every stage runs the same code paths as a real Qwen run (HF folders in and out, the sampler, the
 aligner, GRPO, the distillation objectives). ``quick=True`` shrinks every stage to a few steps (for
 tests); the figures then mean nothing.
@@ -22,10 +25,11 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from flax import nnx
 
+from jaxdistill.jobs import Job, default_workers, run_jobs
 from jaxdistill.models import Qwen, QwenConfig, save_model
 from jaxdistill.tokenizer import load_tokenizer
 
@@ -58,6 +62,11 @@ QUICK = Profile(teacher_sft_steps=4, proxy_sft_steps=2, student_warmup_steps=2, 
                 prompts_per_step=2, num_generations=2, student_steps=2, student_batch=4, eval_size=4,
                 max_completion_length=24)
 
+# Expected seconds per step on one core (measured on a 2-core x86 at batch 32): they order the jobs of
+# the default run and drive its ETA, nothing else.
+STEP_SECONDS = {"teacher": 0.33, "proxy": 0.13, "student_proxy_like": 0.13, "student_other": 0.2,
+                "student": 0.15, "calibrate": 1.5}
+
 # Architectures (DESIGN.md §6): a tiny Qwen3 teacher, a tinier Qwen2 proxy, and two students: one with
 # the proxy's shape and tokenizer, one that differs from the proxy in family and tokenizer (Qwen3 with
 # the teacher's tokenizer) at the proxy's size. Sizes are set by the time budget on two CPU cores: a
@@ -78,79 +87,111 @@ def init_model_folder(folder: Path, shape: dict[str, Any], tokenizer_dir: Path, 
     return save_model(Qwen(config, rngs=nnx.Rngs(seed)), folder, tokenizer_dir=tokenizer_dir)
 
 
-def _sft(student: Path, out: Path, steps: int, profile: Profile, seed: int) -> Path:
+def train_from_scratch(shape: dict[str, Any], tokenizer_dir: str, init_dir: str, output_dir: str, steps: int,
+                       profile: Profile, seed: int, progress: bool = True) -> str:
+    """Initialise a model of ``shape`` and train it on gold chain-of-thought (sft); returns its HF folder.
+    A finished run is reused; an interrupted one continues from its checkpoint."""
     from jaxdistill.distill.trainer import DistillConfig, distill
 
-    config = DistillConfig(student=str(student), objective="sft", task="arith",
+    model = Path(output_dir) / "model"
+    if (Path(output_dir) / "summary.json").exists() and (model / "config.json").exists():
+        return str(model)
+    if not (Path(init_dir) / "config.json").exists():
+        init_model_folder(Path(init_dir), shape, Path(tokenizer_dir), seed)
+    config = DistillConfig(student=init_dir, objective="sft", task="arith",
                            task_options=(f"difficulty={ARITH_DIFFICULTY}",), max_steps=steps,
                            batch_size=profile.sft_batch, learning_rate=profile.sft_lr, lr_schedule="cosine",
-                           warmup_steps=min(50, steps // 10), seed=seed, output_dir=str(out),
-                           eval_size=profile.eval_size, save_steps=0,
-                           max_completion_length=profile.max_completion_length)
-    return Path(distill(config)) / "model"
+                           warmup_steps=min(50, steps // 10), seed=seed, output_dir=output_dir,
+                           eval_size=profile.eval_size, save_steps=max(steps // 4, 1), resume=True,
+                           max_completion_length=profile.max_completion_length, progress=progress)
+    return str(Path(distill(config)) / "model")
 
 
-def build_world(folder: str | Path, profile: Profile = FULL, seed: int = 0) -> dict[str, Path]:
-    """Tokenizers, the SFT-trained teacher and proxy, and the untrained student folders (reused if present)."""
+# The models of the world: name -> (shape, which tokenizer, seed offset, steps from the profile).
+MODELS = {"teacher": (TEACHER_SHAPE, "teacher", 0, "teacher_sft_steps"),
+          "proxy": (PROXY_SHAPE, "proxy", 1, "proxy_sft_steps"),
+          # Students start from a short gold SFT (a stand-in for the pretrained LM a real student starts
+          # from), shared by every arm: one shaped like the proxy (its tokenizer), one that differs from it.
+          "student_proxy_like": (PROXY_SHAPE, "proxy", 2, "student_warmup_steps"),
+          "student_other": (OTHER_STUDENT_SHAPE, "teacher", 3, "student_warmup_steps")}
+RUN_FOLDER = {"teacher": "teacher_sft", "proxy": "proxy_sft", "student_proxy_like": "student_proxy_like_warmup",
+              "student_other": "student_other_warmup"}
+
+
+def world_paths(folder: str | Path) -> dict[str, Path]:
+    """Where ``build_world`` puts the tokenizers and models (known before anything is built)."""
+    root = Path(folder)
+    paths = {"teacher_tokenizer": root / "tokenizers" / "teacher", "proxy_tokenizer": root / "tokenizers" / "proxy"}
+    paths.update({name: root / RUN_FOLDER[name] / "model" for name in MODELS})
+    return paths
+
+
+def world_jobs(folder: str | Path, profile: Profile = FULL, seed: int = 0, *, progress: bool = True) -> list[Job]:
+    """The tokenizers (trained here, in seconds) and one job per model: ``world <name>``."""
     from jaxdistill.tasks.tiny_tokenizers import train_tiny_tokenizers
 
     root = Path(folder)
-    done = root / "world.json"
-    if done.exists():
-        paths = {k: Path(v) for k, v in json.loads(done.read_text()).items()}
-        if all(p.exists() for p in paths.values()):
-            log.info("reusing the tiny world in %s", root)
-            return paths
+    paths = world_paths(root)
+    if not all((paths[f"{side}_tokenizer"] / "tokenizer.json").exists() for side in ("teacher", "proxy")):
+        toks = train_tiny_tokenizers(root / "tokenizers", seed=seed)
+        assert all(Path(toks[side]) == paths[f"{side}_tokenizer"] for side in ("teacher", "proxy")), toks
+    jobs = []
+    for name, (shape, tok, offset, steps_field) in MODELS.items():
+        steps = getattr(profile, steps_field)
+        jobs.append(Job(f"world {name}", train_from_scratch, dict(
+            shape=shape, tokenizer_dir=str(paths[f"{tok}_tokenizer"]), init_dir=str(root / "init" / name),
+            output_dir=str(root / RUN_FOLDER[name]), steps=steps, profile=profile, seed=seed + offset,
+            progress=progress), cost=steps * STEP_SECONDS[name]))
+    return jobs
+
+
+def build_world(folder: str | Path, profile: Profile = FULL, seed: int = 0, *, workers: int = 1) -> dict[str, Path]:
+    """Tokenizers and the SFT-trained teacher, proxy and students (reused if present), as HF folders."""
+    root = Path(folder)
     start = time.perf_counter()
-    toks = train_tiny_tokenizers(root / "tokenizers", seed=seed)
-    teacher_init = init_model_folder(root / "init" / "teacher", TEACHER_SHAPE, toks["teacher"], seed)
-    proxy_init = init_model_folder(root / "init" / "proxy", PROXY_SHAPE, toks["proxy"], seed + 1)
-    paths = {"teacher_tokenizer": toks["teacher"], "proxy_tokenizer": toks["proxy"]}
-    log.info("training the tiny teacher (%d sft steps)", profile.teacher_sft_steps)
-    paths["teacher"] = _sft(teacher_init, root / "teacher_sft", profile.teacher_sft_steps, profile, seed)
-    log.info("training the tiny proxy (%d sft steps)", profile.proxy_sft_steps)
-    paths["proxy"] = _sft(proxy_init, root / "proxy_sft", profile.proxy_sft_steps, profile, seed)
-    # Students start from a short gold SFT (a stand-in for the pretrained LM a real student starts
-    # from), shared by every arm: one shaped like the proxy (its tokenizer), one that differs from it.
-    for name, shape, tok, offset in (("student_proxy_like", PROXY_SHAPE, toks["proxy"], 2),
-                                     ("student_other", OTHER_STUDENT_SHAPE, toks["teacher"], 3)):
-        log.info("warming up the %s student (%d sft steps)", name, profile.student_warmup_steps)
-        init = init_model_folder(root / "init" / name, shape, tok, seed + offset)
-        paths[name] = _sft(init, root / f"{name}_warmup", profile.student_warmup_steps, profile, seed + offset)
-    done.write_text(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
-    log.info("tiny world built in %.0f s", time.perf_counter() - start)
+    run_jobs(world_jobs(root, profile, seed, progress=workers == 1), workers=workers, label="world",
+             compilation_cache=str(root / "compilation_cache"))
+    paths = world_paths(root)
+    (root / "world.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    log.info("tiny world ready in %s (%.0f s)", root, time.perf_counter() - start)
     return paths
 
 
 ETAS = {"distillable": 1.0, "undistillable": -1.0, "eta0": 0.0}
 
 
-def calibrate_teachers(world: dict[str, Path], out: Path, profile: Profile, seed: int) -> dict[str, Path]:
-    """The three calibrated teachers (eta = +1, -1, 0) from the same base; finished runs are reused."""
+def calibrate_teacher(teacher: str, proxy: str, run: str, eta: float, profile: Profile, seed: int,
+                      progress: bool = True) -> str:
+    """One calibrated teacher of the default run (GRPO from the base teacher); a finished run is reused,
+    an interrupted one resumes. Returns the exported HF folder."""
     from jaxdistill.calibrate import CalibrateConfig, calibrate
     from jaxdistill.sharding import MeshConfig
 
-    teachers = {}
-    for name, eta in ETAS.items():
-        run = out / "calibrate" / name
-        exported = run / "teacher"
-        if not (exported / "config.json").exists():
-            log.info("calibrating the %s teacher (eta=%+g, %d steps)", name, eta, profile.calibrate_steps)
-            config = CalibrateConfig(
-                teacher=str(world["teacher"]), proxy=str(world["proxy"]), task="arith",
-                task_options=(f"difficulty={ARITH_DIFFICULTY}",), output_dir=str(run), eta=eta,
-                num_generations=profile.num_generations, prompts_per_step=profile.prompts_per_step,
-                max_steps=profile.calibrate_steps, learning_rate=1e-3, lora_rank=8, lora_alpha=16.0,
-                beta=0.04, max_completion_length=profile.max_completion_length, eval_every=0,
-                # only correct rollouts earn calibration reward: with "all", eta = -1 taught the teacher to
-                # break its answers (accuracy 0.40 -> 0.10 in 30 steps of the first full run)
-                calibration_scope="correct",
-                eval_prompts=profile.eval_size, save_every=max(profile.calibrate_steps // 3, 1), seed=seed,
-                resume=True,  # an interrupted default run continues its calibrations exactly
-                mesh=MeshConfig(num_devices=1))
-            calibrate(config)
-        teachers[name] = exported
-    return teachers
+    exported = Path(run) / "teacher"
+    if (exported / "config.json").exists():
+        return str(exported)
+    config = CalibrateConfig(
+        teacher=teacher, proxy=proxy, task="arith", task_options=(f"difficulty={ARITH_DIFFICULTY}",),
+        output_dir=run, eta=eta, num_generations=profile.num_generations, prompts_per_step=profile.prompts_per_step,
+        max_steps=profile.calibrate_steps, learning_rate=1e-3, lora_rank=8, lora_alpha=16.0,
+        beta=0.04, max_completion_length=profile.max_completion_length, eval_every=0,
+        # only correct rollouts earn calibration reward: with "all", eta = -1 taught the teacher to
+        # break its answers (accuracy 0.40 -> 0.10 in 30 steps of the first full run)
+        calibration_scope="correct",
+        eval_prompts=profile.eval_size, save_every=max(profile.calibrate_steps // 3, 1), seed=seed,
+        resume=True,  # an interrupted default run continues its calibrations exactly
+        progress=progress, mesh=MeshConfig(num_devices=1))
+    calibrate(config)
+    return str(exported)
+
+
+def calibration_jobs(world: Mapping[str, Path], out: Path, profile: Profile, seed: int, *,
+                     progress: bool = True) -> list[Job]:
+    """``calibrate <name>`` for eta = +1, -1, 0, each waiting on the world's teacher and proxy."""
+    return [Job(f"calibrate {name}", calibrate_teacher, dict(
+        teacher=str(world["teacher"]), proxy=str(world["proxy"]), run=str(out / "calibrate" / name), eta=eta,
+        profile=profile, seed=seed, progress=progress), after=("world teacher", "world proxy"),
+        cost=profile.calibrate_steps * STEP_SECONDS["calibrate"]) for name, eta in ETAS.items()]
 
 
 def knob_plot(scorecard: dict[str, Any], path: Path) -> Path:
@@ -182,17 +223,24 @@ def knob_plot(scorecard: dict[str, Any], path: Path) -> Path:
 
 
 def default_run(*, quick: bool = False, output_dir: str | Path | None = None, seed: int = 0,
-                seeds: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """The whole tiny-world pipeline; writes ``<output_dir>/report.md`` and ``knob.png``."""
+                seeds: tuple[int, ...] | None = None, workers: int = 0) -> dict[str, Any]:
+    """The whole tiny-world pipeline; writes ``<output_dir>/report.md`` and ``knob.png``.
+
+    Every stage is a job of one graph (``jaxdistill.jobs``): the world's four trainings, the three
+    calibrations, the scorecard's arms (each waiting only on the models it reads) and the teacher
+    comparison, run on ``workers`` processes (0: one per CPU core on a CPU host, 1 on an accelerator).
+    The figures do not depend on the number of workers; finished stages are reused on a rerun.
+    """
     from jaxdistill.distill.trainer import DistillConfig
-    from jaxdistill.evaluate import EvaluateConfig, ScorecardConfig, scorecard
+    from jaxdistill.evaluate import EvaluateConfig, ScorecardConfig, assemble_scorecard, check_scorecard, scorecard_jobs
 
     profile = QUICK if quick else FULL
     out = Path(output_dir or ("runs/quick" if quick else "runs/default"))
     out.mkdir(parents=True, exist_ok=True)
+    workers = workers or default_workers()
     start = time.perf_counter()
-    world = build_world(out / "world", profile, seed)
-    teachers = calibrate_teachers(world, out, profile, seed)
+    world = world_paths(out / "world")
+    teachers = {name: out / "calibrate" / name / "teacher" for name in ETAS}
     recipe = DistillConfig(task="arith", task_options=(f"difficulty={ARITH_DIFFICULTY}",),
                            max_steps=profile.student_steps, batch_size=profile.student_batch,
                            learning_rate=profile.student_lr, lr_schedule="cosine",
@@ -204,16 +252,27 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
                            students=(f"proxy_like={world['student_proxy_like']}",
                                      f"other={world['student_other']}"),
                            attacks=("seqkd", "gkd"), seeds=seeds or ((seed,) if quick else (seed, seed + 1, seed + 2)),
-                           recipe=recipe)
+                           recipe=recipe, workers=workers)
     config = EvaluateConfig(original_teacher=str(world["teacher"]), limit=profile.eval_size,
                             max_new_tokens=profile.max_completion_length, output_dir=str(out / "scorecard"),
                             scorecard=card)
-    result = scorecard(config)
+    check_scorecard(config)
+    producers = {str(world[name]): f"world {name}" for name in MODELS}
+    producers.update({str(path): f"calibrate {name}" for name, path in teachers.items()})
+    progress = workers == 1  # several workers share one terminal: only the graph's progress lines
+    jobs = (world_jobs(out / "world", profile, seed, progress=progress)
+            + calibration_jobs(world, out, profile, seed, progress=progress)
+            + scorecard_jobs(config, producers=producers, step_seconds=STEP_SECONDS["student"]))
+    log.info("default run: %d jobs on %d worker(s)", len(jobs), workers)
+    results = run_jobs(jobs, workers=workers, label="default run", compilation_cache=str(out / "compilation_cache"))
+    (out / "world" / "world.json").write_text(json.dumps({k: str(v) for k, v in world.items()}, indent=2))
+    result = assemble_scorecard(config, results, time.perf_counter() - start)
     knob_plot(result, out / "knob.png")
     report = out / "report.md"
     card_md = (out / "scorecard" / "scorecard.md").read_text()
     report.write_text(f"# jaxdistill default run ({'quick' if quick else 'full'} profile)\n\n"
-                      f"Total time: {(time.perf_counter() - start) / 60:.1f} min. Teachers calibrated with "
+                      f"Total time: {(time.perf_counter() - start) / 60:.1f} min on {workers} worker(s) (stages "
+                      f"already finished in this folder are reused, not re-timed). Teachers calibrated with "
                       f"eta = +1 (distillable), -1 (undistillable), 0 (control) from the same base.\n\n"
                       f"{card_md}\n\n![knob](knob.png)\n")
     log.info("report written to %s", report)

@@ -2,6 +2,7 @@
 the teacher comparison, the scorecard's arms and collapse flags, clear errors, and the CLI's --help."""
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,8 +100,9 @@ def test_scorecard_runs_every_arm_and_writes_the_table(world, tmp_path):
     config = EvaluateConfig(original_teacher=teacher, output_dir=str(tmp_path / "card"), limit=4, max_new_tokens=16,
                             batch_size=4, scorecard=ScorecardConfig(
                                 teacher_eta0=teacher, teacher_distillable=teacher, teacher_undistillable=teacher,
-                                students=(f"small={world.student}",), attacks=("kd",), seeds=(0,), recipe=recipe))
-    result = scorecard(config)
+                                students=(f"small={world.student}",), attacks=("kd",), seeds=(0,), recipe=recipe,
+                                workers=2))
+    result = scorecard(config)  # the arms run on two worker processes
     arms = [row["arm"] for row in result["arms"]]
     assert arms == ["before", "sft", "kd/original", "kd/eta0", "kd/distillable", "kd/undistillable"]
     summaries = {arm: json.loads((tmp_path / "card" / "runs" / "small" / arm.replace("/", "_") / "seed0" /
@@ -116,6 +118,16 @@ def test_scorecard_runs_every_arm_and_writes_the_table(world, tmp_path):
     assert "## Teachers" in table and (tmp_path / "card" / "scorecard.png").read_bytes()[:4] == b"\x89PNG"
     again = scorecard(config)  # finished runs are reused, results unchanged
     assert [r["accuracy_mean"] for r in again["arms"]] == [r["accuracy_mean"] for r in result["arms"]]
+
+    # The same scorecard in this process (workers=1) trains bit-identical students: figures never depend
+    # on the number of workers.
+    alone = dataclasses.replace(config, output_dir=str(tmp_path / "alone"),
+                                scorecard=dataclasses.replace(config.scorecard, workers=1))
+    result_alone = scorecard(alone)
+    assert [r["runs"] for r in result_alone["arms"]] == [r["runs"] for r in result["arms"]]
+    for arm in arms:
+        folder = Path("runs") / "small" / arm.replace("/", "_") / "seed0" / "model" / "model.safetensors"
+        assert (tmp_path / "alone" / folder).read_bytes() == (tmp_path / "card" / folder).read_bytes(), arm
 
 
 def test_cli_help_lists_every_task_objective_and_option(capsys):

@@ -1,0 +1,213 @@
+"""A graph of independent runs (trainings, calibrations, evaluations) executed on worker processes.
+
+    jobs = [Job("teacher", train, {...}, cost=500),
+            Job("calibrate", calibrate_one, {...}, after=("teacher",), cost=90), ...]
+    results = run_jobs(jobs, workers=2)          # {name: what its fn returned}
+
+Why: XLA runs the programs of a tiny model on about one CPU core (a second core speeds one training step
+up by ~15%), so the tiny world's default run keeps every core busy by running independent stages at
+once: the teacher's SFT next to the proxy's and the students' warm-ups, calibrations next to the
+scorecard arms of the original teacher, and so on. On an accelerator a run wants the whole device:
+``workers=1`` runs the jobs one after another in this process.
+
+Scheduling: a job starts once every job in ``after`` has finished; among the ready jobs the one with
+the longest chain of remaining work (its ``cost`` plus the costliest chain that waits on it) starts
+first, so the critical path is never left waiting. Workers are fresh ``spawn`` processes (JAX is not
+fork-safe). They are not pinned to cores: XLA splits a program's work by the threads it may use, so a
+worker pinned to one core computes different low bits than this process, and the figures of a graph
+would then depend on ``workers``. Unpinned, they do not. Every job is expected to skip work
+it already finished (a finished run folder is reused), so an interrupted graph resumes by running it
+again. A failing job stops the graph: no new job starts, and its error is raised with its name.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+log = logging.getLogger("jaxdistill.jobs")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One unit of work.
+
+    name:   unique; other jobs name it in ``after``, and ``run_jobs`` returns its result under it.
+    fn:     a module-level function (workers import it by reference); called as ``fn(**kwargs)``.
+    kwargs: its arguments (picklable: configs, paths, numbers).
+    after:  names of the jobs whose outputs it reads.
+    cost:   its expected duration in seconds on one core (orders the ready jobs, and the ETA).
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    cost: float = 1.0
+
+
+class JobFailed(RuntimeError):
+    """A job raised; ``__cause__`` is its error."""
+
+
+def chain_costs(jobs: Sequence[Job]) -> dict[str, float]:
+    """Per job: its cost plus the largest chain cost among the jobs that wait on it (critical path)."""
+    by_name = {j.name: j for j in jobs}
+    waiting: dict[str, list[str]] = {j.name: [] for j in jobs}
+    for j in jobs:
+        for dep in j.after:
+            waiting[dep].append(j.name)
+    memo: dict[str, float] = {}
+
+    def chain(name: str) -> float:
+        if name not in memo:
+            memo[name] = by_name[name].cost + max((chain(n) for n in waiting[name]), default=0.0)
+        return memo[name]
+
+    return {j.name: chain(j.name) for j in jobs}
+
+
+def check_graph(jobs: Sequence[Job]) -> None:
+    """Unique names, known dependencies, no cycle; raises ValueError naming the problem."""
+    names = [j.name for j in jobs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"job names must be unique; repeated: {duplicates}")
+    known = set(names)
+    for j in jobs:
+        missing = [d for d in j.after if d not in known]
+        if missing:
+            raise ValueError(f"job {j.name!r} waits on unknown jobs {missing}")
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    by_name = {j.name: j for j in jobs}
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            raise ValueError(f"jobs wait on each other in a cycle: {' -> '.join(path + (name,))}")
+        state[name] = 1
+        for dep in by_name[name].after:
+            visit(dep, path + (name,))
+        state[name] = 2
+
+    for j in jobs:
+        visit(j.name, ())
+
+
+WORKER_MEMORY_GIB = 2  # a tiny-world worker holds up to ~1.7 GiB (models, compiled programs, caches)
+
+
+def default_workers() -> int:
+    """On a CPU host, one worker per core, at most 8 and at most one per ``WORKER_MEMORY_GIB`` of
+    physical memory; 1 on an accelerator (one run fills it)."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        memory_gib = 2.0 * WORKER_MEMORY_GIB
+    return max(1, min(cores, 8, int(memory_gib // WORKER_MEMORY_GIB)))
+
+
+def _die_with_parent() -> None:
+    """Linux: this worker gets SIGTERM when the process that started it dies (no orphans left training
+    after the parent is killed); elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def _init_worker(compilation_cache: str | None) -> None:
+    """Dies with the parent, quiet logs, and compiled programs shared through JAX's persistent cache."""
+    _die_with_parent()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint file at INFO
+    if compilation_cache:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", compilation_cache)
+
+
+def _report(done: int, total: int, name: str, seconds: float, started: float, done_cost: float,
+            total_cost: float, label: str) -> None:
+    elapsed = time.perf_counter() - started
+    eta = elapsed * (total_cost - done_cost) / done_cost if done_cost > 0 else float("nan")
+    print(f"[{label} {done}/{total}] {name} done in {seconds:.0f} s; elapsed {elapsed / 60:.1f} min, "
+          f"eta {eta / 60:.1f} min", flush=True)
+
+
+def run_jobs(jobs: Sequence[Job], *, workers: int = 1, label: str = "jobs",
+             compilation_cache: str | None = None) -> dict[str, Any]:
+    """Run ``jobs`` respecting ``after``; returns {name: result}. ``workers=1`` runs them in this process.
+
+    ``compilation_cache``: a folder for JAX's persistent compilation cache, shared by the workers so
+    a program compiled by one is loaded by the others (workers > 1 only).
+    Raises ``JobFailed`` (from the job's error) when a job raises; jobs already running finish first.
+    """
+    check_graph(jobs)
+    chain = chain_costs(jobs)
+    by_name = {j.name: j for j in jobs}
+    pending = sorted(by_name, key=lambda n: -chain[n])  # ready jobs start in this order
+    finished: dict[str, Any] = {}
+    total_cost = sum(j.cost for j in jobs) or 1.0
+    done_cost, started = 0.0, time.perf_counter()
+
+    def ready() -> list[str]:
+        return [n for n in pending if all(d in finished for d in by_name[n].after)]
+
+    if workers <= 1:
+        while pending:
+            name = ready()[0]
+            pending.remove(name)
+            t = time.perf_counter()
+            try:
+                finished[name] = by_name[name].fn(**by_name[name].kwargs)
+            except Exception as e:
+                raise JobFailed(f"job {name!r} failed: {e}") from e
+            done_cost += by_name[name].cost
+            _report(len(finished), len(jobs), name, time.perf_counter() - t, started, done_cost, total_cost, label)
+        return finished
+
+    context = multiprocessing.get_context("spawn")
+    running: dict[cf.Future, tuple[str, float]] = {}
+    failure: tuple[str, BaseException] | None = None
+    with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                initargs=(compilation_cache,)) as pool:
+        while pending or running:
+            while failure is None and len(running) < workers and ready():
+                name = ready()[0]
+                pending.remove(name)
+                log.info("starting %s", name)
+                running[pool.submit(by_name[name].fn, **by_name[name].kwargs)] = (name, time.perf_counter())
+            if not running:
+                break
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                name, t = running.pop(future)
+                error = future.exception()
+                if error is not None:
+                    print(f"[{label}] {name} failed: {error!r}", file=sys.stderr, flush=True)
+                    failure = failure or (name, error)
+                    continue
+                finished[name] = future.result()
+                done_cost += by_name[name].cost
+                _report(len(finished), len(jobs), name, time.perf_counter() - t, started, done_cost,
+                        total_cost, label)
+    if failure is not None:
+        raise JobFailed(f"job {failure[0]!r} failed: {failure[1]}") from failure[1]
+    return finished
