@@ -143,12 +143,25 @@ def _init_worker(compilation_cache: str | None) -> None:
         jax.config.update("jax_compilation_cache_dir", compilation_cache)
 
 
-def _report(done: int, total: int, name: str, seconds: float, started: float, done_cost: float,
-            total_cost: float, label: str) -> None:
-    elapsed = time.perf_counter() - started
-    eta = elapsed * (total_cost - done_cost) / done_cost if done_cost > 0 else float("nan")
-    print(f"[{label} {done}/{total}] {name} done in {seconds:.0f} s; elapsed {elapsed / 60:.1f} min, "
-          f"eta {eta / 60:.1f} min", flush=True)
+class _Progress:
+    """One line per finished job: elapsed time and an ETA of the remaining jobs' cost, converted to
+    seconds at the rate the finished jobs ran (seconds per unit of cost) and shared by the workers."""
+
+    def __init__(self, jobs: Sequence[Job], workers: int, label: str):
+        self.total, self.workers, self.label = len(jobs), workers, label
+        self.remaining_cost = sum(j.cost for j in jobs)
+        self.done, self.done_cost, self.spent = 0, 0.0, 0.0
+        self.started = time.perf_counter()
+
+    def finished(self, job: Job, seconds: float) -> None:
+        self.done += 1
+        self.done_cost += job.cost
+        self.remaining_cost -= job.cost
+        self.spent += seconds
+        elapsed = time.perf_counter() - self.started
+        eta = self.remaining_cost * self.spent / max(self.done_cost, 1e-9) / self.workers
+        print(f"[{self.label} {self.done}/{self.total}] {job.name} done in {seconds:.0f} s; elapsed "
+              f"{elapsed / 60:.1f} min, eta {eta / 60:.1f} min", flush=True)
 
 
 def run_jobs(jobs: Sequence[Job], *, workers: int = 1, label: str = "jobs",
@@ -164,8 +177,7 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 1, label: str = "jobs",
     by_name = {j.name: j for j in jobs}
     pending = sorted(by_name, key=lambda n: -chain[n])  # ready jobs start in this order
     finished: dict[str, Any] = {}
-    total_cost = sum(j.cost for j in jobs) or 1.0
-    done_cost, started = 0.0, time.perf_counter()
+    progress = _Progress(jobs, max(workers, 1), label)
 
     def ready() -> list[str]:
         return [n for n in pending if all(d in finished for d in by_name[n].after)]
@@ -179,8 +191,7 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 1, label: str = "jobs",
                 finished[name] = by_name[name].fn(**by_name[name].kwargs)
             except Exception as e:
                 raise JobFailed(f"job {name!r} failed: {e}") from e
-            done_cost += by_name[name].cost
-            _report(len(finished), len(jobs), name, time.perf_counter() - t, started, done_cost, total_cost, label)
+            progress.finished(by_name[name], time.perf_counter() - t)
         return finished
 
     context = multiprocessing.get_context("spawn")
@@ -205,9 +216,7 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 1, label: str = "jobs",
                     failure = failure or (name, error)
                     continue
                 finished[name] = future.result()
-                done_cost += by_name[name].cost
-                _report(len(finished), len(jobs), name, time.perf_counter() - t, started, done_cost,
-                        total_cost, label)
+                progress.finished(by_name[name], time.perf_counter() - t)
     if failure is not None:
         raise JobFailed(f"job {failure[0]!r} failed: {failure[1]}") from failure[1]
     return finished
