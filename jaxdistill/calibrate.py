@@ -129,7 +129,7 @@ def calibrate(config: CalibrateConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     argv = sys.argv[1:] if argv is None else argv
     config, flags = parse_args(
         CalibrateConfig, argv, prog="python -m jaxdistill.calibrate",

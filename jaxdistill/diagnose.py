@@ -718,7 +718,7 @@ def long_flags_to_overrides(cls, argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     argv = sys.argv[1:] if argv is None else argv
     config, _ = parse_args(DiagnoseConfig, long_flags_to_overrides(DiagnoseConfig, argv),
                            prog="python -m jaxdistill.diagnose",

@@ -630,7 +630,7 @@ Outputs: results.json/.md/.png (scorecard: scorecard.json/.md/.png and runs/) in
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     config, flags = parse_args(EvaluateConfig, argv, prog="python -m jaxdistill.evaluate", description=DESCRIPTION,
                                extra_flags=[("--scorecard", "run every arm of the distillation scorecard")])
     try:

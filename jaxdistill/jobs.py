@@ -135,7 +135,7 @@ def _die_with_parent() -> None:
 def _init_worker(compilation_cache: str | None) -> None:
     """Dies with the parent, quiet logs, and compiled programs shared through JAX's persistent cache."""
     _die_with_parent()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint file at INFO
     if compilation_cache:
         import jax

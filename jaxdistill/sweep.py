@@ -318,7 +318,7 @@ def write_knob(result: Mapping[str, Any], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--quick" in argv:  # the quick profile goes before the user's overrides, so that theirs win
         rest = [a for a in argv if a != "--quick"]

@@ -26,7 +26,7 @@ student as an HF folder with its tokenizer) and summary.json."""
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     config, _ = parse_args(DistillConfig, argv, prog="python -m jaxdistill.distill", description=DESCRIPTION)
     try:
         out = distill(config)
