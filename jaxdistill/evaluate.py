@@ -413,6 +413,14 @@ def check_scorecard(config: EvaluateConfig) -> dict[str, list[str]]:
     return students
 
 
+TEACHERS_JOB = "scorecard teachers"  # the job name of the teacher comparison
+
+
+def arm_job(arm: Mapping[str, Any], seed: int) -> str:
+    """The job name of one arm and seed (its result: ``run_arm``'s rows)."""
+    return f"scorecard {arm['arm']} seed {seed}"
+
+
 def arm_dir(config: EvaluateConfig, student: str, arm: Mapping[str, Any], seed: int) -> Path:
     """The run folder of one student, arm and seed."""
     return Path(config.output_dir) / "runs" / student / arm["arm"].replace("/", "_") / f"seed{seed}"
@@ -484,10 +492,10 @@ def scorecard_jobs(config: EvaluateConfig, *, producers: Mapping[str, str] | Non
         steps = arm.get("steps", card.recipe.max_steps)
         cost = len(students) * (10.0 + steps * step_seconds * STEP_COST[arm["objective"]])
         for seed in card.seeds:
-            jobs.append(Job(f"scorecard {arm['arm']} seed {seed}", run_arm, {"config": config, "arm": arm, "seed": seed},
+            jobs.append(Job(arm_job(arm, seed), run_arm, {"config": config, "arm": arm, "seed": seed},
                             after=after, cost=cost))
     teachers = (config.original_teacher, card.teacher_eta0, card.teacher_distillable, card.teacher_undistillable)
-    jobs.append(Job("scorecard teachers", compare_scorecard_teachers, {"config": config},
+    jobs.append(Job(TEACHERS_JOB, compare_scorecard_teachers, {"config": config},
                     after=tuple(producers[t] for t in teachers if t in producers), cost=20.0 * len(teachers)))
     return jobs
 
@@ -496,17 +504,17 @@ def assemble_scorecard(config: EvaluateConfig, results: Mapping[str, Any], secon
     """The scorecard from the results of ``scorecard_jobs``: rows per (student, arm), collapse flags, the
     teacher table; writes scorecard.json, scorecard.md and scorecard.png in ``output_dir``."""
     card = config.scorecard
+    arms = scorecard_arms(config)
     rows: dict[tuple[str, str], list[dict]] = {}
-    for name, value in results.items():
-        if name.startswith("scorecard ") and name != "scorecard teachers":
-            for row in value:
+    for arm in arms:
+        for seed in card.seeds:
+            for row in results[arm_job(arm, seed)]:
                 rows.setdefault((row["student"], row["arm"]), []).append(
                     {k: v for k, v in row.items() if k not in ("student", "arm")})
     table = []
-    arms = scorecard_arms(config)
     for label in parse_entries(card.students, "scorecard.students"):
         for arm in arms:
-            runs = sorted(rows[(label, arm["arm"])], key=lambda r: r["seed"])
+            runs = rows[(label, arm["arm"])]
             table.append({"student": label, "arm": arm["arm"], "objective": arm["objective"],
                           "teacher": arm.get("teacher_key", ""), **aggregate(runs), "runs": runs})
     flag_collapse(table, card.collapse_ratio)
@@ -514,7 +522,7 @@ def assemble_scorecard(config: EvaluateConfig, results: Mapping[str, Any], secon
     result = {"settings": {"task": recipe.task, "split": config.split, "limit": config.limit,
                            "seeds": list(card.seeds), "collapse_ratio": card.collapse_ratio,
                            "decoding": _decoding(config), "recipe": dataclasses.asdict(recipe)},
-              "arms": table, "seconds": seconds, "teachers": results["scorecard teachers"]}
+              "arms": table, "seconds": seconds, "teachers": results[TEACHERS_JOB]}
     write_scorecard(result, Path(config.output_dir))
     return result
 
