@@ -229,7 +229,8 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
     Every stage is a job of one graph (``jaxdistill.jobs``): the world's four trainings, the three
     calibrations, the scorecard's arms (each waiting only on the models it reads) and the teacher
     comparison, run on ``workers`` processes (0: one per CPU core on a CPU host, 1 on an accelerator).
-    The figures do not depend on the number of workers; finished stages are reused on a rerun.
+    On a CPU, each worker is pinned to an equal share of the cores, so the low bits of the figures depend
+    on the cores per worker (not on which worker ran what); finished stages are reused on a rerun.
     """
     from jaxdistill.distill.trainer import DistillConfig
     from jaxdistill.evaluate import EvaluateConfig, ScorecardConfig, assemble_scorecard, check_scorecard, scorecard_jobs

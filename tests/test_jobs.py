@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxdistill.jobs import Job, JobFailed, chain_costs, check_graph, default_workers, run_jobs
+from jaxdistill.jobs import Job, JobFailed, chain_costs, check_graph, default_workers, run_jobs, worker_cores
 
 
 # Module-level job functions: worker processes import them by reference.
@@ -26,6 +26,15 @@ def write_after(folder: str, name: str, reads: tuple[str, ...] = ()) -> str:
 
 def explode(message: str) -> None:
     raise ValueError(message)
+
+
+def where_am_i(seconds: float) -> tuple[list[int], str | None, int]:
+    """The cores this worker may use, its malloc tunables and its pid (after ``seconds``, so that two
+    such jobs overlap and run on two workers)."""
+    import os
+
+    time.sleep(seconds)
+    return sorted(os.sched_getaffinity(0)), os.environ.get("GLIBC_TUNABLES"), os.getpid()
 
 
 def diamond(folder: Path) -> list[Job]:
@@ -113,3 +122,31 @@ def sleep_then_write(path: str) -> None:
     Path(path + ".started").write_text("")
     time.sleep(3)
     Path(path).write_text("finished")
+
+
+def test_worker_cores_are_equal_disjoint_shares(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 0, 2, 6, 5})
+    assert worker_cores(2) == [[0, 2], [4, 5]]  # the fifth core stays idle: every share has two
+    assert worker_cores(5) == [[0], [2], [4], [5], [6]]
+    assert worker_cores(6) is None  # fewer cores than workers: nobody is pinned
+
+
+def test_workers_are_pinned_to_their_share_and_use_huge_pages(tmp_path):
+    import os
+    import sys
+
+    before = os.environ.get("GLIBC_TUNABLES")
+    jobs = [Job(name, where_am_i, dict(seconds=1.0)) for name in ("a", "b")]
+    results = run_jobs(jobs, workers=2)
+    (cores_a, tunables_a, pid_a), (cores_b, tunables_b, pid_b) = results["a"], results["b"]
+    assert pid_a != pid_b and pid_a != os.getpid()
+    shares = worker_cores(2)
+    if shares is None:  # one core here (or no affinity control): workers share everything
+        assert cores_a == cores_b
+    else:
+        assert sorted([cores_a, cores_b]) == sorted(shares) and not set(cores_a) & set(cores_b)
+    if sys.platform.startswith("linux"):
+        assert "glibc.malloc.hugetlb=1" in tunables_a and "glibc.malloc.hugetlb=1" in tunables_b
+    assert os.environ.get("GLIBC_TUNABLES") == before  # this process's environment is restored
