@@ -493,7 +493,7 @@ def scorecard_jobs(config: EvaluateConfig, *, producers: Mapping[str, str] | Non
         cost = len(students) * (10.0 + steps * step_seconds * STEP_COST[arm["objective"]])
         for seed in card.seeds:
             jobs.append(Job(arm_job(arm, seed), run_arm, {"config": config, "arm": arm, "seed": seed},
-                            after=after, cost=cost))
+                            after=after, cost=cost, kind="" if steps == 0 else arm["objective"]))
     teachers = (config.original_teacher, card.teacher_eta0, card.teacher_distillable, card.teacher_undistillable)
     jobs.append(Job(TEACHERS_JOB, compare_scorecard_teachers, {"config": config},
                     after=tuple(producers[t] for t in teachers if t in producers), cost=20.0 * len(teachers)))

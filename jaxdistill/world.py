@@ -141,7 +141,7 @@ def world_jobs(folder: str | Path, profile: Profile = FULL, seed: int = 0, *, pr
         jobs.append(Job(f"world {name}", train_from_scratch, dict(
             shape=shape, tokenizer_dir=str(paths[f"{tok}_tokenizer"]), init_dir=str(root / "init" / name),
             output_dir=str(root / RUN_FOLDER[name]), steps=steps, profile=profile, seed=seed + offset,
-            progress=progress), cost=steps * STEP_SECONDS[name]))
+            progress=progress), cost=steps * STEP_SECONDS[name], kind="sft"))
     return jobs
 
 
@@ -191,7 +191,7 @@ def calibration_jobs(world: Mapping[str, Path], out: Path, profile: Profile, see
     return [Job(f"calibrate {name}", calibrate_teacher, dict(
         teacher=str(world["teacher"]), proxy=str(world["proxy"]), run=str(out / "calibrate" / name), eta=eta,
         profile=profile, seed=seed, progress=progress), after=("world teacher", "world proxy"),
-        cost=profile.calibrate_steps * STEP_SECONDS["calibrate"]) for name, eta in ETAS.items()]
+        cost=profile.calibrate_steps * STEP_SECONDS["calibrate"], kind="calibrate") for name, eta in ETAS.items()]
 
 
 def knob_plot(scorecard: dict[str, Any], path: Path) -> Path:

@@ -37,6 +37,21 @@ def where_am_i(seconds: float) -> tuple[list[int], str | None, int]:
     return sorted(os.sched_getaffinity(0)), os.environ.get("GLIBC_TUNABLES"), os.getpid()
 
 
+def programs_held() -> tuple[int, int]:
+    """(this worker's pid, how many compiled versions of a jitted function it held before this job)."""
+    import os
+
+    import jax
+    import jax.numpy as jnp
+
+    global _double
+    if "_double" not in globals():
+        _double = jax.jit(lambda x: 2 * x)
+    held = _double._cache_size()
+    _double(jnp.ones(3))
+    return os.getpid(), held
+
+
 def diamond(folder: Path) -> list[Job]:
     """a -> (b, c) -> d, plus an independent cheap e."""
     f = str(folder)
@@ -150,3 +165,21 @@ def test_workers_are_pinned_to_their_share_and_use_huge_pages(tmp_path):
     if sys.platform.startswith("linux"):
         assert "glibc.malloc.hugetlb=1" in tunables_a and "glibc.malloc.hugetlb=1" in tunables_b
     assert os.environ.get("GLIBC_TUNABLES") == before  # this process's environment is restored
+
+
+def test_a_worker_drops_its_compiled_programs_when_the_kind_of_job_changes():
+    kinds = ["sft", "sft", "gkd", "", "gkd", "sft"]
+    names = [f"job{i}" for i in range(len(kinds))]
+    jobs = [Job(name, programs_held, after=tuple(names[:i]), kind=kind) for i, (name, kind) in enumerate(zip(names, kinds))]
+    results = run_jobs(jobs, workers=2)  # one job at a time (each waits on the previous), either worker
+    last_kind: dict[int, str] = {}  # per worker pid: the kind of the last job with a kind
+    for name, kind in zip(names, kinds):
+        pid, held = results[name]
+        if pid not in last_kind:
+            expected = 0  # a fresh worker
+        elif kind and last_kind[pid] and kind != last_kind[pid]:
+            expected = 0  # dropped
+        else:
+            expected = 1  # kept: same kind, or a job without a kind
+        assert held == expected, (name, kind, pid, last_kind)
+        last_kind[pid] = kind or last_kind.get(pid, "")
