@@ -26,8 +26,9 @@ CPU workers (Linux) are set up for throughput, measured on 2 cores with the tiny
 - They back large allocations with transparent huge pages (``glibc.malloc.hugetlb=1``): a training
   step's ~165 MB of temporaries is a fresh ``mmap`` each step, first touched page by page (5.4 M page
   faults in 120 steps); with huge pages, 0.2 M, and a step alone ~17% faster. Results are bit-identical.
-Together they took the tiny world's default run from 26.2 to 24.5 min on 2 cores; dropping compiled
-programs between kinds of job (``Job.kind``) then took its peak memory from 3.97 to 2.74 GiB (README).
+Whole default runs (README) vary by +-20% with this machine's speed, so their times do not separate
+these effects; dropping compiled programs between kinds of job (``Job.kind``) took the run's peak
+memory from 4.0-4.2 GiB to 2.7-3.0 GiB.
 """
 
 from __future__ import annotations
