@@ -161,9 +161,10 @@ ETAS = {"distillable": 1.0, "undistillable": -1.0, "eta0": 0.0}
 
 
 def calibrate_teacher(teacher: str, proxy: str, run: str, eta: float, profile: Profile, seed: int,
-                      progress: bool = True) -> str:
+                      progress: bool = True, overrides: Mapping[str, Any] | None = None) -> str:
     """One calibrated teacher of the default run (GRPO from the base teacher); a finished run is reused,
-    an interrupted one resumes. Returns the exported HF folder."""
+    an interrupted one resumes. ``overrides``: CalibrateConfig fields that replace the default run's
+    settings (``benchmarks/undistillable_sweep.py``). Returns the exported HF folder."""
     from jaxdistill.calibrate import CalibrateConfig, calibrate
     from jaxdistill.sharding import MeshConfig
 
@@ -181,7 +182,7 @@ def calibrate_teacher(teacher: str, proxy: str, run: str, eta: float, profile: P
         eval_prompts=profile.eval_size, save_every=max(profile.calibrate_steps // 3, 1), seed=seed,
         resume=True,  # an interrupted default run continues its calibrations exactly
         progress=progress, mesh=MeshConfig(num_devices=1))
-    calibrate(config)
+    calibrate(dataclasses.replace(config, **(overrides or {})))
     return str(exported)
 
 
@@ -222,26 +223,13 @@ def knob_plot(scorecard: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def default_run(*, quick: bool = False, output_dir: str | Path | None = None, seed: int = 0,
-                seeds: tuple[int, ...] | None = None, workers: int = 0) -> dict[str, Any]:
-    """The whole tiny-world pipeline; writes ``<output_dir>/report.md`` and ``knob.png``.
-
-    Every stage is a job of one graph (``jaxdistill.jobs``): the world's four trainings, the three
-    calibrations, the scorecard's arms (each waiting only on the models it reads) and the teacher
-    comparison, run on ``workers`` processes (0: one per CPU core on a CPU host, 1 on an accelerator).
-    On a CPU, each worker is pinned to an equal share of the cores, so the low bits of the figures depend
-    on the cores per worker (not on which worker ran what); finished stages are reused on a rerun.
-    """
+def scorecard_config(world: Mapping[str, Path], teachers: Mapping[str, Path | str], output_dir: Path,
+                     profile: Profile, *, seeds: tuple[int, ...], workers: int):
+    """The default run's scorecard (``jaxdistill.evaluate.EvaluateConfig``): both students, seqkd and gkd,
+    the profile's distillation recipe and held-out set. ``teachers``: eta0, distillable, undistillable."""
     from jaxdistill.distill.trainer import DistillConfig
-    from jaxdistill.evaluate import EvaluateConfig, ScorecardConfig, assemble_scorecard, check_scorecard, scorecard_jobs
+    from jaxdistill.evaluate import EvaluateConfig, ScorecardConfig
 
-    profile = QUICK if quick else FULL
-    out = Path(output_dir or ("runs/quick" if quick else "runs/default"))
-    out.mkdir(parents=True, exist_ok=True)
-    workers = workers or default_workers()
-    start = time.perf_counter()
-    world = world_paths(out / "world")
-    teachers = {name: out / "calibrate" / name / "teacher" for name in ETAS}
     recipe = DistillConfig(task="arith", task_options=(f"difficulty={ARITH_DIFFICULTY}",),
                            max_steps=profile.student_steps, batch_size=profile.student_batch,
                            learning_rate=profile.student_lr, lr_schedule="cosine",
@@ -252,11 +240,32 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
                            teacher_undistillable=str(teachers["undistillable"]),
                            students=(f"proxy_like={world['student_proxy_like']}",
                                      f"other={world['student_other']}"),
-                           attacks=("seqkd", "gkd"), seeds=seeds or ((seed,) if quick else (seed, seed + 1, seed + 2)),
-                           recipe=recipe, workers=workers)
-    config = EvaluateConfig(original_teacher=str(world["teacher"]), limit=profile.eval_size,
-                            max_new_tokens=profile.max_completion_length, output_dir=str(out / "scorecard"),
-                            scorecard=card)
+                           attacks=("seqkd", "gkd"), seeds=seeds, recipe=recipe, workers=workers)
+    return EvaluateConfig(original_teacher=str(world["teacher"]), limit=profile.eval_size,
+                          max_new_tokens=profile.max_completion_length, output_dir=str(output_dir), scorecard=card)
+
+
+def default_run(*, quick: bool = False, output_dir: str | Path | None = None, seed: int = 0,
+                seeds: tuple[int, ...] | None = None, workers: int = 0) -> dict[str, Any]:
+    """The whole tiny-world pipeline; writes ``<output_dir>/report.md`` and ``knob.png``.
+
+    Every stage is a job of one graph (``jaxdistill.jobs``): the world's four trainings, the three
+    calibrations, the scorecard's arms (each waiting only on the models it reads) and the teacher
+    comparison, run on ``workers`` processes (0: one per CPU core on a CPU host, 1 on an accelerator).
+    On a CPU, each worker is pinned to an equal share of the cores, so the low bits of the figures depend
+    on the cores per worker (not on which worker ran what); finished stages are reused on a rerun.
+    """
+    from jaxdistill.evaluate import assemble_scorecard, check_scorecard, scorecard_jobs
+
+    profile = QUICK if quick else FULL
+    out = Path(output_dir or ("runs/quick" if quick else "runs/default"))
+    out.mkdir(parents=True, exist_ok=True)
+    workers = workers or default_workers()
+    start = time.perf_counter()
+    world = world_paths(out / "world")
+    teachers = {name: out / "calibrate" / name / "teacher" for name in ETAS}
+    config = scorecard_config(world, teachers, out / "scorecard", profile,
+                              seeds=seeds or ((seed,) if quick else (seed, seed + 1, seed + 2)), workers=workers)
     check_scorecard(config)
     producers = {str(world[name]): f"world {name}" for name in MODELS}
     producers.update({str(path): f"calibrate {name}" for name, path in teachers.items()})

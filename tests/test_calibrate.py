@@ -155,3 +155,23 @@ def test_existing_checkpoints_without_resume_is_a_clear_error(tmp_path):
     with pytest.raises(FileExistsError, match="resume=true"):
         calibrate(CalibrateConfig(teacher="t", proxy="p", output_dir=str(tmp_path)))
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 4}\n'
+
+
+def test_default_run_calibration_takes_overrides(tmp_path, monkeypatch):
+    """world.calibrate_teacher is the default run's calibration; ``overrides`` replaces named fields
+    (benchmarks/undistillable_sweep.py) and a misspelt field is an error, not silently ignored."""
+    import jaxdistill.calibrate as calibrate_module
+    from jaxdistill import world
+
+    seen = []
+    monkeypatch.setattr(calibrate_module, "calibrate", seen.append)
+    run = str(tmp_path / "run")
+    world.calibrate_teacher("t", "p", run, -1.0, world.FULL, 0, progress=False)
+    world.calibrate_teacher("t", "p", run, -1.0, world.FULL, 0, progress=False,
+                            overrides={"calibration_scope": "all", "beta": 0.2})
+    default, changed = seen
+    assert (default.calibration_scope, default.beta) == ("correct", 0.04)
+    assert (changed.calibration_scope, changed.beta) == ("all", 0.2)
+    assert dataclasses.replace(changed, calibration_scope="correct", beta=0.04) == default
+    with pytest.raises(TypeError, match="betta"):
+        world.calibrate_teacher("t", "p", run, -1.0, world.FULL, 0, progress=False, overrides={"betta": 0.2})

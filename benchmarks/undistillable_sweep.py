@@ -1,0 +1,127 @@
+"""The undistillable arm under other calibration settings: does any of them make the students collapse?
+
+    python -m jaxdistill.calibrate                                   # the default run (its world and references)
+    python benchmarks/undistillable_sweep.py [--run runs/default] [--out runs/undistillable_sweep]
+                                             [--variants scope_all eta-3 ...] [--seeds 0 1 2]
+
+For every variant (``VARIANTS``: calibration settings that replace the default run's), the default run's
+base teacher is calibrated again against its proxy (eta = -1 unless the variant sets it), both students
+are distilled from the result with seqkd and gkd exactly as in the default run's scorecard, and the
+teacher is compared with the original (greedy accuracy, token KL, length). Runs on the default run's
+job graph (one worker per core), reusing finished runs in ``--out``.
+
+Prints one markdown table: per variant, the teacher's accuracy, KL to the original, completion length
+and calibration reward (mean of the first and last five steps), then every student/attack as accuracy
+(%) and its ratio to the same student distilled from the original teacher (the default run's mean over
+its seeds). The issue-8 target for an undistillable teacher: accuracy within 5 points of the original
+and every ratio <= 0.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from jaxdistill.evaluate import compare_teachers, make_task, run_arm
+from jaxdistill.jobs import Job, default_workers, run_jobs
+from jaxdistill.world import ARITH_DIFFICULTY, ETAS, FULL, STEP_SECONDS, calibrate_teacher, scorecard_config, world_paths
+
+# name -> CalibrateConfig fields that replace the default run's (world.calibrate_teacher): span mode,
+# calibration_scope=correct, beta 0.04, 8 prompts x 4 rollouts, 60 steps, LoRA r8, lr 1e-3.
+VARIANTS = {
+    "default": {},                                                     # the default run's eta = -1
+    "scope_all": {"calibration_scope": "all"},                         # wrong rollouts earn it too
+    "scope_all_beta0.2": {"calibration_scope": "all", "beta": 0.2},    # ... held by a 5x KL anchor
+    "sequence": {"calibration_mode": "sequence"},                      # proxy log-prob per byte
+    "alm": {"calibration_mode": "alm"},                                # binary KL of span probabilities
+    "eta-3": {"eta": -3.0},                                            # a stronger knob
+    "group8": {"num_generations": 8, "prompts_per_step": 4},           # 8 rollouts to rank, same batch
+    "steps120": {"max_steps": 120, "save_every": 40},                  # twice as long
+}
+ATTACKS = ("seqkd", "gkd")
+
+
+def compare(original: str, calibrated: dict[str, str], eval_size: int, max_new_tokens: int) -> dict:
+    """compare_teachers on the default run's held-out problems."""
+    task = make_task("arith", [f"difficulty={ARITH_DIFFICULTY}"])
+    examples = task.load("test", None, limit=eval_size)
+    return compare_teachers(original, calibrated, task, examples, max_new_tokens=max_new_tokens)
+
+
+def calibration_reward(run: Path) -> tuple[float, float]:
+    """Mean calibration reward of the first five and the last five steps of a calibration run."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    values = [r["rewards/calibration/mean"] for r in rows if "rewards/calibration/mean" in r]
+    return float(np.mean(values[:5])), float(np.mean(values[-5:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", default="runs/default", help="a finished default run (world and scorecard)")
+    parser.add_argument("--out", default="runs/undistillable_sweep")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0], help="student seeds of every variant")
+    parser.add_argument("--workers", type=int, default=0, help="0 = one per CPU core")
+    args = parser.parse_args()
+
+    run, out = Path(args.run), Path(args.out)
+    world = world_paths(run / "world")
+    reference = json.loads((run / "scorecard" / "scorecard.json").read_text())
+    if not world["teacher"].exists() or not reference.get("arms"):
+        raise SystemExit(f"{run} is not a finished default run: run `python -m jaxdistill.calibrate` first")
+    jobs, teachers = [], {}
+    for name in args.variants:
+        teachers[name] = out / name / "calibrate" / "teacher"
+        overrides = dict(VARIANTS[name])
+        eta = overrides.pop("eta", ETAS["undistillable"])
+        jobs.append(Job(f"calibrate {name}", calibrate_teacher, dict(
+            teacher=str(world["teacher"]), proxy=str(world["proxy"]), run=str(out / name / "calibrate"), eta=eta,
+            profile=FULL, seed=0, progress=False, overrides=overrides),
+            cost=overrides.get("max_steps", FULL.calibrate_steps) * STEP_SECONDS["calibrate"], kind="calibrate"))
+        config = scorecard_config(world, {"eta0": "", "distillable": "", "undistillable": teachers[name]},
+                                  out / name / "students", FULL, seeds=tuple(args.seeds), workers=1)
+        for attack in ATTACKS:
+            arm = {"arm": f"{attack}/undistillable", "objective": attack, "teacher": str(teachers[name])}
+            for seed in args.seeds:
+                jobs.append(Job(f"{attack} {name} seed {seed}", run_arm, dict(config=config, arm=arm, seed=seed),
+                                after=(f"calibrate {name}",), cost=2 * FULL.student_steps * STEP_SECONDS["student"],
+                                kind=attack))
+    jobs.append(Job("teachers", compare, dict(original=str(world["teacher"]),
+                                              calibrated={k: str(v) for k, v in teachers.items()},
+                                              eval_size=FULL.eval_size, max_new_tokens=FULL.max_completion_length),
+                    after=tuple(f"calibrate {name}" for name in args.variants), cost=30))
+    results = run_jobs(jobs, workers=args.workers or default_workers(), label="undistillable sweep",
+                       compilation_cache=str(run / "compilation_cache"))
+
+    base = {(r["student"], r["objective"]): r["accuracy_mean"] for r in reference["arms"] if r["teacher"] == "original"}
+    students = sorted({r["student"] for r in reference["arms"]}, reverse=True)
+    columns = [(s, a) for s in students for a in ATTACKS]
+    original = results["teachers"]["original"]
+    lines = [f"original teacher: {100 * original['accuracy']:.0f}%, {original['mean_length']:.1f} tokens; students "
+             "of the original (default run, mean over its seeds): "
+             + ", ".join(f"{s}/{a} {100 * base[(s, a)]:.1f}" for s, a in columns), "",
+             "| variant | teacher % | KL | length | calibration reward | "
+             + " | ".join(f"{s} {a}: % (x original)" for s, a in columns) + " |",
+             "|---" * (5 + len(columns)) + "|"]
+    for name in args.variants:
+        teacher = results["teachers"][name]
+        first, last = calibration_reward(out / name / "calibrate")
+        cells = []
+        for student, attack in columns:
+            accs = [row["accuracy"] for seed in args.seeds for row in results[f"{attack} {name} seed {seed}"]
+                    if row["student"] == student]
+            mean = float(np.mean(accs))
+            spread = f" ± {100 * np.std(accs, ddof=1):.1f}" if len(accs) > 1 else ""
+            cells.append(f"{100 * mean:.1f}{spread} ({mean / base[(student, attack)]:.2f})")
+        lines.append(f"| {name} | {100 * teacher['accuracy']:.0f} | {teacher['kl_to_original']:.3f} | "
+                     f"{teacher['mean_length']:.1f} | {first:.3f} -> {last:.3f} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    (out / "table.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
