@@ -1,17 +1,17 @@
 """The tiny world: the default run of ``python -m jaxdistill.calibrate`` on a CPU, with no downloads.
 
     build_world(folder)  -> two tiny tokenizers trained on the arith corpus; a tiny Qwen3-architecture
-                            teacher and a tinier Qwen2-architecture proxy, trained from scratch on gold
-                            chain-of-thought with the sft objective; saved as HF folders (reused when
-                            already there)
+                            teacher and a tinier Qwen2-architecture proxy (also the first student),
+                            and a second student, trained from scratch on gold chain-of-thought with
+                            the sft objective; saved as HF folders (reused when already there)
     default_run()        -> build_world, then calibrate eta = +1 (distillable), -1 (undistillable) and 0
                             (control) from the same base teacher, distill students from every teacher
-                            with two attacks (seqkd, gkd) -- one student like the proxy, one that differs
+                            with two attacks (seqkd, gkd) -- the proxy itself, and a student that differs
                             from it in family and tokenizer -- evaluate every arm, and write
                             runs/<name>/report.md and knob.png
 
 Every stage is a job of one graph (``jaxdistill.jobs``) run on one worker process per CPU core: the
-teacher's SFT trains next to the proxy's and the students' warm-ups, the calibrations next to the
+teacher's SFT trains next to the proxy's and the other student's, the calibrations next to the
 scorecard arms of the original teacher, and so on (XLA keeps about one core busy per tiny model).
 Every stage runs the same code paths as a real Qwen run (HF folders in and out, the sampler, the
 aligner, GRPO, the distillation objectives). ``quick=True`` shrinks every stage to a few steps (for
@@ -43,10 +43,15 @@ class Profile:
     """Sizes and budgets of one default run (full or quick)."""
 
     teacher_sft_steps: int = 1500
-    proxy_sft_steps: int = 400
-    student_warmup_steps: int = 400  # gold SFT every student starts from (its "pretraining"), shared by all arms
+    teacher_sft_lr: float = 3e-3
+    # The proxy is also the proxy_like student's starting point (the student the calibration measures).
+    # Its gold SFT and the other student's are the students' "pretraining", shared by all arms; the
+    # fewest steps measured that put each above 30% held-out accuracy (benchmarks/student_probe.py:
+    # proxy 16% / 38% / 54% after 800 / 1,100 / 1,500 steps, other 18% / 21% / 50%).
+    proxy_sft_steps: int = 1100
+    student_warmup_steps: int = 1500
+    student_sft_lr: float = 6e-3  # the small models' SFT: 16% after 400 steps at 6e-3 or 1e-2, 12% at 3e-3
     sft_batch: int = 32
-    sft_lr: float = 3e-3
     calibrate_steps: int = 60
     prompts_per_step: int = 8
     num_generations: int = 4
@@ -64,12 +69,12 @@ QUICK = Profile(teacher_sft_steps=4, proxy_sft_steps=2, student_warmup_steps=2, 
 
 # Expected seconds per step on one core (measured on a 2-core x86 at batch 32): they order the jobs of
 # the default run and drive its ETA, nothing else.
-STEP_SECONDS = {"teacher": 0.33, "proxy": 0.13, "student_proxy_like": 0.13, "student_other": 0.2,
+STEP_SECONDS = {"teacher": 0.33, "proxy": 0.15, "student_other": 0.2,
                 "student": 0.15, "calibrate": 1.5}
 
-# Architectures (DESIGN.md §6): a tiny Qwen3 teacher, a tinier Qwen2 proxy, and two students: one with
-# the proxy's shape and tokenizer, one that differs from the proxy in family and tokenizer (Qwen3 with
-# the teacher's tokenizer) at the proxy's size. Sizes are set by the time budget on two CPU cores: a
+# Architectures (DESIGN.md §6): a tiny Qwen3 teacher, a tinier Qwen2 proxy, and two students: the proxy
+# itself (proxy_like), and one that differs from the proxy in family and tokenizer (Qwen3 with the
+# teacher's tokenizer) at the proxy's size. Sizes are set by the time budget on two CPU cores: a
 # teacher SFT step costs ~0.3 s at batch 32, a proxy-sized one ~0.12 s.
 TEACHER_SHAPE = dict(model_type="qwen3", hidden_size=64, intermediate_size=192, num_hidden_layers=3,
                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, qk_norm=True)
@@ -88,7 +93,7 @@ def init_model_folder(folder: Path, shape: dict[str, Any], tokenizer_dir: Path, 
 
 
 def train_from_scratch(shape: dict[str, Any], tokenizer_dir: str, init_dir: str, output_dir: str, steps: int,
-                       profile: Profile, seed: int, progress: bool = True) -> str:
+                       learning_rate: float, profile: Profile, seed: int, progress: bool = True) -> str:
     """Initialise a model of ``shape`` and train it on gold chain-of-thought (sft); returns its HF folder.
     A finished run is reused; an interrupted one continues from its checkpoint."""
     from jaxdistill.distill.trainer import DistillConfig, distill
@@ -100,22 +105,20 @@ def train_from_scratch(shape: dict[str, Any], tokenizer_dir: str, init_dir: str,
         init_model_folder(Path(init_dir), shape, Path(tokenizer_dir), seed)
     config = DistillConfig(student=init_dir, objective="sft", task="arith",
                            task_options=(f"difficulty={ARITH_DIFFICULTY}",), max_steps=steps,
-                           batch_size=profile.sft_batch, learning_rate=profile.sft_lr, lr_schedule="cosine",
+                           batch_size=profile.sft_batch, learning_rate=learning_rate, lr_schedule="cosine",
                            warmup_steps=min(50, steps // 10), seed=seed, output_dir=output_dir,
                            eval_size=profile.eval_size, save_steps=max(steps // 4, 1), resume=True,
                            max_completion_length=profile.max_completion_length, progress=progress)
     return str(Path(distill(config)) / "model")
 
 
-# The models of the world: name -> (shape, which tokenizer, seed offset, steps from the profile).
-MODELS = {"teacher": (TEACHER_SHAPE, "teacher", 0, "teacher_sft_steps"),
-          "proxy": (PROXY_SHAPE, "proxy", 1, "proxy_sft_steps"),
-          # Students start from a short gold SFT (a stand-in for the pretrained LM a real student starts
-          # from), shared by every arm: one shaped like the proxy (its tokenizer), one that differs from it.
-          "student_proxy_like": (PROXY_SHAPE, "proxy", 2, "student_warmup_steps"),
-          "student_other": (OTHER_STUDENT_SHAPE, "teacher", 3, "student_warmup_steps")}
-RUN_FOLDER = {"teacher": "teacher_sft", "proxy": "proxy_sft", "student_proxy_like": "student_proxy_like_warmup",
-              "student_other": "student_other_warmup"}
+# The models of the world: name -> (shape, which tokenizer, seed offset, steps and learning rate from the
+# profile). Students start from gold SFT (a stand-in for the pretrained LM a real student starts from),
+# shared by every arm: the proxy itself (the scorecard's proxy_like student) and one that differs from it.
+MODELS = {"teacher": (TEACHER_SHAPE, "teacher", 0, "teacher_sft_steps", "teacher_sft_lr"),
+          "proxy": (PROXY_SHAPE, "proxy", 1, "proxy_sft_steps", "student_sft_lr"),
+          "student_other": (OTHER_STUDENT_SHAPE, "teacher", 3, "student_warmup_steps", "student_sft_lr")}
+RUN_FOLDER = {"teacher": "teacher_sft", "proxy": "proxy_sft", "student_other": "student_other_warmup"}
 
 
 def world_paths(folder: str | Path) -> dict[str, Path]:
@@ -123,6 +126,7 @@ def world_paths(folder: str | Path) -> dict[str, Path]:
     root = Path(folder)
     paths = {"teacher_tokenizer": root / "tokenizers" / "teacher", "proxy_tokenizer": root / "tokenizers" / "proxy"}
     paths.update({name: root / RUN_FOLDER[name] / "model" for name in MODELS})
+    paths["student_proxy_like"] = paths["proxy"]
     return paths
 
 
@@ -136,11 +140,12 @@ def world_jobs(folder: str | Path, profile: Profile = FULL, seed: int = 0, *, pr
         toks = train_tiny_tokenizers(root / "tokenizers", seed=seed)
         assert all(Path(toks[side]) == paths[f"{side}_tokenizer"] for side in ("teacher", "proxy")), toks
     jobs = []
-    for name, (shape, tok, offset, steps_field) in MODELS.items():
+    for name, (shape, tok, offset, steps_field, lr_field) in MODELS.items():
         steps = getattr(profile, steps_field)
         jobs.append(Job(f"world {name}", train_from_scratch, dict(
             shape=shape, tokenizer_dir=str(paths[f"{tok}_tokenizer"]), init_dir=str(root / "init" / name),
-            output_dir=str(root / RUN_FOLDER[name]), steps=steps, profile=profile, seed=seed + offset,
+            output_dir=str(root / RUN_FOLDER[name]), steps=steps, learning_rate=getattr(profile, lr_field),
+            profile=profile, seed=seed + offset,
             progress=progress), cost=steps * STEP_SECONDS[name], kind="sft"))
     return jobs
 
