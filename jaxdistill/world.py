@@ -46,8 +46,9 @@ class Profile:
     teacher_sft_lr: float = 3e-3
     # The proxy is also the proxy_like student's starting point (the student the calibration measures).
     # Its gold SFT and the other student's are the students' "pretraining", shared by all arms; the
-    # fewest steps measured that put each above 30% held-out accuracy (benchmarks/student_probe.py:
-    # proxy 16% / 38% / 54% after 800 / 1,100 / 1,500 steps, other 18% / 21% / 50%).
+    # fewest steps measured that put each above 30% held-out accuracy (benchmarks/student_probe.py,
+    # seed 2: proxy 16% / 38% / 54% after 800 / 1,100 / 1,500 steps, other 18% / 21% / 50%; the
+    # world's own seeds: proxy 36% after 1,100, other 44% after 1,500).
     proxy_sft_steps: int = 1100
     student_warmup_steps: int = 1500
     student_sft_lr: float = 6e-3  # the small models' SFT: 16% after 400 steps at 6e-3 or 1e-2, 12% at 3e-3
@@ -250,6 +251,27 @@ def scorecard_config(world: Mapping[str, Path], teachers: Mapping[str, Path | st
                           max_new_tokens=profile.max_completion_length, output_dir=str(output_dir), scorecard=card)
 
 
+def check_run_folder(out: Path, profile: Profile, seed: int) -> None:
+    """Record the profile and seed of a default run in ``<out>/profile.json``, or check that a folder
+    being rerun was made with the same ones: finished stages are reused by folder, so another profile
+    would silently mix its models with the stored ones. Raises ValueError naming what differs."""
+    wanted = {**dataclasses.asdict(profile), "seed": seed}
+    path = out / "profile.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        changed = sorted(k for k in wanted.keys() | stored.keys() if stored.get(k) != wanted.get(k))
+        if not changed:
+            return
+        what = "; ".join(f"{k}: {stored.get(k)} there, {wanted.get(k)} now" for k in changed)
+        raise ValueError(f"{out} holds a default run made with other settings ({what}); rerunning would reuse "
+                         f"its finished stages. Choose another output_dir, or delete {out} to start over")
+    if (out / "world").exists():
+        raise ValueError(f"{out} holds a default run from an earlier jaxdistill (no profile.json); rerunning "
+                         f"would reuse its finished stages. Choose another output_dir, or delete {out} to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(wanted, indent=2))
+
+
 def default_run(*, quick: bool = False, output_dir: str | Path | None = None, seed: int = 0,
                 seeds: tuple[int, ...] | None = None, workers: int = 0) -> dict[str, Any]:
     """The whole tiny-world pipeline; writes ``<output_dir>/report.md`` and ``knob.png``.
@@ -258,13 +280,14 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
     calibrations, the scorecard's arms (each waiting only on the models it reads) and the teacher
     comparison, run on ``workers`` processes (0: one per CPU core on a CPU host, 1 on an accelerator).
     On a CPU, each worker is pinned to an equal share of the cores, so the low bits of the figures depend
-    on the cores per worker (not on which worker ran what); finished stages are reused on a rerun.
+    on the cores per worker (not on which worker ran what); finished stages are reused on a rerun of the
+    same profile and seed (another one in the same folder is refused: ``check_run_folder``).
     """
     from jaxdistill.evaluate import assemble_scorecard, check_scorecard, scorecard_jobs
 
     profile = QUICK if quick else FULL
     out = Path(output_dir or ("runs/quick" if quick else "runs/default"))
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out, profile, seed)
     workers = workers or default_workers()
     start = time.perf_counter()
     world = world_paths(out / "world")
