@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxdistill.evaluate import compare_teachers, make_task, run_arm
 from jaxdistill.jobs import Job, default_workers, run_jobs
+from jaxdistill.training import read_metrics
 from jaxdistill.world import ARITH_DIFFICULTY, ETAS, FULL, STEP_SECONDS, calibrate_teacher, scorecard_config, world_paths
 
 # name -> CalibrateConfig fields that replace the default run's (world.calibrate_teacher): span mode,
@@ -54,8 +55,7 @@ def compare(original: str, calibrated: dict[str, str], eval_size: int, max_new_t
 
 def calibration_reward(run: Path) -> tuple[float, float]:
     """Mean calibration reward of the first five and the last five steps of a calibration run."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    values = [r["rewards/calibration/mean"] for r in rows if "rewards/calibration/mean" in r]
+    values = [r["rewards/calibration/mean"] for r in read_metrics(run) if "rewards/calibration/mean" in r]
     return float(np.mean(values[:5])), float(np.mean(values[-5:]))
 
 
