@@ -28,7 +28,7 @@ from typing import Any
 
 import jax
 
-from jaxdistill.config import option, parse_args
+from jaxdistill.config import configure_logging, option, parse_args
 from jaxdistill.distributed import DistributedConfig, initialize_from_config
 from jaxdistill.sharding import MeshConfig
 from jaxdistill.training import holds_checkpoints
@@ -129,7 +129,7 @@ def calibrate(config: CalibrateConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+    configure_logging()
     argv = sys.argv[1:] if argv is None else argv
     config, flags = parse_args(
         CalibrateConfig, argv, prog="python -m jaxdistill.calibrate",

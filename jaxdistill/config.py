@@ -12,12 +12,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+def configure_logging() -> None:
+    """The command lines' logging: INFO with timestamps; absl (orbax) at WARNING, since orbax logs every
+    checkpoint file it writes at INFO."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 def option(default: Any, doc: str, **kwargs: Any) -> Any:

@@ -38,7 +38,7 @@ import numpy as np
 
 from jaxdistill import diagnostics as dx
 from jaxdistill.align import span_logprobs, align_retokenized
-from jaxdistill.config import option, parse_args, to_dict
+from jaxdistill.config import configure_logging, option, parse_args, to_dict
 from jaxdistill.distill.losses import binarised_divergence
 from jaxdistill.tasks import parse_task_options
 from jaxdistill.generation import generate
@@ -718,7 +718,7 @@ def long_flags_to_overrides(cls, argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+    configure_logging()
     argv = sys.argv[1:] if argv is None else argv
     config, _ = parse_args(DiagnoseConfig, long_flags_to_overrides(DiagnoseConfig, argv),
                            prog="python -m jaxdistill.diagnose",

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxdistill.config import option, parse_args
+from jaxdistill.config import configure_logging, option, parse_args
 from jaxdistill.distill.data import Side, TeacherSampleCache, pad_sequences, same_tokenizer
 from jaxdistill.distill.objectives import LossSettings, token_kd_per_token
 from jaxdistill.distill.trainer import DistillConfig, distill
@@ -638,7 +638,7 @@ Outputs: results.json/.md/.png (scorecard: scorecard.json/.md/.png and runs/) in
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    configure_logging()
     config, flags = parse_args(EvaluateConfig, argv, prog="python -m jaxdistill.evaluate", description=DESCRIPTION,
                                extra_flags=[("--scorecard", "run every arm of the distillation scorecard")])
     try:

@@ -43,6 +43,8 @@ import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from jaxdistill.config import configure_logging
+
 log = logging.getLogger("jaxdistill.jobs")
 
 
@@ -188,8 +190,7 @@ def _init_worker(compilation_cache: str | None, cores: Any) -> None:
     _die_with_parent()
     if cores is not None:
         os.sched_setaffinity(0, cores.get())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint file at INFO
+    configure_logging()
     if compilation_cache:
         import jax
 

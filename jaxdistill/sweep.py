@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxdistill.calibrate import CalibrateConfig, calibrate
-from jaxdistill.config import load_config, option, parse_args, to_dict
+from jaxdistill.config import configure_logging, load_config, option, parse_args, to_dict
 from jaxdistill.distill.trainer import DistillConfig, distill
 from jaxdistill.evaluate import evaluate_models, parse_entries
 
@@ -318,7 +318,7 @@ def write_knob(result: Mapping[str, Any], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+    configure_logging()
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--quick" in argv:  # the quick profile goes before the user's overrides, so that theirs win
         rest = [a for a in argv if a != "--quick"]

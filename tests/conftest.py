@@ -2,6 +2,12 @@
 
 Eight host CPU devices are forced before JAX is imported, so the same process tests both the
 1-device path (arrays default to device 0) and 8-device meshes.
+
+The suite runs on pytest-xdist workers (``-n auto --dist loadfile --no-loadscope-reorder`` in
+pyproject.toml): one per core (at most 4, and one per 4 GiB of memory), each taking whole files (so a
+module's fixtures are built once), in the order set below: the slowest files first, so that none of
+them is left running alone at the end (xdist's own order, most tests first, started them last).
+``-n 0`` runs everything in one process.
 """
 import os
 
@@ -27,3 +33,24 @@ def shared_path() -> Path:
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return shared_path()
+
+
+# The files that take longest (minutes each with two workers on two cores: the distillation smoke ~8,
+# the notebooks ~5, the multi-process calibration, the scorecard and the calibration tests ~2).
+SLOW_FIRST = ("test_distill_smoke.py", "test_notebooks.py", "test_distributed.py", "test_evaluate.py",
+              "test_calibrate.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: file order kept otherwise
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core, at most 4 and at most one per 4 GiB of memory."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        memory_gib = 8.0
+    return max(1, min(cores, 4, int(memory_gib // 4)))

@@ -47,6 +47,12 @@ def chance() -> float:
     return float(np.mean([e.answer == most_common for e in task.load("test", limit=EVAL_SIZE)]))
 
 
+@pytest.fixture(scope="module")
+def untrained(student_folder, tmp_path_factory) -> float:
+    """Held-out accuracy of the random student (0 steps), measured once for every objective."""
+    return run("sft", student_folder, tmp_path_factory.mktemp("untrained"), steps=0)["accuracy"]
+
+
 def run(objective: str, student: Path, out: Path, steps: int) -> dict:
     folder = distill(DistillConfig(
         student=str(student), teacher=str(FIXTURE_TEACHER), student_init="random", objective=objective,
@@ -59,8 +65,8 @@ def run(objective: str, student: Path, out: Path, steps: int) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["sft", "seqkd", "kd", "gkd"])
-def test_objective_lowers_its_loss_and_lifts_accuracy_above_chance(objective, student_folder, chance, tmp_path):
-    untrained = run("sft", student_folder, tmp_path / "untrained", steps=0)["accuracy"]
+def test_objective_lowers_its_loss_and_lifts_accuracy_above_chance(objective, student_folder, untrained, chance,
+                                                                  tmp_path):
     result = run(objective, student_folder, tmp_path / objective, steps=STEPS)
     print(f"{objective}: accuracy {untrained:.3f} -> {result['accuracy']:.3f} (chance {chance:.3f}); loss "
           f"{np.mean(result['losses'][:5]):.3f} -> {np.mean(result['losses'][-20:]):.3f}")

@@ -84,12 +84,16 @@ def test_quickstart_notebook_runs_the_quick_tiny_world(tmp_path, monkeypatch):
     from jaxdistill.calibrate import main
 
     output_dir = tmp_path / "tiny_world"
-    notebook = execute("01_quickstart_tiny.ipynb", tmp_path, monkeypatch, QUICK=True, OUTPUT_DIR=str(output_dir))
+    # One worker (in-process): the suite's own workers already keep the cores busy; worker processes
+    # are tested in tests/test_jobs.py and by the scorecard in tests/test_evaluate.py.
+    notebook = execute("01_quickstart_tiny.ipynb", tmp_path, monkeypatch, QUICK=True, OUTPUT_DIR=str(output_dir),
+                       WORKERS=1)
     runs = sorted(output_dir.rglob("metrics.jsonl"))
     assert runs, f"default_run wrote no metrics.jsonl under {output_dir}"
     assert all(read_metrics(p.parent) for p in runs)
     assert f"{len(runs)} runs with metrics under {output_dir}" in outputs_text(notebook)
     assert_every_artefact(output_dir)
     (output_dir / "report.md").unlink()
+    monkeypatch.setattr("jaxdistill.world.default_workers", lambda: 1)
     assert main(["--quick", f"output_dir={output_dir}"]) == 0  # the README's CLI, finished stages reused
     assert_every_artefact(output_dir)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from jaxdistill.config import parse_args
+from jaxdistill.config import configure_logging, parse_args
 from jaxdistill.distill.trainer import DistillConfig, distill
 
 DESCRIPTION = """Distill a student from a teacher (or train it on gold solutions).
@@ -26,7 +25,7 @@ student as an HF folder with its tokenizer) and summary.json."""
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    configure_logging()
     config, _ = parse_args(DistillConfig, argv, prog="python -m jaxdistill.distill", description=DESCRIPTION)
     try:
         out = distill(config)
