@@ -35,8 +35,8 @@ def shared_dir() -> Path:
     return shared_path()
 
 
-# The files that take longest (minutes each with two workers on two cores: the distillation smoke ~8,
-# the notebooks ~5, the multi-process calibration, the scorecard and the calibration tests ~2).
+# The files that take longest (minutes each, measured with two workers on two cores: the distillation
+# smoke ~9, the notebooks ~5, the scorecard and the calibration tests ~2.5, the multi-process run ~1.5).
 SLOW_FIRST = ("test_distill_smoke.py", "test_notebooks.py", "test_distributed.py", "test_evaluate.py",
               "test_calibrate.py")
 
