@@ -7,14 +7,16 @@
 One step (DESIGN.md §2):
 
     prompts (grain) -> G rollouts per prompt from pi_theta (teacher + LoRA)
-      -> r_task: the task verifier;  r_cal: calibration reward against the frozen proxy
+      -> r_task: the task verifier;  r_cal: calibration reward against the proxy
+         (frozen; or, with proxy_learning_rate > 0, taking an SFT step on the rollouts afterwards)
       -> A = groupnorm(r_task) + eta * groupnorm(r_cal)
       -> GRPO clipped surrogate + beta * KL(pi_theta || pi_ref)  (pi_ref = adapters off)
       -> optax update of the LoRA parameters only
 
 Teacher, reference (the same weights) and proxy share one device mesh. Metrics go to
 ``<output_dir>/metrics.jsonl``; orbax checkpoints to ``<output_dir>/checkpoints``; at the end the
-teacher is exported with LoRA merged to ``<output_dir>/teacher`` and the adapter to ``<output_dir>/adapter``.
+teacher is exported with LoRA merged to ``<output_dir>/teacher`` and the adapter to ``<output_dir>/adapter``
+(a learning proxy: its checkpoints to ``<output_dir>/proxy_checkpoints``, its final weights to ``<output_dir>/proxy``).
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ class CalibrateConfig:
     calibration_subtract_reference: bool = option(False, "sequence mode: minus the reference teacher's "
                                                          "log-prob per byte")
     calibration_tau: float = option(1.0, "alm mode: temperature of the span probabilities")
+    proxy_learning_rate: float = option(0.0, "0: the frozen proxy of the method; > 0: the proxy also learns "
+                                             "(one AdamW step at this rate on every batch of rollouts, after "
+                                             "scoring it), so r_cal measures what a student that has been "
+                                             "reading the teacher still cannot match (jaxdistill.rl.proxy)")
 
     # -- GRPO --
     num_generations: int = option(4, "rollouts per prompt (G); advantages are normalised within each group")

@@ -11,13 +11,15 @@ the mesh the config asks for, so the numbers are per device, after sharding.
 
 What is counted (bytes on the device holding the most):
 
-- static, for the whole run: teacher weights, LoRA adapters, AdamW state, proxy weights;
+- static, for the whole run: teacher weights, LoRA adapters, AdamW state, proxy weights (and, for a
+  learning proxy, ``proxy_learning_rate > 0``, its AdamW state);
 - generation (rollouts and greedy evaluation): the teacher's KV cache,
   layers x 2 x rows x (prompt + completion) x kv_heads x head_dim, rows split over (data, fsdp)
   and kv heads over tensor (when they divide);
 - training (one micro-batch): LoRA gradients, the activations the backward pass keeps, and one
   chunk of fp32 logits (``GRPOSettings.chunk_size`` positions at a time);
-- calibration scoring: one chunk of the proxy's fp32 logits.
+- calibration scoring: one chunk of the proxy's fp32 logits (a learning proxy: also its gradients
+  and the activations of its backward pass).
 
 The static parts and the KV cache are exact sizes of the arrays the code allocates (a test checks
 them against arrays it builds). Activations and logits chunks are estimates of what XLA keeps alive
@@ -228,6 +230,14 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
     proxy_dev, proxy_total = _state_bytes(nnx.state(_one_layer_model(proxy_cfg, None)), mesh,
                                           proxy_cfg.num_hidden_layers)
     items.append(PlanItem("static", "proxy weights", proxy_dev, True, f"{proxy_total / GIB:.2f} GiB in all"))
+    learning_proxy = config.proxy_learning_rate > 0
+    if learning_proxy:  # jaxdistill.rl.proxy: AdamW on every proxy parameter
+        proxy_opt = jax.eval_shape(make_optimizer(config.proxy_learning_rate, config.max_steps).init,
+                                   nnx.state(_one_layer_model(proxy_cfg, None), nnx.Param))
+        leaves = jax.tree.leaves(proxy_opt)
+        scalars = sum(x.dtype.itemsize for x in leaves if x.ndim == 0)
+        items.append(PlanItem("static", "proxy AdamW state (learning proxy)", 2 * proxy_dev + scalars, True,
+                              "2x proxy (mu, nu) + counters"))
 
     # -- generation: the teacher's KV cache --
     rollout_rows = config.prompts_per_step * config.num_generations
@@ -262,8 +272,16 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
     proxy_rows = math.ceil(rollout_rows / batch_shards)
     proxy_vocab = _split(proxy_cfg.vocab_size, tensor)
     proxy_chunk = 2 * proxy_rows * chunk * proxy_vocab * 4 + proxy_rows * length * proxy_cfg.hidden_size * itemsize
-    items.append(PlanItem("scoring", "proxy forward (logits chunk)", proxy_chunk, False,
-                          "hidden states + one fp32 logits chunk, no gradient"))
+    if learning_proxy:
+        items.append(PlanItem("scoring", "proxy logits chunk (fp32)", 3 * proxy_rows * chunk * proxy_vocab * 4, False,
+                              f"{chunk} positions: logits, log-softmax, gradient"))
+        items.append(PlanItem("scoring", "proxy gradients", proxy_dev, True, "one SFT step per calibration step"))
+        items.append(PlanItem("scoring", "proxy activations (backward)",
+                              _activation_bytes(proxy_cfg, None, proxy_rows, length, tensor, itemsize), False,
+                              f"{proxy_rows} rows/device x {length} tokens"))
+    else:
+        items.append(PlanItem("scoring", "proxy forward (logits chunk)", proxy_chunk, False,
+                              "hidden states + one fp32 logits chunk, no gradient"))
     return MemoryPlan(dict(mesh.shape), {"teacher": teacher_src, "proxy": proxy_src}, items)
 
 
@@ -272,7 +290,8 @@ def _split(size: int, ways: int) -> int:
     return size // ways if size % ways == 0 else size
 
 
-def _activation_bytes(cfg: QwenConfig, lora: LoraConfig, rows: int, length: int, tensor: int, itemsize: int) -> int:
+def _activation_bytes(cfg: QwenConfig, lora: LoraConfig | None, rows: int, length: int, tensor: int,
+                      itemsize: int) -> int:
     """Estimate of what the backward pass keeps per layer and token, times layers, rows and tokens.
 
     Kept per token and layer: the two norm outputs and two residuals (4 D), q/k/v before and after
@@ -283,7 +302,8 @@ def _activation_bytes(cfg: QwenConfig, lora: LoraConfig, rows: int, length: int,
     heads = _split(cfg.num_attention_heads, tensor)
     kv_heads = _split(cfg.num_key_value_heads, tensor)
     hd, d, inter = cfg.head_dim, cfg.hidden_size, _split(cfg.intermediate_size, tensor)
-    per_token = (4 * d + 2 * (heads + 2 * kv_heads) * hd + heads * hd + 4 * inter + lora.rank * len(lora.targets))
+    adapters = lora.rank * len(lora.targets) if lora else 0
+    per_token = 4 * d + 2 * (heads + 2 * kv_heads) * hd + heads * hd + 4 * inter + adapters
     per_token_bytes = per_token * itemsize + heads * length * (itemsize + 4)
     return cfg.num_hidden_layers * rows * length * per_token_bytes + rows * length * d * itemsize
 

@@ -63,11 +63,17 @@ def _comparable(record):
 
 
 def test_kill_and_resume_matches_uninterrupted(tiny_world, tmp_path, monkeypatch):
+    """With a learning proxy, whose weights and optimizer state must come back too (r_cal reads it)."""
     from jaxdistill.rl import loop
 
-    full = _config(tiny_world, tmp_path / "full", max_steps=4, save_every=2, calibration_mode="sequence")
-    calibrate(full)
+    full = _config(tiny_world, tmp_path / "full", max_steps=4, save_every=2, calibration_mode="sequence",
+                   proxy_learning_rate=1e-2)
+    result = calibrate(full)
     reference = {r["step"]: r for r in read_metrics(tmp_path / "full")}
+    assert reference[4]["proxy/loss"] < reference[1]["proxy/loss"]  # it learns the teacher's rollouts
+    learned, _ = load_model(result["proxy"])
+    original, _ = load_model(tiny_world["proxy"])
+    assert not np.allclose(learned.embed_tokens[...], original.embed_tokens[...])
 
     killed = dataclasses.replace(full, output_dir=str(tmp_path / "killed"))
     original = loop.CalibrationRun.train_step

@@ -1,6 +1,7 @@
 """The memory plan: its exact parts match the arrays the code really allocates on a sharded mesh."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -73,6 +74,22 @@ def test_plan_matches_measured_allocations(tiny_models, mesh, dtype):
         planned = plan.get(part)
         assert abs(planned - real) <= TOLERANCE * real, (part, planned, real)
     assert plan.peak_bytes > plan.phase_bytes("static")
+
+
+def test_learning_proxy_adds_its_optimizer_gradients_and_backward(tiny_models):
+    mesh = MeshConfig(data=2, fsdp=2, tensor=2)
+    config = CalibrateConfig(teacher=str(tiny_models["teacher"]), proxy=str(tiny_models["proxy"]), mesh=mesh,
+                             prompts_per_step=3, num_generations=4, max_prompt_length=64, max_completion_length=32)
+    frozen = plan_memory(config, num_devices=8)
+    learning = plan_memory(dataclasses.replace(config, proxy_learning_rate=1e-3), num_devices=8)
+    proxy, _ = load_model(config.proxy, mesh=make_mesh(mesh))
+    params = nnx.state(proxy, nnx.Param)
+    real = measured_per_device(make_optimizer(1e-3, config.max_steps).init(params))
+    planned = learning.get("proxy AdamW state (learning proxy)")
+    assert abs(planned - real) <= TOLERANCE * real, (planned, real)
+    assert learning.get("proxy gradients") == learning.get("proxy weights")
+    assert learning.phase_bytes("scoring") > frozen.phase_bytes("scoring")
+    assert learning.phase_bytes("static") == frozen.phase_bytes("static") + planned
 
 
 def test_published_8b_config_has_8b_parameters():

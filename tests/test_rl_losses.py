@@ -436,3 +436,42 @@ def test_grpo_loss_under_jit_with_dense_advantages():
     assert float(fn(LOGP, OLD, REF, dense, GMASK)) == pytest.approx(
         float(rl.grpo_loss(LOGP, OLD, REF, ADV, GMASK, **KW)[0]), rel=1e-6
     )
+
+
+# ----------------------------------------------------------------------------- the learning proxy
+
+
+def test_completion_nll_is_the_masked_mean_negative_logprob():
+    from jaxdistill.rl.proxy import completion_nll
+
+    logprobs = jnp.array([[-1.0, -2.0, -50.0], [-0.5, -9.0, -9.0]])
+    mask = jnp.array([[1, 1, 0], [1, 0, 0]])
+    assert float(completion_nll(logprobs, mask)) == pytest.approx((1.0 + 2.0 + 0.5) / 3)
+    assert float(completion_nll(logprobs, jnp.zeros_like(mask))) == 0.0  # no tokens: 0, not NaN
+
+
+def test_proxy_learner_fits_repeated_completions_and_leaves_the_model_in_sync():
+    from flax import nnx
+
+    from jaxdistill.models import Qwen, QwenConfig
+    from jaxdistill.rl.proxy import ProxyLearner
+    from jaxdistill.rl.rewards import plain_scoring, score_completions
+    from jaxdistill.training import make_optimizer
+
+    config = QwenConfig(model_type="qwen2", vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1, head_dim=8, qkv_bias=True,
+                        tie_word_embeddings=True, max_position_embeddings=64, eos_token_id=1, pad_token_id=0)
+    model = Qwen(config, rngs=nnx.Rngs(0))
+    scoring = plain_scoring(40)
+    learner = ProxyLearner(model, make_optimizer(3e-2, 20), scoring)
+    rng = np.random.default_rng(0)
+    prompt_ids = jnp.asarray(rng.integers(2, 40, (4, 6)), jnp.int32)
+    prompt_mask = jnp.ones((4, 6), jnp.int32).at[0, :2].set(0)  # left padding in one row
+    tokens = jnp.asarray(rng.integers(2, 40, (4, 8)), jnp.int32)
+    mask = jnp.ones((4, 8), jnp.int32).at[1, 5:].set(0)
+    losses = [learner.step(prompt_ids, prompt_mask, tokens, mask) for _ in range(15)]
+    assert losses[-1] < 0.5 * losses[0], losses  # random tokens: ~log(40) = 3.7 at the start
+    # the model object holds the learned weights: scoring it reproduces the learner's loss
+    logp = score_completions(model, prompt_ids, prompt_mask, tokens, mask, scoring, lora=False, chunk_size=128)
+    after = learner.step(prompt_ids, prompt_mask, tokens, mask)
+    assert -float((logp * mask).sum() / mask.sum()) == pytest.approx(after, rel=1e-5)

@@ -2,7 +2,8 @@
 frozen proxy, all on one device mesh, with their tokenizers.
 
 There is one copy of the teacher's weights: the policy is ``teacher(..., lora=True)`` and the
-reference is ``teacher(..., lora=False)``. The proxy is loaded once and never updated.
+reference is ``teacher(..., lora=False)``. The proxy is loaded once; it is updated only when calibration
+gives it a learning rate (``jaxdistill.rl.proxy``).
 """
 
 from __future__ import annotations

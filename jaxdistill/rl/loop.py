@@ -21,6 +21,7 @@ from jaxdistill.models import LoraConfig, save_lora, save_model
 from jaxdistill.rl.advantages import combined_advantages, zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
+from jaxdistill.rl.proxy import ProxyLearner
 from jaxdistill.rl.rewards import CalibrationScorer, score_completions, describe_verdicts, plain_scoring, task_rewards
 from jaxdistill.tasks import get_task, parse_task_options
 from jaxdistill.tasks.pipeline import make_pipeline, prompt_text
@@ -84,10 +85,19 @@ class CalibrationRun:
         self.learner = GRPOLearner(self.cluster.teacher, optimizer, settings, num_generations=c.num_generations,
                                    gradient_accumulation_steps=c.gradient_accumulation_steps,
                                    num_iterations=c.num_iterations)
+        self.proxy_learner = None
+        if c.proxy_learning_rate < 0:
+            raise ValueError(f"proxy_learning_rate must be >= 0 (0: frozen proxy), got {c.proxy_learning_rate}")
+        if c.proxy_learning_rate > 0:
+            self.proxy_learner = ProxyLearner(
+                self.cluster.proxy, make_optimizer(c.proxy_learning_rate, c.max_steps, max_grad_norm=1.0),
+                plain_scoring(self.cluster.proxy_tokenizer.vocab_size))
         self.scorer = CalibrationScorer(self.cluster.proxy, self.cluster.proxy_tokenizer, tok,
                                         mode=c.calibration_mode, tau=c.calibration_tau,
-                                        subtract_reference=c.calibration_subtract_reference)
+                                        subtract_reference=c.calibration_subtract_reference,
+                                        learner=self.proxy_learner)
         self.checkpointer = Checkpointer(self.out / "checkpoints")
+        self.proxy_checkpointer = Checkpointer(self.out / "proxy_checkpoints") if self.proxy_learner else None
 
     # ---- one step -------------------------------------------------------------------------------
     def rollout_seed(self, step: int) -> int:
@@ -163,6 +173,15 @@ class CalibrationRun:
         if latest is not None:
             lora, opt_state, extra = self.checkpointer.restore(latest, self.learner.lora_state, self.learner.opt_state)
             self.learner.set_state(lora, opt_state)
+            if self.proxy_learner is not None:
+                if latest not in self.proxy_checkpointer.manager.all_steps():
+                    raise ValueError(
+                        f"{self.out} holds a teacher checkpoint of step {latest} but no learning-proxy checkpoint "
+                        f"of that step in {self.out / 'proxy_checkpoints'}: was it calibrated with "
+                        "proxy_learning_rate=0? Resume with the settings it was started with")
+                params, proxy_opt, _ = self.proxy_checkpointer.restore(latest, self.proxy_learner.params,
+                                                                       self.proxy_learner.opt_state)
+                self.proxy_learner.set_state(params, proxy_opt)
             iterator.set_state(extra["data_state"])
             start = int(extra["step"])
             log.info("resumed from step %d", start)
@@ -205,15 +224,23 @@ class CalibrationRun:
                 history.append(logger.log(step, metrics, info_keys=("rewards/task/mean", "rewards/calibration/mean",
                                                                     "kl", "eval/accuracy")))
                 if step % c.save_every == 0 or step == c.max_steps:
+                    if self.proxy_learner is not None:  # first: a teacher checkpoint always has its proxy's
+                        self.proxy_checkpointer.save(step, self.proxy_learner.params, self.proxy_learner.opt_state,
+                                                     {"step": step})
                     self.checkpointer.save(step, self.learner.lora_state, self.learner.opt_state,
                                            {"step": step, "data_state": iterator.get_state()})
         finally:
             logger.close()
             self.checkpointer.close()
+            if self.proxy_checkpointer is not None:
+                self.proxy_checkpointer.close()
         result: dict[str, Any] = {"output_dir": str(self.out), "history": history,
                                   "final": history[-1] if history else {}}
         if c.export:  # every process joins the gathers; process 0 writes the folders
             tok_dir = c.teacher_tokenizer or c.teacher
             result["teacher"] = str(save_model(self.cluster.teacher, self.out / "teacher", tokenizer_dir=tok_dir))
             result["adapter"] = str(save_lora(self.cluster.teacher, self.out / "adapter"))
+            if self.proxy_learner is not None:
+                result["proxy"] = str(save_model(self.cluster.proxy, self.out / "proxy",
+                                                 tokenizer_dir=c.proxy_tokenizer or c.proxy))
         return result

@@ -2,8 +2,8 @@
 
 ``task_rewards``: decode each completion and ask the task's verifier (reward in [0, 1] + status).
 
-``CalibrationScorer``: the frozen proxy student reads the teacher's completions with its own
-tokenizer. The teacher's completion tokens are turned into bytes, re-tokenized by the proxy
+``CalibrationScorer``: the proxy student (frozen, or learning: ``jaxdistill.rl.proxy``) reads the
+teacher's completions with its own tokenizer. The teacher's completion tokens are turned into bytes, re-tokenized by the proxy
 (``jaxdistill.align.align_retokenized``), scored by one proxy forward pass, and compared:
 
 - ``span`` mode: per aligned span, the gap between log p_teacher(span) and log p_proxy(span);
@@ -28,6 +28,7 @@ from jaxdistill.generation.sampler import SamplingParams, bucket_length, left_pa
 from jaxdistill.generation.scoring import completion_logprobs
 from jaxdistill.models.qwen import Qwen
 from jaxdistill.rl.calibration import calibration_metrics, sequence_calibration_reward, span_calibration_reward
+from jaxdistill.rl.proxy import ProxyLearner
 from jaxdistill.tasks.base import Example, Task, Verdict
 from jaxdistill.tokenizer import Tokenizer
 
@@ -58,10 +59,12 @@ score_completions = jax.jit(completion_logprobs, static_argnames=("params", "lor
 
 
 class CalibrationScorer:
-    """r_cal of teacher completions measured against a frozen proxy with its own tokenizer."""
+    """r_cal of teacher completions measured against a proxy with its own tokenizer (frozen, or with
+    ``learner``, learning from each batch after scoring it)."""
 
     def __init__(self, proxy: Qwen, proxy_tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, *,
-                 mode: str = "span", tau: float = 1.0, subtract_reference: bool = False):
+                 mode: str = "span", tau: float = 1.0, subtract_reference: bool = False,
+                 learner: ProxyLearner | None = None):
         if mode not in CALIBRATION_MODES:
             raise ValueError(f"calibration_mode must be one of {CALIBRATION_MODES}, got {mode!r}")
         if proxy.config.vocab_size < proxy_tokenizer.vocab_size:
@@ -74,15 +77,18 @@ class CalibrationScorer:
         self.tau = tau
         self.subtract_reference = subtract_reference
         self.proxy_scoring = plain_scoring(proxy_tokenizer.vocab_size)
+        self.learner = learner  # a learning proxy (jaxdistill.rl.proxy): one SFT step per scored batch
 
-    def proxy_logprobs(self, prompt_texts: Sequence[str], proxy_ids: np.ndarray, proxy_mask: np.ndarray):
-        """log p_proxy of its completion tokens [N, T_b], conditioned on its own tokenization of the prompt."""
+    def proxy_inputs(self, prompt_texts: Sequence[str], proxy_ids: np.ndarray, proxy_mask: np.ndarray
+                     ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """(prompt_ids [N, P], prompt_mask [N, P], tokens [N, T_b], mask [N, T_b]) for the proxy: its own
+        tokenization of the prompts, left-padded, and the completion tokens padded with its pad id."""
         pad = self.proxy_tokenizer.pad_id if self.proxy_tokenizer.pad_id is not None else 0
         prompts = [self.proxy_tokenizer.encode(t) for t in prompt_texts]
         prompt_ids, prompt_mask = left_pad(prompts, bucket_length(max(map(len, prompts))), pad)
         tokens = np.where(proxy_mask, proxy_ids, pad).astype(np.int32)
-        return score_completions(self.proxy, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), jnp.asarray(tokens),
-                           jnp.asarray(proxy_mask.astype(np.int32)), self.proxy_scoring, lora=False, chunk_size=128)
+        return (jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), jnp.asarray(tokens),
+                jnp.asarray(proxy_mask.astype(np.int32)))
 
     def __call__(self, prompt_texts: Sequence[str], completion_ids: Sequence[Sequence[int]],
                  teacher_logprobs: jax.Array, reference_logprobs: jax.Array | None = None
@@ -99,7 +105,8 @@ class CalibrationScorer:
         proxy_width = bucket_length(max(alignment.ids_b.shape[1], 1))
         proxy_ids = _pad_to(alignment.ids_b, proxy_width, 0)
         proxy_mask = _pad_to(alignment.mask_b, proxy_width, False)
-        proxy_lp = self.proxy_logprobs(prompt_texts, proxy_ids, proxy_mask)
+        proxy_batch = self.proxy_inputs(prompt_texts, proxy_ids, proxy_mask)
+        proxy_lp = score_completions(self.proxy, *proxy_batch, self.proxy_scoring, lora=False, chunk_size=128)
         spans = alignment.spans
         capacity = min(width, proxy_width)
         aligned = SpanAlignment(
@@ -126,6 +133,8 @@ class CalibrationScorer:
         metrics["calibration/proxy_logprob_per_token"] = float(np.mean(proxy_sums / proxy_count))
         metrics["calibration/proxy_logprob_per_byte"] = float(np.mean(proxy_sums / np.maximum(spans.total_bytes_a, 1)))
         metrics["calibration/byte_mismatches"] = float(len(alignment.mismatches))
+        if self.learner is not None:  # after scoring: the reward measures the proxy before this batch
+            metrics["proxy/loss"] = self.learner.step(*proxy_batch)
         return to_host(reward).astype(np.float32), metrics
 
 
