@@ -40,9 +40,15 @@ VARIANTS = {
     "alm": {"calibration_mode": "alm"},                                # binary KL of span probabilities
     "eta-3": {"eta": -3.0},                                            # a stronger knob
     "group8": {"num_generations": 8, "prompts_per_step": 4},           # 8 rollouts to rank, same batch
-    "steps120": {"max_steps": 120, "save_every": 40},                  # twice as long
-    "steps240": {"max_steps": 240, "save_every": 80},                  # four times as long
+    "steps80": {"max_steps": 80, "save_every": 40},                    # the trajectory of a longer
+    "steps120": {"max_steps": 120, "save_every": 40},                  # calibration (constant lr: each
+    "steps160": {"max_steps": 160, "save_every": 80},                  # run is the start of the next)
+    "steps240": {"max_steps": 240, "save_every": 80},
+    # the proxy learns from the teacher's rollouts as it is measured, at the attacker's lr (FULL.student_lr)
+    "learning_proxy": {"proxy_learning_rate": 3e-3},
+    "learning_proxy_steps120": {"proxy_learning_rate": 3e-3, "max_steps": 120, "save_every": 40},
 }
+LONG = ("steps80", "steps160", "steps240", "learning_proxy_steps120")  # left out of the default sweep
 ATTACKS = ("seqkd", "gkd")
 
 
@@ -63,8 +69,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default="runs/default", help="a finished default run (world and scorecard)")
     parser.add_argument("--out", default="runs/undistillable_sweep")
-    parser.add_argument("--variants", nargs="*", default=[v for v in VARIANTS if v != "steps240"],
-                        choices=list(VARIANTS), help="default: all but steps240 (13.6 min on 2 cores, measured)")
+    parser.add_argument("--variants", nargs="*", default=[v for v in VARIANTS if v not in LONG],
+                        choices=list(VARIANTS), help=f"default: all but {', '.join(LONG)} (~3 worker-minutes each: "
+                             "the first eight took 13.6 min on 2 cores)")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0], help="student seeds of every variant")
     parser.add_argument("--workers", type=int, default=0, help="0 = one per CPU core")
     args = parser.parse_args()
