@@ -90,7 +90,7 @@ class CalibrationRun:
             raise ValueError(f"proxy_learning_rate must be >= 0 (0: frozen proxy), got {c.proxy_learning_rate}")
         if c.proxy_learning_rate > 0:
             self.proxy_learner = ProxyLearner(
-                self.cluster.proxy, make_optimizer(c.proxy_learning_rate, c.max_steps, max_grad_norm=1.0),
+                self.cluster.proxy, make_optimizer(c.proxy_learning_rate, c.max_steps),
                 plain_scoring(self.cluster.proxy_tokenizer.vocab_size))
         self.scorer = CalibrationScorer(self.cluster.proxy, self.cluster.proxy_tokenizer, tok,
                                         mode=c.calibration_mode, tau=c.calibration_tau,

@@ -3,8 +3,9 @@
 ``task_rewards``: decode each completion and ask the task's verifier (reward in [0, 1] + status).
 
 ``CalibrationScorer``: the proxy student (frozen, or learning: ``jaxdistill.rl.proxy``) reads the
-teacher's completions with its own tokenizer. The teacher's completion tokens are turned into bytes, re-tokenized by the proxy
-(``jaxdistill.align.align_retokenized``), scored by one proxy forward pass, and compared:
+teacher's completions with its own tokenizer. The teacher's completion tokens are turned into bytes,
+re-tokenized by the proxy (``jaxdistill.align.align_retokenized``), scored by one proxy forward pass,
+and compared:
 
 - ``span`` mode: per aligned span, the gap between log p_teacher(span) and log p_proxy(span);
   r_cal = -(mean gap) (``jaxdistill.rl.calibration.span_calibration_reward``);
