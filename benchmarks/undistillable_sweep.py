@@ -44,11 +44,17 @@ VARIANTS = {
     "steps120": {"max_steps": 120, "save_every": 40},                  # calibration (constant lr: each
     "steps160": {"max_steps": 160, "save_every": 80},                  # run is the start of the next)
     "steps240": {"max_steps": 240, "save_every": 80},
+    # another calibration seed (LoRA init, prompt order, rollouts): how much of a row is that seed's
+    "calibration_seed1": {"seed": 1},
+    "steps120_calibration_seed1": {"max_steps": 120, "save_every": 40, "seed": 1},
+    "eta0_calibration_seed1": {"eta": 0.0, "seed": 1},                 # ... and the other two arms of
+    "distillable_calibration_seed1": {"eta": 1.0, "seed": 1},          # the default run with it
     # the proxy learns from the teacher's rollouts as it is measured, at the attacker's lr (FULL.student_lr)
     "learning_proxy": {"proxy_learning_rate": 3e-3},
     "learning_proxy_steps120": {"proxy_learning_rate": 3e-3, "max_steps": 120, "save_every": 40},
 }
-LONG = ("steps80", "steps160", "steps240", "learning_proxy_steps120")  # left out of the default sweep
+LONG = ("steps80", "steps160", "steps240", "calibration_seed1", "steps120_calibration_seed1",
+        "eta0_calibration_seed1", "distillable_calibration_seed1", "learning_proxy_steps120")  # left out of the default sweep
 ATTACKS = ("seqkd", "gkd")
 
 
