@@ -14,6 +14,8 @@ import json
 import logging
 import math
 import time
+import functools
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,33 @@ def make_optimizer(learning_rate: float, max_steps: int, *, warmup_steps: int = 
                              b1=adam_b1, b2=adam_b2, weight_decay=weight_decay))
     # We stop the run ourselves after too many bad steps, so the wrapper never gives up on its own.
     return optax.apply_if_finite(optax.chain(*parts), max_consecutive_errors=2**30)
+
+
+def cached_optimizer(learning_rate: float, max_steps: int, warmup_steps: int = 0, schedule: str = "constant",
+                     weight_decay: float = 0.0, max_grad_norm: float | None = 1.0) -> optax.GradientTransformation:
+    """``make_optimizer``, one object per setting: the optimizer is a static argument of the jitted steps,
+    so runs in one process with the same recipe (a worker's successive jobs, a resumed run) reuse the
+    compiled programs. A constant schedule without warmup does not depend on ``max_steps``."""
+    if schedule == "constant" and warmup_steps == 0:
+        max_steps = 1
+    return _optimizer(learning_rate, max(max_steps, 1), warmup_steps, schedule, weight_decay, max_grad_norm or None)
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(learning_rate, max_steps, warmup_steps, schedule, weight_decay, max_grad_norm):
+    return make_optimizer(learning_rate, max_steps, warmup_steps=warmup_steps, schedule=schedule,
+                          weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+
+
+@partial(jax.jit, static_argnames=("optimizer",), donate_argnames=("params", "opt_state"))
+def apply_updates(params: Any, opt_state: Any, grads: Any, optimizer: optax.GradientTransformation):
+    """One optimizer step: returns (new params, new optimizer state, global gradient norm).
+
+    Kept apart from the (expensive) loss-and-gradient programs, which then do not take the optimizer as
+    a static argument: every run builds a new optimizer object, and only this small program is
+    compiled again for it."""
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
 
 
 def poison_if_nonfinite(loss: jax.Array, grads: Any) -> Any:

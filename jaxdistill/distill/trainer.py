@@ -26,7 +26,6 @@ Run folder (``output_dir``): ``config.yaml``, ``metrics.jsonl`` (+ ``tensorboard
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import time
@@ -46,7 +45,7 @@ from jaxdistill.models.config import QwenConfig
 from jaxdistill.tasks import get_task, list_tasks, parse_task_options
 from jaxdistill.tokenizer import load_tokenizer
 from jaxdistill.training import (Checkpointer, MetricsLogger, StepTimer, TooManyBadSteps, bad_step_counts,
-                                 holds_checkpoints, make_optimizer)
+                                 cached_optimizer, holds_checkpoints)
 
 log = logging.getLogger(__name__)
 
@@ -169,20 +168,6 @@ def check_vocab(model: Qwen, side: Side, role: str) -> None:
         raise ValueError(f"the {role} model has {model.config.vocab_size} embedding rows but its tokenizer "
                          f"({side.tokenizer.path}) has {side.vocab_size} tokens: set {role}_tokenizer= to the "
                          f"tokenizer the {role} was trained with")
-
-
-def cached_optimizer(learning_rate, max_steps, warmup_steps, schedule, weight_decay, max_grad_norm):
-    """One optimizer object per setting (the optimizer is part of the jit key), so runs with the same
-    recipe reuse the compiled step. A constant schedule without warmup does not depend on ``max_steps``."""
-    if schedule == "constant" and warmup_steps == 0:
-        max_steps = 1
-    return _optimizer(learning_rate, max(max_steps, 1), warmup_steps, schedule, weight_decay, max_grad_norm)
-
-
-@functools.lru_cache(maxsize=32)
-def _optimizer(learning_rate, max_steps, warmup_steps, schedule, weight_decay, max_grad_norm):
-    return make_optimizer(learning_rate, max_steps, warmup_steps=warmup_steps, schedule=schedule,
-                          weight_decay=weight_decay, max_grad_norm=max_grad_norm or None)
 
 
 # ---- the run ------------------------------------------------------------------------------------

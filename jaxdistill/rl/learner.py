@@ -28,7 +28,7 @@ from jaxdistill.generation.scoring import completion_logprobs
 from jaxdistill.models.lora import LoraParam
 from jaxdistill.models.qwen import Qwen
 from jaxdistill.rl.losses import grpo_loss
-from jaxdistill.training import poison_if_nonfinite
+from jaxdistill.training import apply_updates, poison_if_nonfinite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +79,6 @@ def _loss_and_grads(lora_state, frozen_state, batch, graphdef, settings):
     (loss, metrics), grads = jax.value_and_grad(_policy_loss, has_aux=True)(
         lora_state, frozen_state, batch, graphdef, settings)
     return loss, metrics, poison_if_nonfinite(loss, grads)
-
-
-@partial(jax.jit, static_argnames=("optimizer",), donate_argnames=("lora_state", "opt_state"))
-def _apply_updates(lora_state, opt_state, grads, optimizer):
-    updates, opt_state = optimizer.update(grads, opt_state, lora_state)
-    return optax.apply_updates(lora_state, updates), opt_state, optax.tree.norm(grads)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "settings"))
@@ -148,7 +142,7 @@ class GRPOLearner:
                 loss_sum = loss_sum + loss
             k = float(self.accumulation)
             grads = jax.tree.map(lambda g: g / k, grads_sum)
-            self.lora_state, self.opt_state, grad_norm = _apply_updates(self.lora_state, self.opt_state, grads,
+            self.lora_state, self.opt_state, grad_norm = apply_updates(self.lora_state, self.opt_state, grads,
                                                                         self.optimizer)
             history.append({"loss": loss_sum / k, "grad_norm": grad_norm,
                             **{key: v / k for key, v in metric_sum.items()}})

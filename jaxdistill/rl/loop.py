@@ -26,7 +26,7 @@ from jaxdistill.rl.rewards import CalibrationScorer, score_completions, describe
 from jaxdistill.tasks import get_task, parse_task_options
 from jaxdistill.tasks.pipeline import make_pipeline, prompt_text
 from jaxdistill.training import (Checkpointer, MetricsLogger, StepTimer, TooManyBadSteps, bad_step_counts,
-                                 make_optimizer)
+                                 cached_optimizer)
 
 log = logging.getLogger("jaxdistill.calibrate")
 
@@ -79,9 +79,8 @@ class CalibrationRun:
                           "distribution, so the policy gradient ignores tokens outside the filter", stacklevel=2)
         settings = GRPOSettings(sampling=self.sampling, epsilon=c.epsilon, epsilon_high=c.epsilon_high,
                                 beta=c.beta, kl_estimator=c.kl_estimator, loss_type=c.loss_type)
-        optimizer = make_optimizer(c.learning_rate, c.max_steps, warmup_steps=c.warmup_steps,
-                                   schedule=c.lr_schedule, weight_decay=c.weight_decay,
-                                   max_grad_norm=c.max_grad_norm or None)
+        optimizer = cached_optimizer(c.learning_rate, c.max_steps, c.warmup_steps, c.lr_schedule, c.weight_decay,
+                                     c.max_grad_norm)
         self.learner = GRPOLearner(self.cluster.teacher, optimizer, settings, num_generations=c.num_generations,
                                    gradient_accumulation_steps=c.gradient_accumulation_steps,
                                    num_iterations=c.num_iterations)
@@ -90,7 +89,7 @@ class CalibrationRun:
             raise ValueError(f"proxy_learning_rate must be >= 0 (0: frozen proxy), got {c.proxy_learning_rate}")
         if c.proxy_learning_rate > 0:
             self.proxy_learner = ProxyLearner(
-                self.cluster.proxy, make_optimizer(c.proxy_learning_rate, c.max_steps),
+                self.cluster.proxy, cached_optimizer(c.proxy_learning_rate, c.max_steps),
                 plain_scoring(self.cluster.proxy_tokenizer.vocab_size))
         self.scorer = CalibrationScorer(self.cluster.proxy, self.cluster.proxy_tokenizer, tok,
                                         mode=c.calibration_mode, tau=c.calibration_tau,

@@ -26,7 +26,7 @@ from flax import nnx
 from jaxdistill.generation.sampler import SamplingParams
 from jaxdistill.generation.scoring import completion_logprobs
 from jaxdistill.models.qwen import Qwen
-from jaxdistill.training import poison_if_nonfinite
+from jaxdistill.training import apply_updates, poison_if_nonfinite
 
 
 def completion_nll(logprobs: jax.Array, mask: jax.Array) -> jax.Array:
@@ -45,11 +45,10 @@ def _nll(params, rest, graphdef, prompt_ids, prompt_mask, tokens, mask, scoring)
     return completion_nll(logp, mask)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "scoring", "optimizer"), donate_argnames=("params", "opt_state"))
-def _sft_step(params, opt_state, rest, prompt_ids, prompt_mask, tokens, mask, graphdef, scoring, optimizer):
+@partial(jax.jit, static_argnames=("graphdef", "scoring"))
+def _nll_and_grads(params, rest, prompt_ids, prompt_mask, tokens, mask, graphdef, scoring):
     loss, grads = jax.value_and_grad(_nll)(params, rest, graphdef, prompt_ids, prompt_mask, tokens, mask, scoring)
-    updates, opt_state = optimizer.update(poison_if_nonfinite(loss, grads), opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return loss, poison_if_nonfinite(loss, grads)
 
 
 class ProxyLearner:
@@ -70,8 +69,8 @@ class ProxyLearner:
     def step(self, prompt_ids, prompt_mask, tokens, mask) -> float:
         """One SFT step on completions ``tokens`` [N, C] (``mask`` [N, C]) after prompts [N, P]; returns the
         loss before the step (mean NLL per completion token)."""
-        self.params, self.opt_state, loss = _sft_step(
-            self.params, self.opt_state, self.rest, prompt_ids, prompt_mask, tokens, mask,
-            self.graphdef, self.scoring, self.optimizer)
+        loss, grads = _nll_and_grads(self.params, self.rest, prompt_ids, prompt_mask, tokens, mask,
+                                     self.graphdef, self.scoring)
+        self.params, self.opt_state, _ = apply_updates(self.params, self.opt_state, grads, self.optimizer)
         nnx.update(self.model, self.params)
         return float(loss)
