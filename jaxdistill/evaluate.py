@@ -37,7 +37,7 @@ from jaxdistill.distill.objectives import LossSettings, token_kd_per_token
 from jaxdistill.distill.trainer import DistillConfig, distill
 from jaxdistill.tasks import parse_task_options
 from jaxdistill.generation import generate
-from jaxdistill.jobs import Job, default_workers, run_jobs
+from jaxdistill.jobs import JOB_OVERHEAD_SECONDS, Job, default_workers, run_jobs
 from jaxdistill.models import Qwen, load_model
 from jaxdistill.rl.losses import masked_mean
 from jaxdistill.tasks import Example, Task, get_task, list_tasks, summarize
@@ -490,13 +490,15 @@ def scorecard_jobs(config: EvaluateConfig, *, producers: Mapping[str, str] | Non
     for arm in scorecard_arms(config):
         after = student_jobs + ((producers[arm["teacher"]],) if arm["teacher"] in producers else ())
         steps = arm.get("steps", card.recipe.max_steps)
-        cost = len(students) * (10.0 + steps * step_seconds * STEP_COST[arm["objective"]])
+        cost = len(students) * (JOB_OVERHEAD_SECONDS + steps * step_seconds * STEP_COST[arm["objective"]])
         for seed in card.seeds:
             jobs.append(Job(arm_job(arm, seed), run_arm, {"config": config, "arm": arm, "seed": seed},
                             after=after, cost=cost, kind="" if steps == 0 else arm["objective"]))
     teachers = (config.original_teacher, card.teacher_eta0, card.teacher_distillable, card.teacher_undistillable)
+    problems = config.limit or 500  # greedy decoding, ~0.05 s per problem and teacher; a whole split counts 500
     jobs.append(Job(TEACHERS_JOB, compare_scorecard_teachers, {"config": config},
-                    after=tuple(producers[t] for t in teachers if t in producers), cost=20.0 * len(teachers)))
+                    after=tuple(producers[t] for t in teachers if t in producers),
+                    cost=JOB_OVERHEAD_SECONDS + 0.05 * problems * len(teachers)))
     return jobs
 
 

@@ -48,6 +48,11 @@ from jaxdistill.config import configure_logging
 log = logging.getLogger("jaxdistill.jobs")
 
 
+# What a job costs beyond its training steps (starting up, loading its models, compiling), in seconds on
+# one core; job costs include it, so that the quick profile's jobs of two steps do not look free to the ETA.
+JOB_OVERHEAD_SECONDS = 10.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Job:
     """One unit of work.

@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 from flax import nnx
 
-from jaxdistill.jobs import Job, default_workers, run_jobs
+from jaxdistill.jobs import JOB_OVERHEAD_SECONDS, Job, default_workers, run_jobs
 from jaxdistill.models import Qwen, QwenConfig, save_model
 from jaxdistill.tokenizer import load_tokenizer
 
@@ -147,7 +147,7 @@ def world_jobs(folder: str | Path, profile: Profile = FULL, seed: int = 0, *, pr
             shape=shape, tokenizer_dir=str(paths[f"{tok}_tokenizer"]), init_dir=str(root / "init" / name),
             output_dir=str(root / RUN_FOLDER[name]), steps=steps, learning_rate=getattr(profile, lr_field),
             profile=profile, seed=seed + offset,
-            progress=progress), cost=steps * STEP_SECONDS[name], kind="sft"))
+            progress=progress), cost=JOB_OVERHEAD_SECONDS + steps * STEP_SECONDS[name], kind="sft"))
     return jobs
 
 
@@ -198,7 +198,8 @@ def calibration_jobs(world: Mapping[str, Path], out: Path, profile: Profile, see
     return [Job(f"calibrate {name}", calibrate_teacher, dict(
         teacher=str(world["teacher"]), proxy=str(world["proxy"]), run=str(out / "calibrate" / name), eta=eta,
         profile=profile, seed=seed, progress=progress), after=("world teacher", "world proxy"),
-        cost=profile.calibrate_steps * STEP_SECONDS["calibrate"], kind="calibrate") for name, eta in ETAS.items()]
+        cost=JOB_OVERHEAD_SECONDS + profile.calibrate_steps * STEP_SECONDS["calibrate"], kind="calibrate")
+        for name, eta in ETAS.items()]
 
 
 def knob_plot(scorecard: dict[str, Any], path: Path) -> Path:
