@@ -12,7 +12,8 @@ scorecard arms of the original teacher, and so on. On an accelerator a run wants
 
 Scheduling: a job starts once every job in ``after`` has finished; among the ready jobs the one with
 the longest chain of remaining work (its ``cost`` plus the costliest chain that waits on it) starts
-first, so the critical path is never left waiting. Workers are fresh ``spawn`` processes (JAX is not
+first, so the critical path is never left waiting, unless a job of another kind than those running
+is nearly as long (``next_job``). Workers are fresh ``spawn`` processes (JAX is not
 fork-safe). Every job is expected to skip work it already finished (a finished run folder is reused),
 so an interrupted graph resumes by running it again. A failing job stops the graph: no new job starts,
 and its error is raised with its name.
@@ -94,6 +95,29 @@ def chain_costs(jobs: Sequence[Job]) -> dict[str, float]:
         return memo[name]
 
     return {j.name: chain(j.name) for j in jobs}
+
+
+# A job of a kind no worker is running may start ahead of a costlier one whose chain is at most
+# 1 / KIND_SPREAD times longer (see ``next_job``).
+KIND_SPREAD = 0.75
+
+
+def next_job(ready: Sequence[str], chain: Mapping[str, float], kinds: Mapping[str, str],
+             running_kinds: set[str]) -> str:
+    """The ready job to start: the longest chain (``ready`` is sorted by it, longest first), unless that
+    job's kind is already running and a job of another kind has a chain within ``KIND_SPREAD`` of it;
+    then the first such job. Two workers then compile one kind of program each (the first gkd and the
+    first seqkd arm side by side) instead of both compiling the same kind at once, then both the next;
+    later jobs of a kind tend to reach the worker that holds its programs."""
+    best = ready[0]
+    if kinds[best] not in running_kinds:
+        return best
+    for name in ready[1:]:
+        if chain[name] < KIND_SPREAD * chain[best]:
+            break
+        if kinds[name] not in running_kinds:
+            return name
+    return best
 
 
 def check_graph(jobs: Sequence[Job]) -> None:
@@ -244,7 +268,7 @@ class _Progress:
         self.remaining_cost -= job.cost
         self.spent += seconds
         elapsed = time.perf_counter() - self.started
-        eta = self.remaining_cost * self.spent / max(self.done_cost, 1e-9) / self.workers
+        eta = max(self.remaining_cost, 0.0) * self.spent / max(self.done_cost, 1e-9) / self.workers
         print(f"[{self.label} {self.done}/{self.total}] {job.name} done in {seconds:.0f} s; elapsed "
               f"{elapsed / 60:.1f} min, eta {eta / 60:.1f} min", flush=True)
 
@@ -260,7 +284,8 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 1, label: str = "jobs",
     check_graph(jobs)
     chain = chain_costs(jobs)
     by_name = {j.name: j for j in jobs}
-    pending = sorted(by_name, key=lambda n: -chain[n])  # ready jobs start in this order
+    pending = sorted(by_name, key=lambda n: -chain[n])  # ready jobs start in this order (see next_job)
+    kinds = {j.name: j.kind for j in jobs}
     finished: dict[str, Any] = {}
     progress = _Progress(jobs, max(workers, 1), label)
 
@@ -293,7 +318,7 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 1, label: str = "jobs",
                                                         initargs=(compilation_cache, cores)) as pool:
         while pending or running:
             while failure is None and len(running) < workers and ready():
-                name = ready()[0]
+                name = next_job(ready(), chain, kinds, {by_name[n].kind for n, _ in running.values()})
                 pending.remove(name)
                 log.info("starting %s", name)
                 job = by_name[name]

@@ -93,6 +93,19 @@ def test_a_failing_job_names_itself_and_its_dependents_never_start(tmp_path, wor
     assert not (tmp_path / "after").exists()
 
 
+def test_next_job_spreads_kinds_only_among_nearly_equal_chains():
+    from jaxdistill.jobs import next_job
+
+    ready = ["gkd1", "gkd2", "seqkd1", "sft1"]
+    chain = {"gkd1": 74.0, "gkd2": 74.0, "seqkd1": 59.0, "sft1": 20.0}
+    kinds = {"gkd1": "gkd", "gkd2": "gkd", "seqkd1": "seqkd", "sft1": "sft"}
+    assert next_job(ready, chain, kinds, set()) == "gkd1"  # nothing running: the longest chain
+    assert next_job(ready, chain, kinds, {"calibrate"}) == "gkd1"
+    assert next_job(ready, chain, kinds, {"gkd"}) == "seqkd1"  # 59 >= 0.75 x 74: another kind
+    assert next_job(ready, chain, kinds, {"gkd", "seqkd"}) == "gkd1"  # sft's 20 is too short
+    assert next_job(["gkd1", "sft1"], chain, kinds, {"gkd"}) == "gkd1"
+
+
 def test_bad_graphs_are_clear_errors():
     job = lambda name, after=(): Job(name, write_after, {}, after=after)  # noqa: E731
     with pytest.raises(ValueError, match=r"unique; repeated: \['a'\]"):
