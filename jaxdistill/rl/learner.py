@@ -143,7 +143,7 @@ class GRPOLearner:
             k = float(self.accumulation)
             grads = jax.tree.map(lambda g: g / k, grads_sum)
             self.lora_state, self.opt_state, grad_norm = apply_updates(self.lora_state, self.opt_state, grads,
-                                                                        self.optimizer)
+                                                                       self.optimizer)
             history.append({"loss": loss_sum / k, "grad_norm": grad_norm,
                             **{key: v / k for key, v in metric_sum.items()}})
         nnx.update(self.model, self.lora_state)
