@@ -53,8 +53,9 @@ VARIANTS = {
     "learning_proxy": {"proxy_learning_rate": 3e-3},
     "learning_proxy_steps120": {"proxy_learning_rate": 3e-3, "max_steps": 120, "save_every": 40},
 }
+# left out of the default sweep (run them with --variants ... --seeds 0 1 2, as the README does)
 LONG = ("steps80", "steps160", "steps240", "calibration_seed1", "steps120_calibration_seed1",
-        "eta0_calibration_seed1", "distillable_calibration_seed1", "learning_proxy_steps120")  # left out of the default sweep
+        "eta0_calibration_seed1", "distillable_calibration_seed1", "learning_proxy_steps120")
 ATTACKS = ("seqkd", "gkd")
 
 
