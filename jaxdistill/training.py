@@ -76,10 +76,10 @@ def _optimizer(learning_rate, max_steps, warmup_steps, schedule, weight_decay, m
 
 @partial(jax.jit, static_argnames=("optimizer",), donate_argnames=("params", "opt_state"))
 def apply_updates(params: Any, opt_state: Any, grads: Any, optimizer: optax.GradientTransformation):
-    """One optimizer step on gradients computed elsewhere: (new params, new optimizer state, global
-    gradient norm). The GRPO learner (which sums gradients over micro-batches first) and the learning
-    proxy call it after their loss-and-gradient program; pass a ``cached_optimizer`` so that runs with
-    the same settings share the compiled step."""
+    """One optimizer step: (new params, new optimizer state, global gradient norm). Every learner
+    updates through it: the student learner inside its jitted step, the GRPO learner (which sums
+    gradients over micro-batches first) and the learning proxy after their loss-and-gradient program;
+    pass a ``cached_optimizer`` so that runs with the same settings share the compiled step."""
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
 

@@ -19,7 +19,7 @@ from flax import nnx
 from jaxdistill.distill.objectives import DistillBatch, LossSettings, distill_loss
 from jaxdistill.models.lora import LoraParam
 from jaxdistill.models.qwen import Qwen
-from jaxdistill.training import poison_if_nonfinite
+from jaxdistill.training import apply_updates, poison_if_nonfinite
 
 
 def _loss(trainable, frozen, teacher_state, batch, graphdef, teacher_graphdef, settings):
@@ -35,9 +35,8 @@ def _train_step(trainable, opt_state, frozen, teacher_state, batch, graphdef, te
     (loss, metrics), grads = jax.value_and_grad(_loss, has_aux=True)(
         trainable, frozen, teacher_state, batch, graphdef, teacher_graphdef, settings)
     grads = poison_if_nonfinite(loss, grads)
-    updates, opt_state = optimizer.update(grads, opt_state, trainable)
-    return optax.apply_updates(trainable, updates), opt_state, {**metrics, "loss": loss,
-                                                                 "grad_norm": optax.tree.norm(grads)}
+    trainable, opt_state, grad_norm = apply_updates(trainable, opt_state, grads, optimizer)
+    return trainable, opt_state, {**metrics, "loss": loss, "grad_norm": grad_norm}
 
 
 @partial(jax.jit, static_argnames=("graphdef", "teacher_graphdef", "settings"))
