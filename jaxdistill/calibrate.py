@@ -106,7 +106,7 @@ class CalibrateConfig:
     seed: int = option(0, "seed of LoRA init, data order and sampling")
     eval_every: int = option(25, "held-out greedy accuracy every N steps (0: only at start and end)")
     eval_prompts: int = option(64, "held-out prompts per evaluation")
-    save_every: int = option(25, "orbax checkpoint every N steps (and at the end)")
+    save_every: int = option(25, "orbax checkpoint every N steps and at the end (0: only at the end)")
     resume: bool = option(False, "continue from the latest checkpoint in output_dir")
     max_bad_steps: int = option(5, "stop after this many consecutive steps with a NaN/Inf loss or gradient")
     tensorboard: bool = option(False, "also write TensorBoard scalars (needs tensorboardX)")

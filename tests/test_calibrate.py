@@ -45,7 +45,7 @@ METRIC_KEYS = ("reward", "rewards/task/mean", "rewards/calibration/mean", "kl", 
 
 
 def test_run_logs_metrics_and_exports(tiny_world, tmp_path):
-    result = calibrate(_config(tiny_world, tmp_path / "run"))
+    result = calibrate(_config(tiny_world, tmp_path / "run", save_every=0))  # 0: checkpoint at the end only
     records = read_metrics(tmp_path / "run")
     assert [r["step"] for r in records] == [0, 1, 2]
     for key in METRIC_KEYS:
@@ -56,6 +56,7 @@ def test_run_logs_metrics_and_exports(tiny_world, tmp_path):
     assert config.model_type == "qwen3"
     assert (tmp_path / "run" / "adapter" / "adapter.safetensors").exists()
     assert "eval/accuracy" in records[0] and "eval/accuracy" in records[2]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
 
 
 def _comparable(record):

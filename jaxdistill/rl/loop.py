@@ -93,8 +93,7 @@ class CalibrationRun:
                 plain_scoring(self.cluster.proxy_tokenizer.vocab_size))
         self.scorer = CalibrationScorer(self.cluster.proxy, self.cluster.proxy_tokenizer, tok,
                                         mode=c.calibration_mode, tau=c.calibration_tau,
-                                        subtract_reference=c.calibration_subtract_reference,
-                                        learner=self.proxy_learner)
+                                        subtract_reference=c.calibration_subtract_reference)
         self.checkpointer = Checkpointer(self.out / "checkpoints")
         self.proxy_checkpointer = Checkpointer(self.out / "proxy_checkpoints") if self.proxy_learner else None
 
@@ -126,7 +125,9 @@ class CalibrationRun:
                                  lora=True, chunk_size=128)
         ref_plain = (score_completions(cl.teacher, out.prompt_ids, out.prompt_mask, out.tokens, out.mask, plain,
                                  lora=False, chunk_size=128) if self.scorer.subtract_reference else None)
-        r_cal, cal_metrics = self.scorer(texts_in, completions, teacher_lp, ref_plain)
+        r_cal, cal_metrics, proxy_batch = self.scorer(texts_in, completions, teacher_lp, ref_plain)
+        if self.proxy_learner is not None:  # after scoring: the reward measured the proxy before this batch
+            cal_metrics["proxy/loss"] = self.proxy_learner.step(*proxy_batch)
         advantages = combined_advantages(jnp.asarray(r_task), jnp.asarray(r_cal), g, eta=c.eta,
                                          scale_rewards=c.scale_rewards, calibration_scope=c.calibration_scope)
         rollouts = rollouts.replace(advantages=advantages, ref_logp=ref_logp)
@@ -222,7 +223,7 @@ class CalibrationRun:
                 metrics["tokens_per_second"] = metrics["tokens"] / max(metrics["step_time"], 1e-9)
                 history.append(logger.log(step, metrics, info_keys=("rewards/task/mean", "rewards/calibration/mean",
                                                                     "kl", "eval/accuracy")))
-                if step % c.save_every == 0 or step == c.max_steps:
+                if (c.save_every and step % c.save_every == 0) or step == c.max_steps:
                     if self.proxy_learner is not None:  # first: a teacher checkpoint always has its proxy's
                         self.proxy_checkpointer.save(step, self.proxy_learner.params, self.proxy_learner.opt_state,
                                                      {"step": step})

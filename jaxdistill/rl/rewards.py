@@ -29,7 +29,6 @@ from jaxdistill.generation.sampler import SamplingParams, bucket_length, left_pa
 from jaxdistill.generation.scoring import completion_logprobs
 from jaxdistill.models.qwen import Qwen
 from jaxdistill.rl.calibration import calibration_metrics, sequence_calibration_reward, span_calibration_reward
-from jaxdistill.rl.proxy import ProxyLearner
 from jaxdistill.tasks.base import Example, Task, Verdict
 from jaxdistill.tokenizer import Tokenizer
 
@@ -60,12 +59,12 @@ score_completions = jax.jit(completion_logprobs, static_argnames=("params", "lor
 
 
 class CalibrationScorer:
-    """r_cal of teacher completions measured against a proxy with its own tokenizer (frozen, or with
-    ``learner``, learning from each batch after scoring it)."""
+    """r_cal of teacher completions measured against a proxy with its own tokenizer. It only measures:
+    a learning proxy (``jaxdistill.rl.proxy.ProxyLearner``) is stepped by the loop on the proxy batch
+    each call returns, after scoring, so the reward measures the proxy before that batch."""
 
     def __init__(self, proxy: Qwen, proxy_tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, *,
-                 mode: str = "span", tau: float = 1.0, subtract_reference: bool = False,
-                 learner: ProxyLearner | None = None):
+                 mode: str = "span", tau: float = 1.0, subtract_reference: bool = False):
         if mode not in CALIBRATION_MODES:
             raise ValueError(f"calibration_mode must be one of {CALIBRATION_MODES}, got {mode!r}")
         if proxy.config.vocab_size < proxy_tokenizer.vocab_size:
@@ -78,7 +77,6 @@ class CalibrationScorer:
         self.tau = tau
         self.subtract_reference = subtract_reference
         self.proxy_scoring = plain_scoring(proxy_tokenizer.vocab_size)
-        self.learner = learner  # a learning proxy (jaxdistill.rl.proxy): one SFT step per scored batch
 
     def proxy_inputs(self, prompt_texts: Sequence[str], proxy_ids: np.ndarray, proxy_mask: np.ndarray
                      ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -93,8 +91,9 @@ class CalibrationScorer:
 
     def __call__(self, prompt_texts: Sequence[str], completion_ids: Sequence[Sequence[int]],
                  teacher_logprobs: jax.Array, reference_logprobs: jax.Array | None = None
-                 ) -> tuple[np.ndarray, dict[str, float]]:
-        """Calibration rewards [N] and batch metrics.
+                 ) -> tuple[np.ndarray, dict[str, float], tuple[jax.Array, ...]]:
+        """Calibration rewards [N], batch metrics, and the proxy's inputs (``proxy_inputs``: what a
+        learning proxy trains on).
 
         prompt_texts: N prompt strings (repeated per generation); completion_ids: N teacher token rows
         (EOS allowed: special tokens hold no bytes); teacher_logprobs [N, C] log p_teacher of those
@@ -134,9 +133,7 @@ class CalibrationScorer:
         metrics["calibration/proxy_logprob_per_token"] = float(np.mean(proxy_sums / proxy_count))
         metrics["calibration/proxy_logprob_per_byte"] = float(np.mean(proxy_sums / np.maximum(spans.total_bytes_a, 1)))
         metrics["calibration/byte_mismatches"] = float(len(alignment.mismatches))
-        if self.learner is not None:  # after scoring: the reward measures the proxy before this batch
-            metrics["proxy/loss"] = self.learner.step(*proxy_batch)
-        return to_host(reward).astype(np.float32), metrics
+        return to_host(reward).astype(np.float32), metrics, proxy_batch
 
 
 def describe_verdicts(verdicts: Sequence[Verdict]) -> dict[str, Any]:
