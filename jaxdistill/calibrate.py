@@ -119,6 +119,15 @@ def _require(config: CalibrateConfig) -> None:
     if missing:
         raise ValueError(f"calibrate needs {' and '.join(missing)}: set them in the YAML config or as "
                          f"{missing[0]}=PATH (or run with no arguments for the tiny-world default run)")
+    if config.num_generations < 2:
+        raise ValueError(f"num_generations={config.num_generations}: GRPO normalises rewards within each prompt's "
+                         "group of rollouts, so a group of one has no advantage to learn from; use 2 or more")
+    for name in ("prompts_per_step", "max_completion_length"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    for name in ("max_steps", "eval_every", "save_every"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
     checkpoints = Path(config.output_dir) / "checkpoints"
     if not config.resume and holds_checkpoints(checkpoints):
         raise FileExistsError(f"{config.output_dir} already holds checkpoints of a calibration: set resume=true to "

@@ -164,6 +164,14 @@ def test_existing_checkpoints_without_resume_is_a_clear_error(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 4}\n'
 
 
+@pytest.mark.parametrize("override, message", [
+    ({"num_generations": 1}, "group of one"), ({"prompts_per_step": 0}, "prompts_per_step must be >= 1"),
+    ({"save_every": -1}, "save_every must be >= 0"), ({"max_steps": -5}, "max_steps must be >= 0")])
+def test_settings_that_cannot_train_are_refused_before_loading(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):  # "t" and "p" do not exist: nothing was loaded
+        calibrate(CalibrateConfig(teacher="t", proxy="p", output_dir=str(tmp_path), **override))
+
+
 def test_default_run_calibration_takes_overrides(tmp_path, monkeypatch):
     """world.calibrate_teacher is the default run's calibration; ``overrides`` replaces named fields
     (benchmarks/undistillable_sweep.py) and a misspelt field is an error, not silently ignored."""
