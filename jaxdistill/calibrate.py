@@ -158,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         default_run(quick=flags["quick"], output_dir=None if config.output_dir == "runs/calibrate"
                     else config.output_dir, seed=config.seed)
         return 0
-    result = calibrate(config)
+    try:
+        result = calibrate(config)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:  # bad input: the reason, no traceback
+        sys.exit(f"error: {err}")
     if jax.process_index() == 0:
         print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str))
     return 0

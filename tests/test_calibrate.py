@@ -146,13 +146,16 @@ def test_help_lists_every_field(capsys):
     assert "calibration_mode" in out and "mesh.tensor" in out
 
 
-def test_unknown_key_names_the_nearest_field(capsys):
+def test_bad_command_lines_are_clear_errors(capsys, tmp_path):
+    """A misspelt key names the nearest field; a bad value or a missing folder says what is wrong, no traceback."""
     with pytest.raises(SystemExit):
         main(["num_generation=8"])
     assert "did you mean 'num_generations'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eta=high"])
     assert "eta: expected float" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="error: model folder .*missing-teacher does not exist"):
+        main([f"teacher={tmp_path / 'missing-teacher'}", "proxy=p", f"output_dir={tmp_path / 'run'}"])
 
 
 def test_existing_checkpoints_without_resume_is_a_clear_error(tmp_path):
