@@ -22,10 +22,12 @@ import yaml
 
 
 def configure_logging() -> None:
-    """The command lines' logging: INFO with timestamps; absl (orbax) at WARNING, since orbax logs every
-    checkpoint file it writes at INFO."""
+    """The command lines' logging: INFO with timestamps; absl (orbax) and jax at WARNING, since orbax logs
+    every checkpoint file it writes at INFO and jax every backend it could not start (libtpu on a GPU or
+    CPU machine), as plain JAX shows neither."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    for name in ("absl", "jax"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def option(default: Any, doc: str, **kwargs: Any) -> Any:
