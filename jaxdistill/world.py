@@ -20,10 +20,14 @@ tests); the figures then mean nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import os
+import platform
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -273,6 +277,24 @@ def check_run_folder(out: Path, profile: Profile, seed: int) -> None:
     path.write_text(json.dumps(wanted, indent=2))
 
 
+NUMERIC_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
+
+
+def environment() -> str:
+    """The CPU and numerical libraries of this run, for its report: with the code, they fix the low bits
+    of every figure, and another CPU or library build makes the default run another draw (README)."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    versions = []
+    for name in NUMERIC_PACKAGES:
+        with contextlib.suppress(PackageNotFoundError):
+            versions.append(f"{name} {version(name)}")
+    return f"{cpu} ({cores} cores), Python {platform.python_version()}, {', '.join(versions)}"
+
+
 def default_run(*, quick: bool = False, output_dir: str | Path | None = None, seed: int = 0,
                 seeds: tuple[int, ...] | None = None, workers: int = 0) -> dict[str, Any]:
     """The whole tiny-world pipeline; writes ``<output_dir>/report.md`` and ``knob.png``.
@@ -313,6 +335,7 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
                       f"Total time: {(time.perf_counter() - start) / 60:.1f} min on {workers} worker(s) (stages "
                       f"already finished in this folder are reused, not re-timed). Teachers calibrated with "
                       f"eta = +1 (distillable), -1 (undistillable), 0 (control) from the same base.\n\n"
+                      f"Environment: {environment()}.\n\n"
                       f"{card_md}\n\n![knob](knob.png)\n")
     log.info("report written to %s", report)
     return {"output_dir": str(out), "report": str(report), "knob": str(out / "knob.png"), "scorecard": result}

@@ -4,6 +4,7 @@ The run itself happens once, in tests/test_notebooks.py (notebook 01, then the C
 same folder); this module holds the checks.
 """
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 ARMS = ["before", "sft"] + [f"{attack}/{teacher}" for attack in ("seqkd", "gkd")
@@ -26,5 +27,6 @@ def assert_every_artefact(out: Path) -> None:
     report = (out / "report.md").read_text()
     for arm in ARMS:
         assert arm in report, arm
+    assert f"jax {version('jax')}, jaxlib {version('jaxlib')}" in report  # what the figures' low bits depend on
     assert (out / "knob.png").stat().st_size > 1000
     assert set(card["teachers"]) >= {"distillable", "undistillable", "eta0"}
