@@ -151,6 +151,11 @@ def check_graph(jobs: Sequence[Job]) -> None:
 WORKER_MEMORY_GIB = 2  # a tiny-world worker holds up to ~1.7 GiB (models, compiled programs, caches)
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_workers() -> int:
     """On a CPU host, one worker per core, at most 8 and at most one per ``WORKER_MEMORY_GIB`` of
     physical memory; 1 on an accelerator (one run fills it)."""
@@ -158,7 +163,7 @@ def default_workers() -> int:
 
     if jax.default_backend() != "cpu":
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     try:
         memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):  # not a POSIX system

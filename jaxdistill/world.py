@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import platform
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -33,7 +32,7 @@ from typing import Any, Mapping
 
 from flax import nnx
 
-from jaxdistill.jobs import JOB_OVERHEAD_SECONDS, Job, default_workers, run_jobs
+from jaxdistill.jobs import JOB_OVERHEAD_SECONDS, Job, available_cores, default_workers, run_jobs
 from jaxdistill.models import Qwen, QwenConfig, save_model
 from jaxdistill.tokenizer import load_tokenizer
 
@@ -287,12 +286,11 @@ def environment() -> str:
     with contextlib.suppress(OSError):
         cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                     if line.startswith("model name")), cpu)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     versions = []
     for name in NUMERIC_PACKAGES:
         with contextlib.suppress(PackageNotFoundError):
             versions.append(f"{name} {version(name)}")
-    return f"{cpu} ({cores} cores), Python {platform.python_version()}, {', '.join(versions)}"
+    return f"{cpu} ({available_cores()} cores), Python {platform.python_version()}, {', '.join(versions)}"
 
 
 def default_run(*, quick: bool = False, output_dir: str | Path | None = None, seed: int = 0,
