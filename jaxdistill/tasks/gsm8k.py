@@ -2,8 +2,8 @@
 
 The verifier reads the completion's final stated number (``jaxdistill.tasks.answers``: the last
 ``####``, "answer is"-style phrase, ``\\boxed{}`` or correction that states a number, else the last
-number) and compares it with the gold answer as a float, with a small tolerance. No number at all:
-status ``unparseable``, reward 0.
+number) and compares it with the gold answer as a float, up to float rounding
+(``numbers_match``). No number at all: status ``unparseable``, reward 0.
 """
 from __future__ import annotations
 
@@ -18,11 +18,14 @@ from jaxdistill.tasks.base import OK, UNPARSEABLE, Example, MalformedRow, Task, 
 
 _CALC_ANNOTATION = re.compile(r"<<[^<>]*>>")
 
-REL_TOL = 1e-6
+# Tolerances absorb float rounding only (0.1 + 0.2 matches 0.3, 0.333333 matches 1/3): a relative
+# tolerance of 1e-6 would let 109,200,050 match a gold of 109,200,000.
+REL_TOL = 1e-9
 ABS_TOL = 1e-6
 
 
 def numbers_match(prediction: float, gold: float) -> bool:
+    """|prediction - gold| <= max(REL_TOL * max(|prediction|, |gold|), ABS_TOL)."""
     return math.isclose(prediction, gold, rel_tol=REL_TOL, abs_tol=ABS_TOL)
 
 
