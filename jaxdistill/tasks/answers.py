@@ -6,8 +6,7 @@ The convention is a careful grader's: the answer the completion states last coun
 Reading a completion (``extract_answer``), in order:
 
 1. drop ``<think>`` blocks (``strip_thinking``) and normalise the text (``normalize_number_text``);
-2. drop run-on text: after a completed ``#### N`` line, text that asks a new question
-   (``drop_runoff``);
+2. drop run-on text: after a completed answer, text that starts a new problem (``drop_runoff``);
 3. find the *statements* (``find_statements``): every ``####``, "answer is"-style phrase and
    ``\\boxed{}``, and every sentence that opens with a correction word ("Actually, it is 42.");
 4. the last statement whose clause states a number wins (``clause_value``); with none, the last
@@ -197,12 +196,13 @@ def last_value(text: str) -> float | None:
 # ---- statements -------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Statement:
-    """Where a completion states an answer: ``kind`` ("marker" for "####" and "answer is"-style
-    phrases, "boxed", "correction"),
-    the ``start`` offset of the statement and the ``clause`` that states it."""
+    """Where a completion states an answer: ``kind`` ("marker" for ``####`` and "answer is"-style
+    phrases, "boxed", "correction"), the offsets where the statement and its clause start, and the
+    ``clause`` that states the number."""
 
     kind: str
     start: int
+    clause_start: int
     clause: str
 
     def value(self) -> float | None:
@@ -238,44 +238,42 @@ def box_content(text: str, start: int) -> str:
 
 def find_statements(text: str) -> list[Statement]:
     """Every answer statement of (normalised) ``text``, ordered by where it starts."""
-    statements = [Statement("marker", m.start(), text[m.end():]) for m in _HASH_MARKER.finditer(text)]
-    statements += [Statement("marker", m.start(), text[m.end():])
-                   for m in _ANSWER_PHRASE.finditer(text)]
-    statements += [Statement("boxed", m.start(), box_content(text, m.end()))
+    statements = [Statement("marker", m.start(), m.end(), text[m.end():])
+                  for pattern in (_HASH_MARKER, _ANSWER_PHRASE) for m in pattern.finditer(text)]
+    statements += [Statement("boxed", m.start(), m.end(), box_content(text, m.end()))
                    for m in _BOX.finditer(text)]
-    statements += [Statement("correction", m.start(), text[m.end():])
+    statements += [Statement("correction", m.start(), m.end(), text[m.end():])
                    for m in _CORRECTION.finditer(text)]
     return sorted(statements, key=lambda s: s.start)
 
 
 # ---- run-on text ------------------------------------------------------------------------------
 _QUESTION_HEADER = re.compile(r"^[ \t#*]*(?:question|problem|q|human|user|input|exercise|example)"
-                              r"[ \t]*\d*[ \t]*[:.)]", flags=re.IGNORECASE | re.MULTILINE)
+                              r"[ \t]*\d*[ \t]*[:.)](?!\d)", flags=re.IGNORECASE | re.MULTILINE)
 
 
-def asks_new_question(text: str) -> bool:
-    """Whether ``text`` (what follows a completed answer) starts a new problem: a line that opens
-    with a header such as "Question:" or "Problem 2.", or a "?" after a number."""
-    if _QUESTION_HEADER.search(text):
-        return True
+def asks_about_numbers(text: str) -> bool:
+    """Whether ``text`` asks a question about numbers: a "?" with a digit before it."""
     mark = text.find("?")
     return mark >= 0 and any(char.isdigit() for char in text[:mark])
 
 
 def drop_runoff(text: str) -> str:
-    """``text`` up to the end of the first completed ``#### N`` line after which the completion
-    asks a new question (up to the next ``####``); all of ``text`` when there is none."""
-    for marker in _HASH_MARKER.finditer(text):
-        clause = text[marker.end():]
-        if clause_value(clause) is None:
+    """``text`` up to the end of the first answer line after which the completion starts a new
+    problem (looked for up to the next ``####``): a line that opens with a header such as
+    "Question:" or "Problem 2.", or, after a ``#### N`` line, a question about numbers."""
+    for statement in find_statements(text):
+        if statement.value() is None:
             continue
-        offset = len(clause) - len(clause.lstrip(" \t\n*:"))
-        line_end = text.find("\n", marker.end() + offset)
+        clause = text[statement.clause_start:]
+        answer_at = statement.clause_start + len(clause) - len(clause.lstrip(" \t\n*:"))
+        line_end = text.find("\n", answer_at)
         if line_end < 0:
             return text
         rest = text[line_end:]
-        next_marker = rest.find("####")
-        if asks_new_question(rest if next_marker < 0 else rest[:next_marker]):
+        rest = rest[:rest.find("####")] if "####" in rest else rest
+        after_hash = text.startswith("####", statement.start)
+        if _QUESTION_HEADER.search(rest) or (after_hash and asks_about_numbers(rest)):
             return text[:line_end]
     return text
 
