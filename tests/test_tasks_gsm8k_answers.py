@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from jaxdistill.tasks import OK, UNPARSEABLE, get_task
-from jaxdistill.tasks.answers import clause_value, drop_negated, drop_runoff, \
+from jaxdistill.tasks.answers import clause_value, drop_negated, drop_runoff, expression_value, \
     normalize_number_text, quantities
 from jaxdistill.tasks.gsm8k import verify_number
 
@@ -54,6 +54,9 @@ HAND_GRADED = [
     case("hash-expression", "#### 7 + 8 = 15", "15", 1.0),
     case("boxed-expression", "$\\boxed{3 \\times 5 = 15}$", "15", 1.0),
     case("subtraction-result", "The answer is 9 - 4 = 5 marbles.", "9", 0.0),
+    case("bare-expression", "The answer is 6 x 7.", "42", 1.0),
+    case("bare-expression-wrong", "The answer is 6 x 7.", "6", 0.0),
+    case("expression-brackets-units", "So the answer is \\(3 \\times (4 + 5)\\) apples.", "27", 1.0),
     # amounts restated as decimals
     case("dollars-cents-restated", "The answer is 7 dollars and 50 cents, i.e. $7.50.", "7.5", 1.0),
     case("dollars-cents", "The answer is 3 dollars and 5 cents.", "3.05", 1.0),
@@ -134,7 +137,7 @@ def test_hand_graded_completion(completion, gold, reward, status):
     ("12-3=9", [12.0, 3.0, 9.0]),
     ("-7 and .5", [-7.0, 0.5]),
     ("4:30", [4.5]),
-    ("9 dollars 5 cents", [9.05]),
+    ("9 dollars 5 cents, 1,200 dollars and 50 cents", [9.05, 1200.5]),
     ("5k runs, 5 km, 5kg", [5000.0, 5.0, 5.0]),
     ("3 thousand", [3000.0]),
 ])
@@ -144,6 +147,16 @@ def test_quantities(text, values):
 
 def test_normalize_drops_unit_exponents_but_not_powers():
     assert quantities(normalize_number_text("5^2 = 25 cm^2 and 9 m\u00b2")) == [5, 2, 25, 9]
+
+
+def test_expression_value_reads_plain_arithmetic_only():
+    assert expression_value("3 x (4 + 5) apples") == 27
+    assert expression_value("1,000 \u00f7 8") == 125
+    assert expression_value("17 18") is None           # two numbers, no operator
+    assert expression_value("2**10") is None           # powers are not evaluated
+    assert expression_value("5 / 0") is None
+    assert expression_value("(" * 500 + "1" + ")" * 500) in (1.0, None)  # deep nesting never raises
+    assert expression_value("__import__('os')") is None
 
 
 def test_drop_negated_and_clause_value():

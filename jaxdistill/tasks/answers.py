@@ -15,14 +15,16 @@ Reading a completion (``extract_answer``), in order:
 A statement's clause is read as the number it concludes with (``clause_value``): up to the end of
 its sentence, asides in parentheses and negated numbers ("not 40") dropped, then split at
 restatement and result markers ("=", "i.e.", "which is", "wait", ...); the last piece that names
-exactly one quantity gives the value ("6 + 9 = 15" reads 15, "12 dollars and 25 cents, i.e.
-12.25" reads 12.25). A quantity (``quantities``) is a number with its thousands commas, a
+exactly one quantity, or is plain arithmetic, gives the value ("6 + 9 = 15" and "6 + 9" read 15,
+"12 dollars and 25 cents, i.e. 12.25" reads 12.25). A quantity (``quantities``) is a number with its thousands commas, a
 fraction, a mixed number, a time of day, an amount in dollars and cents, or a number with a scale
 ("5k", "2 million"). The conventions for ambiguous forms are listed in docs/tasks.md.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import operator
 import re
 
 from jaxdistill.tasks.base import strip_thinking
@@ -42,15 +44,18 @@ _UNIT_EXPONENT = re.compile(r"(?<=[A-Za-z)\]}])[ \t]*(?:\^[ \t]*(?:\{[ \t]*-?\d+
 _REPLACEMENTS = (("\u2212", "-"), ("\u2013", "-"), ("\u00a0", " "), ("\u2009", " "),
                  ("\u202f", " "), ("-\\$", "-"), ("-$", "-"), ("\\$", " "), ("$", " "),
                  ("\\%", " "), ("%", " "), ("{,}", ","), ("\\,", ""), ("\\!", ""),
-                 ("\\left", ""), ("\\right", ""), ("\\approx", "\u2248"))
+                 ("\\left", ""), ("\\right", ""), ("\\(", " "), ("\\)", " "), ("\\[", " "),
+                 ("\\]", " "), ("\\approx", "\u2248"), ("\\times", "\u00d7"),
+                 ("\\cdot", "\u00b7"), ("\\div", "\u00f7"))
 
 
 def normalize_number_text(text: str) -> str:
     """``text`` with LaTeX, currency, percent and unit exponents reduced to plain numbers.
 
     Reads ``\\text{..}`` as its content, ``\\frac{a}{b}`` as ``a/b`` (``2\\frac{1}{4}`` as the mixed
-    number ``2 1/4``), ``\u00bd`` as ``1/2``; drops ``$``, ``%``, LaTeX thousands spacing (``1{,}000``,
-    ``1\\,000``) and exponents of units (``cm^2``, ``m\u00b2``); reads the unicode minus as ``-``.
+    number ``2 1/4``), ``\u00bd`` as ``1/2``, ``\\times`` as ``\u00d7``; drops ``$``, ``%``, math
+    delimiters ``\\( \\[``, LaTeX thousands spacing (``1{,}000``, ``1\\,000``) and exponents of
+    units (``cm^2``, ``m\u00b2``); reads the unicode minus as ``-``.
     """
     text = _LATEX_TEXT.sub(r" \1 ", text)
     text = _DIGIT_BEFORE_FRAC.sub(r"\1 \2", text)
@@ -70,7 +75,7 @@ _NUMBER = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
 _QUANTITY = re.compile(
     r"(?<![\d.])(?:"
     # 12 dollars and 25 cents / 12 and 25 cents
-    r"(?P<dollars>\d+)[ \t]*(?:dollars?[ \t]*(?:and[ \t]+)?|and[ \t]+)(?P<cents>\d{1,2})[ \t]*cents?\b"
+    r"(?P<dollars>\d{1,3}(?:,\d{3})+|\d+)[ \t]*(?:dollars?[ \t]*(?:and[ \t]+)?|and[ \t]+)(?P<cents>\d{1,2})[ \t]*cents?\b"
     # 2:30 (a time of day)
     r"|(?P<hour>[01]?\d|2[0-4]):(?P<minute>[0-5]\d)(?![\d:])"
     # 2 1/4, 2 and 1/4 (proper fractions only, checked in ``quantities``)
@@ -100,7 +105,7 @@ def quantities(text: str) -> list[float]:
         group = match.groupdict()
         pos = match.end()
         if group["dollars"] is not None:
-            values.append(int(group["dollars"]) + int(group["cents"]) / 100)
+            values.append(_to_float(group["dollars"]) + int(group["cents"]) / 100)
         elif group["hour"] is not None:
             values.append(int(group["hour"]) + int(group["minute"]) / 60)
         elif group["whole"] is not None:
@@ -127,7 +132,7 @@ def quantities(text: str) -> list[float]:
 # ---- reading one clause -----------------------------------------------------------------------
 # The end of a sentence: . ! ? ; before a space (not the dots of "i.e." or "12.5"), or a newline.
 _SENTENCE_END = re.compile(r"(?<!\bi\.e)(?<!\be\.g)(?<!approx)[.!?;](?=\s|$)|\n")
-_ASIDE = re.compile(r"\([^()]*\)")
+_ASIDE = re.compile(r"\([^()]*[A-Za-z][^()]*\)")  # words in parentheses; "(4 + 5)" is arithmetic
 _NEGATION = re.compile(r"(?:\bnot|n't|\bnever|\binstead of|\brather than|\bother than)[ \t]+"
                        r"(?:equal to[ \t]+|be[ \t]+)?", flags=re.IGNORECASE)
 _WRONG = re.compile(r"(?:-?\d[\d,]*(?:\.\d+)?|\.\d+)[ \t]+(?:\w+[ \t]+)?(?:is|was)[ \t]+"
@@ -160,14 +165,51 @@ def drop_negated(text: str) -> str:
     return _WRONG.sub(" ", text)
 
 
+_TIMES = re.compile(r"(?<=[\d)\s])[x\u00d7\u00b7](?=[\s\d(.])")
+_THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_TRAILING_WORDS = re.compile(r"[A-Za-z][A-Za-z \t]*$")
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+              ast.Div: operator.truediv, ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+
+def _evaluate(node: ast.AST) -> float:
+    """The value of a parsed expression made only of numbers, + - * / and parentheses."""
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return float(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_evaluate(node.operand))
+    raise ValueError(f"not plain arithmetic: {ast.dump(node)}")
+
+
+def expression_value(text: str) -> float | None:
+    """The value of ``text`` when it is plain arithmetic ("6 + 9", "3 x (4 + 5) apples": numbers,
+    + - * / x \u00d7 \u00f7, parentheses, then optional words), else None."""
+    expression = _TRAILING_WORDS.sub("", text.strip().rstrip(".")).replace("\u00f7", "/")
+    expression = _THOUSANDS_COMMA.sub("", _TIMES.sub("*", expression)).strip()
+    if not expression or not re.fullmatch(r"[\d.\s+\-*/()]+", expression) or "**" in expression:
+        return None
+    try:
+        return _evaluate(ast.parse(expression, mode="eval"))
+    except (SyntaxError, ValueError, ArithmeticError, RecursionError, MemoryError):
+        return None
+
+
 def restated_value(text: str) -> float | None:
     """The value a clause concludes with: split at restatement markers ("=", "i.e.", "which is",
-    "wait", ...), the last piece naming exactly one quantity; else the first quantity."""
-    pieces = [quantities(piece) for piece in _RESTATEMENT.split(text)]
-    single = [values[0] for values in pieces if len(values) == 1]
+    "wait", ...), the last piece that names one quantity or is plain arithmetic (``6 + 9`` is 15);
+    else the first quantity."""
+    pieces = _RESTATEMENT.split(text)
+    found = [quantities(piece) for piece in pieces]
+    single = [values[0] if len(values) == 1 else expression_value(piece)
+              for piece, values in zip(pieces, found) if values]
+    single = [value for value in single if value is not None]
     if single:
         return single[-1]
-    return next((values[0] for values in pieces if values), None)
+    return next((values[0] for values in found if values), None)
 
 
 def clause_value(clause: str) -> float | None:
