@@ -16,9 +16,10 @@ A statement's clause is read as the number it concludes with (``clause_value``):
 its sentence, asides in parentheses and negated numbers ("not 40") dropped, then split at
 restatement and result markers ("=", "i.e.", "which is", "wait", ...); the last piece that names
 exactly one quantity, or is plain arithmetic, gives the value ("6 + 9 = 15" and "6 + 9" read 15,
-"12 dollars and 25 cents, i.e. 12.25" reads 12.25). A quantity (``quantities``) is a number with its thousands commas, a
-fraction, a mixed number, a time of day, an amount in dollars and cents, or a number with a scale
-("5k", "2 million"). The conventions for ambiguous forms are listed in docs/tasks.md.
+"12 dollars and 25 cents, i.e. 12.25" reads 12.25). A quantity (``quantities``) is a number with
+its thousands commas, a fraction, a mixed number, a time of day, an amount in dollars and cents,
+or a number with a scale ("5k", "2 million"). The conventions for ambiguous forms are listed in
+docs/tasks.md.
 """
 from __future__ import annotations
 
@@ -75,11 +76,13 @@ _NUMBER = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
 _QUANTITY = re.compile(
     r"(?<![\d.])(?:"
     # 12 dollars and 25 cents / 12 and 25 cents
-    r"(?P<dollars>\d{1,3}(?:,\d{3})+|\d+)[ \t]*(?:dollars?[ \t]*(?:and[ \t]+)?|and[ \t]+)(?P<cents>\d{1,2})[ \t]*cents?\b"
+    r"(?P<dollars>\d{1,3}(?:,\d{3})+|\d+)[ \t]*(?:dollars?[ \t]*(?:and[ \t]+)?|and[ \t]+)"
+    r"(?P<cents>\d{1,2})[ \t]*cents?\b"
     # 2:30 (a time of day)
     r"|(?P<hour>[01]?\d|2[0-4]):(?P<minute>[0-5]\d)(?![\d:])"
     # 2 1/4, 2 and 1/4 (proper fractions only, checked in ``quantities``)
-    r"|(?P<whole>-?\d+)[ \t]+(?:and[ \t]+)?(?P<mixed_num>\d+)[ \t]*/[ \t]*(?P<mixed_den>\d+)(?!\.?\d)"
+    r"|(?P<whole>-?\d+)[ \t]+(?:and[ \t]+)?(?P<mixed_num>\d+)[ \t]*/[ \t]*(?P<mixed_den>\d+)"
+    r"(?!\.?\d)"
     # 3/4, -1.5/2
     rf"|(?P<num>-?(?:{_NUMBER}))[ \t]*/[ \t]*(?P<den>{_NUMBER})(?!\.?\d)"
     # 1,234.5, 5k, 2 million
@@ -259,8 +262,8 @@ _HASH_MARKER = re.compile(r"####")
 _ANSWER_PHRASE = re.compile(r"\banswer(?:[ \t]+(?:is|was|would be|will be|should be|must be|"
                             r"equals|comes to)\b|'s\b|[ \t]*[:=])", flags=re.IGNORECASE)
 _BOX = re.compile(r"\\(?:boxed|fbox)")
-_CORRECTION = re.compile(r"(?:^|(?<=[.!?\n]))[ \t]*(?:(?:actually|wait|correction|oops|sorry),?|no,)[ \t]",
-                         flags=re.IGNORECASE)
+_CORRECTION = re.compile(r"(?:^|(?<=[.!?\n]))[ \t]*(?:(?:actually|wait|correction|oops|sorry),?|no,)"
+                         r"[ \t]", flags=re.IGNORECASE)
 
 
 def box_content(text: str, start: int) -> str:
