@@ -3,6 +3,7 @@ the GSM8K files, and a property test that a wrong final answer never scores."""
 import json
 import math
 import string
+import time
 
 import pytest
 from conftest import shared_path
@@ -253,3 +254,28 @@ def test_without_statements_the_last_number_decides(gold, other, style, filler, 
                   f"So she has {spell(other, style)} left.")
     assert verify_number(completion, f"{gold:.2f}").reward == 0.0, completion
     assert verify_number(completion, f"{other:.2f}").reward == 1.0, completion
+
+
+_PIECES = list("0123456789 ,./:-+*x=()$%#?\n{}\\^kQ") + [
+    "answer is ", "####", "\\boxed{", "not ", "i.e. ", "Actually, ", "Question: ", "\\frac{", " and ",
+    " dollars", " cents", "\u00bd", "\u00b2"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(pieces=st.lists(st.sampled_from(_PIECES), max_size=40))
+def test_any_text_gives_a_number_or_unparseable_and_never_raises(pieces):
+    verdict = verify_number("".join(pieces), "7")
+    assert verdict.status in (OK, UNPARSEABLE)
+    assert (verdict.prediction is None) == (verdict.status == UNPARSEABLE)
+
+
+@pytest.mark.parametrize("completion", [
+    "answer is " * 500, "\\boxed{" * 2000, "answer is (" + "a" * 5000, "answer is " + "9" * 5000,
+    "answer is " + "1," * 3000, "not 5 " * 2000, ("The answer is 5.\n" + "x " * 50 + "\n") * 200,
+], ids=["phrases", "boxes", "open-paren", "digits", "commas", "negations", "many-lines"])
+def test_degenerate_completions_are_read_in_bounded_time(completion):
+    # RL policies produce such loops; each of these took 2-50 s before the work was bounded
+    # (reading a clause at most CLAUSE_CHARS far, one pass over braces, no quadratic regexes).
+    start = time.perf_counter()
+    verify_number(completion, "5")
+    assert time.perf_counter() - start < 5.0

@@ -24,6 +24,7 @@ docs/tasks.md.
 from __future__ import annotations
 
 import ast
+import bisect
 import dataclasses
 import operator
 import re
@@ -112,9 +113,9 @@ def quantities(text: str) -> list[float]:
         elif group["hour"] is not None:
             values.append(int(group["hour"]) + int(group["minute"]) / 60)
         elif group["whole"] is not None:
-            whole, num, den = int(group["whole"]), int(group["mixed_num"]), int(group["mixed_den"])
+            whole, num, den = (float(group[key]) for key in ("whole", "mixed_num", "mixed_den"))
             if not 0 < num < den:  # not a mixed number: read the whole part alone, go on after it
-                values.append(float(whole))
+                values.append(whole)
                 pos = match.end("whole")
                 continue
             sign = -1.0 if group["whole"].startswith("-") else 1.0
@@ -135,10 +136,11 @@ def quantities(text: str) -> list[float]:
 # ---- reading one clause -----------------------------------------------------------------------
 # The end of a sentence: . ! ? ; before a space (not the dots of "i.e." or "12.5"), or a newline.
 _SENTENCE_END = re.compile(r"(?<!\bi\.e)(?<!\be\.g)(?<!approx)[.!?;](?=\s|$)|\n")
-_ASIDE = re.compile(r"\([^()]*[A-Za-z][^()]*\)")  # words in parentheses; "(4 + 5)" is arithmetic
+_DIGIT = re.compile(r"\d")
+_PARENTHESES = re.compile(r"\([^()]*\)")
 _NEGATION = re.compile(r"(?:\bnot|n't|\bnever|\binstead of|\brather than|\bother than)[ \t]+"
                        r"(?:equal to[ \t]+|be[ \t]+)?", flags=re.IGNORECASE)
-_WRONG = re.compile(r"(?:-?\d[\d,]*(?:\.\d+)?|\.\d+)[ \t]+(?:\w+[ \t]+)?(?:is|was)[ \t]+"
+_WRONG = re.compile(r"(?<![\d.,])(?:-?\d[\d,]*(?:\.\d+)?|\.\d+)[ \t]+(?:\w+[ \t]+)?(?:is|was)[ \t]+"
                     r"(?:wrong|incorrect|a mistake)", flags=re.IGNORECASE)
 # Where a clause restates or corrects what it said before: the value comes after these.
 _RESTATEMENT = re.compile(r"=|\u2248|\u2192|->|\bi\.e\.?|\bthat is\b|\bin other words\b|"
@@ -154,23 +156,27 @@ def first_sentence(text: str) -> str:
     return text[:end.start()] if end else text
 
 
+def drop_asides(text: str) -> str:
+    """``text`` without parentheses that hold words ("42 (6 bags of 7)"); "(4 + 5)" is kept."""
+    return _PARENTHESES.sub(lambda m: " " if re.search("[A-Za-z]", m.group(0)) else m.group(0), text)
+
+
 def drop_negated(text: str) -> str:
     """``text`` without the quantities it denies: "not 40", "isn't 2 1/4", "rather than 40",
     "40 is wrong"."""
-    pos = 0
+    kept, pos, cursor = [], 0, 0
     while (negation := _NEGATION.search(text, pos)) is not None:
         quantity = _QUANTITY.match(text, negation.end())
-        if quantity is None:
-            pos = negation.end()
-            continue
-        text = text[:negation.start()] + " " + text[quantity.end():]
-        pos = negation.start() + 1
+        pos = negation.end()
+        if quantity is not None:
+            kept += [text[cursor:negation.start()], " "]
+            cursor = pos = quantity.end()
+    text = "".join(kept) + text[cursor:]
     return _WRONG.sub(" ", text)
 
 
 _TIMES = re.compile(r"(?<=[\d)\s])[x\u00d7\u00b7](?=[\s\d(.])")
 _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_TRAILING_WORDS = re.compile(r"[A-Za-z][A-Za-z \t]*$")
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
               ast.Div: operator.truediv, ast.USub: operator.neg, ast.UAdd: operator.pos}
 
@@ -191,7 +197,12 @@ def _evaluate(node: ast.AST) -> float:
 def expression_value(text: str) -> float | None:
     """The value of ``text`` when it is plain arithmetic ("6 + 9", "3 x (4 + 5) apples": numbers,
     + - * / x \u00d7 \u00f7, parentheses, then optional words), else None."""
-    expression = _TRAILING_WORDS.sub("", text.strip().rstrip(".")).replace("\u00f7", "/")
+    end = len(text)
+    while end and text[end - 1] not in "0123456789)":
+        end -= 1
+    if not re.fullmatch(r"[A-Za-z\s.,']*", text[end:]):  # only words may follow ("apples")
+        return None
+    expression = text[:end].replace("\u00f7", "/")
     expression = _THOUSANDS_COMMA.sub("", _TIMES.sub("*", expression)).strip()
     if not expression or not re.fullmatch(r"[\d.\s+\-*/()]+", expression) or "**" in expression:
         return None
@@ -220,7 +231,9 @@ def clause_value(clause: str) -> float | None:
     or a box's content), or None: its first sentence, asides in parentheses dropped unless they
     hold the only number, negated numbers dropped, then ``restated_value``."""
     sentence = first_sentence(clause)
-    for text in (_ASIDE.sub(" ", sentence), sentence.replace("(", " ").replace(")", " ")):
+    if not _DIGIT.search(sentence):
+        return None
+    for text in (drop_asides(sentence), sentence.replace("(", " ").replace(")", " ")):
         value = restated_value(drop_negated(text))
         if value is not None:
             return value
@@ -258,6 +271,9 @@ class Statement:
         return clause_value(self.clause)
 
 
+# A stated answer is short: a clause is not read past this many characters (it also bounds the
+# work on degenerate completions that repeat a phrase thousands of times).
+CLAUSE_CHARS = 400
 _HASH_MARKER = re.compile(r"####")
 _ANSWER_PHRASE = re.compile(r"\banswer(?:[ \t]+(?:is|was|would be|will be|should be|must be|"
                             r"equals|comes to)\b|'s\b|[ \t]*[:=])", flags=re.IGNORECASE)
@@ -266,28 +282,40 @@ _CORRECTION = re.compile(r"(?:^|(?<=[.!?\n]))[ \t]*(?:(?:actually|wait|correctio
                          r"[ \t]", flags=re.IGNORECASE)
 
 
-def box_content(text: str, start: int) -> str:
-    """The content of the box whose ``\\boxed`` ends at ``start``: balanced braces, or the next
-    run of non-space characters for ``\\boxed 18``; "" when the braces never close."""
-    rest = text[start:].lstrip()
-    if not rest.startswith("{"):
-        token = re.match(r"\S+", rest)
+def closing_braces(text: str) -> dict[int, int]:
+    """For each ``{`` of ``text`` that is closed, the offset of its ``}`` (one pass)."""
+    closing, open_at = {}, []
+    for i, char in enumerate(text):
+        if char == "{":
+            open_at.append(i)
+        elif char == "}" and open_at:
+            closing[open_at.pop()] = i
+    return closing
+
+
+def box_content(text: str, start: int, closing: dict[int, int]) -> str:
+    """The content of the box whose ``\\boxed`` ends at ``start``: up to the matching brace
+    (``closing`` from ``closing_braces``), or the next run of non-space characters for
+    ``\\boxed 18``; "" when the brace never closes (the model was cut off inside the box)."""
+    brace = len(text[start:]) - len(text[start:].lstrip()) + start
+    if not text.startswith("{", brace):
+        token = re.match(r"\S+", text[brace:brace + CLAUSE_CHARS])
         return token.group(0) if token else ""
-    depth = 0
-    for i, char in enumerate(rest):
-        depth += {"{": 1, "}": -1}.get(char, 0)
-        if depth == 0:
-            return rest[1:i]
-    return ""  # cut off inside the box
+    return text[brace + 1:closing[brace]][:CLAUSE_CHARS] if brace in closing else ""
 
 
 def find_statements(text: str) -> list[Statement]:
-    """Every answer statement of (normalised) ``text``, ordered by where it starts."""
-    statements = [Statement("marker", m.start(), m.end(), text[m.end():])
+    """Every answer statement of (normalised) ``text``, ordered by where it starts. A clause is
+    read at most ``CLAUSE_CHARS`` characters far."""
+    def clause(m: re.Match) -> str:
+        return text[m.end():m.end() + CLAUSE_CHARS]
+
+    statements = [Statement("marker", m.start(), m.end(), clause(m))
                   for pattern in (_HASH_MARKER, _ANSWER_PHRASE) for m in pattern.finditer(text)]
-    statements += [Statement("boxed", m.start(), m.end(), box_content(text, m.end()))
+    closing = closing_braces(text) if "\\boxed" in text or "\\fbox" in text else {}
+    statements += [Statement("boxed", m.start(), m.end(), box_content(text, m.end(), closing))
                    for m in _BOX.finditer(text)]
-    statements += [Statement("correction", m.start(), m.end(), text[m.end():])
+    statements += [Statement("correction", m.start(), m.end(), clause(m))
                    for m in _CORRECTION.finditer(text)]
     return sorted(statements, key=lambda s: s.start)
 
@@ -305,20 +333,24 @@ def asks_about_numbers(text: str) -> bool:
 
 def drop_runoff(text: str) -> str:
     """``text`` up to the end of the first answer line after which the completion starts a new
-    problem (looked for up to the next ``####``): a line that opens with a header such as
-    "Question:" or "Problem 2.", or, after a ``#### N`` line, a question about numbers."""
-    for statement in find_statements(text):
-        if statement.value() is None:
-            continue
-        clause = text[statement.clause_start:]
-        answer_at = statement.clause_start + len(clause) - len(clause.lstrip(" \t\n*:"))
-        line_end = text.find("\n", answer_at)
+    problem before its next statement: a line that opens with a header such as "Question:" or
+    "Problem 2.", or, after a ``#### N`` line, a question about numbers."""
+    statements = find_statements(text)
+    starts = [statement.start for statement in statements]
+    no_new_problem = set()  # (line end, after ####) already looked at
+    for statement in statements:
+        after_hash = text.startswith("####", statement.start)
+        lead = text[statement.clause_start:statement.clause_start + CLAUSE_CHARS]
+        line_end = text.find("\n", statement.clause_start + len(lead) - len(lead.lstrip(" \t\n*:")))
         if line_end < 0:
             return text
-        rest = text[line_end:]
-        rest = rest[:rest.find("####")] if "####" in rest else rest
-        after_hash = text.startswith("####", statement.start)
-        if _QUESTION_HEADER.search(rest) or (after_hash and asks_about_numbers(rest)):
+        if (line_end, after_hash) in no_new_problem:
+            continue
+        following = bisect.bisect_right(starts, line_end)
+        rest = text[line_end:starts[following] if following < len(starts) else len(text)]
+        if not (_QUESTION_HEADER.search(rest) or (after_hash and asks_about_numbers(rest))):
+            no_new_problem.add((line_end, after_hash))
+        elif statement.value() is not None:
             return text[:line_end]
     return text
 
