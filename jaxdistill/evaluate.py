@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdistill.config import configure_logging, option, parse_args
-from jaxdistill.distill.data import Side, TeacherSampleCache, pad_sequences, same_tokenizer
+from jaxdistill.distill.data import Side, pad_sequences, same_tokenizer
 from jaxdistill.distill.objectives import LossSettings, token_kd_per_token
 from jaxdistill.tasks import parse_task_options
 from jaxdistill.generation import generate
