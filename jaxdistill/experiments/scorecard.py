@@ -216,7 +216,7 @@ def assemble_scorecard(config: ScorecardConfig, results: Mapping[str, Any], seco
 def scorecard(config: ScorecardConfig) -> dict[str, Any]:
     """Run every arm for every student and seed, evaluate them, write the table (see the module docstring).
 
-    A finished run (its ``summary.json`` exists) is reused, so an interrupted scorecard resumes. The arms
+    A finished run is reused (``runner.finished``), so an interrupted scorecard resumes. The arms
     run on ``workers`` processes (``jaxdistill.experiments.jobs``); results do not depend on how many.
     Returns the JSON dict written to ``scorecard.json``.
     """
