@@ -10,7 +10,7 @@
 - With ``original_teacher`` and ``calibrated_teachers``, each calibrated teacher is compared with the
   original: accuracy under identical decoding, mean per-token KL(calibrated || original) on the
   calibrated teacher's own samples (temperature 1), and mean response length.
-- ``--scorecard`` trains and evaluates every arm of DESIGN.md section 3 (see :func:`scorecard`).
+- ``--scorecard`` trains and evaluates every arm of docs/design.md section 3 (see :func:`scorecard`).
 
 Outputs (``output_dir``): ``results.json``, ``results.md`` and ``results.png`` (scorecard:
 ``scorecard.json``, ``scorecard.md``, ``scorecard.png`` and the student runs under ``runs/``).
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class ScorecardConfig:
-    """The arms of DESIGN.md section 3: which teachers, which students, which attacks, which seeds."""
+    """The arms of docs/design.md section 3: which teachers, which students, which attacks, which seeds."""
 
     teacher_eta0: str = option("", "HF folder of the eta = 0 (plain RFT) teacher")
     teacher_distillable: str = option("", "HF folder of the eta > 0 (distillable) teacher")
@@ -530,7 +530,7 @@ def assemble_scorecard(config: EvaluateConfig, results: Mapping[str, Any], secon
 
 
 def scorecard(config: EvaluateConfig) -> dict[str, Any]:
-    """Run every arm of DESIGN.md section 3 for every student and seed, evaluate them, write the table.
+    """Run every arm of docs/design.md section 3 for every student and seed, evaluate them, write the table.
 
     Arms: the student before distillation; SFT on gold; then for each attack in ``scorecard.attacks``,
     distillation from the original, eta = 0, distillable and undistillable teachers (those given). All

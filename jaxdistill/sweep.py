@@ -8,7 +8,7 @@
 For every eta and seed, the same base teacher is calibrated (``jaxdistill.calibrate``), every student is
 distilled from that teacher with one recipe (``jaxdistill.distill``), and all of them are evaluated with
 identical greedy decoding (``jaxdistill.evaluate.evaluate_models``). With ``include_original`` the students
-are also distilled from the uncalibrated teacher: the reference of "collapse" (DESIGN.md section 3).
+are also distilled from the uncalibrated teacher: the reference of "collapse" (docs/design.md section 3).
 No new training code lives here. A seed is one full replicate (calibration, distillation, evaluation);
 the error bars are the standard deviation over seeds.
 

@@ -1,6 +1,6 @@
 """GSM8K: grade-school word problems with a numeric answer after ``####``.
 
-Answer extraction (DESIGN.md section 3), in this order; the first rule that yields a number wins:
+Answer extraction (docs/design.md section 3), in this order; the first rule that yields a number wins:
 
 1. drop ``<think>`` blocks (``strip_thinking``);
 2. the content of the last ``\\boxed{...}`` (balanced braces; ``\\frac{a}{b}`` and ``a/b`` read as
