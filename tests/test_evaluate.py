@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from distill_world import build_world
+from helpers import build_world
 from jaxdistill.distill import DistillConfig, distill
 from jaxdistill.evaluate import (EvaluateConfig, ScorecardConfig, aggregate, compare_teachers, evaluate_models,
                                  flag_collapse, main as evaluate_main, make_task, scorecard)
