@@ -3,33 +3,20 @@ import dataclasses
 
 import numpy as np
 import pytest
-from flax import nnx
 
+from helpers import tiny_world as build_tiny_world
 from jaxdistill.calibrate import main
-from jaxdistill.models import Qwen, QwenConfig, load_model, save_model
+from jaxdistill.models import load_model
 from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.rl.loop import calibrate
 from jaxdistill.sharding import MeshConfig
-from jaxdistill.tasks.tiny_tokenizers import train_tiny_tokenizers
-from jaxdistill.tokenizer import load_tokenizer
 from jaxdistill.training import TooManyBadSteps, read_metrics
 
 
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
     """Random tiny teacher (Qwen3) and proxy (Qwen2) with the two tiny tokenizers."""
-    root = tmp_path_factory.mktemp("world")
-    toks = train_tiny_tokenizers(root / "tokenizers", n_problems=400)
-    folders = {}
-    for name, model_type in (("teacher", "qwen3"), ("proxy", "qwen2")):
-        tok = load_tokenizer(toks[name])
-        config = QwenConfig(model_type=model_type, vocab_size=tok.vocab_size, hidden_size=32,
-                            intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                            num_key_value_heads=2, head_dim=8, qk_norm=model_type == "qwen3",
-                            qkv_bias=model_type == "qwen2", tie_word_embeddings=True,
-                            max_position_embeddings=512, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-        folders[name] = save_model(Qwen(config, rngs=nnx.Rngs(1)), root / name, tokenizer_dir=toks[name])
-    return folders
+    return build_tiny_world(tmp_path_factory.mktemp("world"))
 
 
 def _config(world, out, **overrides):

@@ -3,13 +3,11 @@ import json
 import re
 
 import pytest
-from flax import nnx
 
-from jaxdistill.models import Qwen, QwenConfig, save_model
+from helpers import tiny_qwen_folder
 from jaxdistill.experiments.knob import ORIGINAL, SWEEP_ETAS, eta_label, knob_markdown, knob_table, plot_knob
 from jaxdistill.experiments.sweep import SweepConfig, main, quick_config, sweep
 from jaxdistill.tasks.tiny_tokenizers import train_tiny_tokenizers
-from jaxdistill.tokenizer import load_tokenizer
 
 
 def test_knob_table_means_stds_and_collapse(tmp_path):
@@ -51,12 +49,7 @@ def sweep_world(tmp_path_factory):
     folders = {}
     for name, tok_name, model_type, seed in (("teacher", "teacher", "qwen3", 1), ("proxy", "proxy", "qwen2", 2),
                                              ("student", "proxy", "qwen2", 3)):
-        tok = load_tokenizer(toks[tok_name])
-        config = QwenConfig(model_type=model_type, vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                            num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                            qk_norm=model_type == "qwen3", qkv_bias=model_type == "qwen2", tie_word_embeddings=True,
-                            max_position_embeddings=512, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-        folders[name] = save_model(Qwen(config, rngs=nnx.Rngs(seed)), root / name, tokenizer_dir=toks[tok_name])
+        folders[name] = tiny_qwen_folder(root / name, toks[tok_name], model_type=model_type, seed=seed)
     return folders
 
 

@@ -1,4 +1,4 @@
-"""The distillation scorecard (DESIGN.md section 3): every student distilled from every teacher, evaluated.
+"""The distillation scorecard (docs/design.md section 3): every student distilled from every teacher, evaluated.
 
     python -m jaxdistill.experiments.scorecard original_teacher=T \\
         teachers=[eta0=T0,distillable=Tplus,undistillable=Tminus] students=[proxy_like=S1,other=S2] \\

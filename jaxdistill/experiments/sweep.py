@@ -10,7 +10,7 @@ with one recipe, and all of them are evaluated with identical greedy decoding
 (``jaxdistill.evaluate.evaluate_models``): one job graph (``jaxdistill.experiments.jobs``) of the one
 runner's calibrations and distillations (``jaxdistill.experiments.runner``) on ``workers`` processes.
 With ``include_original`` the students are also distilled from the uncalibrated teacher: the reference of
-"collapse" (DESIGN.md section 3). No new training code lives here. A seed is one full replicate
+"collapse" (docs/design.md section 3). No new training code lives here. A seed is one full replicate
 (calibration, distillation, evaluation); the error bars are the standard deviation over seeds.
 
 Outputs in ``output_dir``: ``knob.png`` (accuracy against eta), ``knob.md`` and ``knob.json`` (the table),

@@ -83,7 +83,7 @@ QUICK = Profile(teacher_sft_steps=4, proxy_sft_steps=2, student_warmup_steps=2, 
 STEP_SECONDS = {"teacher": 0.33, "proxy": 0.15, "student_other": 0.2,
                 "student": 0.15, "calibrate": 1.5}
 
-# Architectures (DESIGN.md §6): a tiny Qwen3 teacher, a tinier Qwen2 proxy, and two students: the proxy
+# Architectures (docs/design.md §4): a tiny Qwen3 teacher, a tinier Qwen2 proxy, and two students: the proxy
 # itself (proxy_like), and one that differs from the proxy in family and tokenizer (Qwen3 with the
 # teacher's tokenizer) at the proxy's size. Sizes are set by the time budget on two CPU cores: a
 # teacher SFT step costs ~0.3 s at batch 32, a proxy-sized one ~0.12 s.
