@@ -36,8 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill.distill.losses import kl_divergence
-from jaxdistill.rl.losses import token_entropy
+from jaxdistill.token_maths import kl_divergence, token_entropy
 
 Array = jnp.ndarray
 
@@ -48,7 +47,7 @@ Array = jnp.ndarray
 def kl_terms(log_p: Array, log_q: Array) -> Array:
     """Per-vocabulary-entry terms of ``KL(p || q)``: ``p(v) (log p(v) - log q(v))``.
 
-    Their sum over the last axis is :func:`jaxdistill.distill.losses.kl_divergence`. A single term can
+    Their sum over the last axis is :func:`jaxdistill.token_maths.kl_divergence`. A single term can
     be negative (where ``q(v) > p(v)``); terms with ``p(v) = 0`` are 0.
 
     Args:

@@ -39,8 +39,8 @@ from jaxdistill.tasks import parse_task_options
 from jaxdistill.generation import generate
 from jaxdistill.jobs import JOB_OVERHEAD_SECONDS, Job, default_workers, run_jobs
 from jaxdistill.models import Qwen, load_model
-from jaxdistill.rl.losses import masked_mean
 from jaxdistill.tasks import Example, Task, get_task, list_tasks, summarize
+from jaxdistill.token_maths import masked_mean
 from jaxdistill.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
