@@ -38,7 +38,7 @@ import numpy as np
 
 from jaxdistill.align import align_retokenized, span_logprobs
 from jaxdistill.config import configure_logging, option, parse_args, to_dict
-from jaxdistill.diagnose import metrics as dx
+import jaxdistill.diagnose.metrics as dx
 from jaxdistill.diagnose.metrics import likelihood_report, token_level_report
 from jaxdistill.diagnose.report import json_safe, summary_numbers, write_report
 from jaxdistill.generation.batched import Samples, even_batches, logprobs_batched, right_pad, sample_batched
