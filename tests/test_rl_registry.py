@@ -37,3 +37,13 @@ def test_unknown_names_and_double_registration_are_clear_errors():
         registry.register("mine")(lambda *a, **k: None)
     registry.unregister("mine")
     assert registry.names() == []
+
+
+def test_the_config_field_selects_a_registered_function(tmp_path):
+    from jaxdistill.rl.config import CalibrateConfig, check_config
+
+    config = CalibrateConfig(teacher="t", proxy="p", output_dir=str(tmp_path))
+    assert config.advantage == "knob"
+    check_config(config)
+    with pytest.raises(ValueError, match="advantage='grpo' is not a registered"):
+        check_config(CalibrateConfig(teacher="t", proxy="p", output_dir=str(tmp_path), advantage="grpo"))

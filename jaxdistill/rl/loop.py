@@ -21,11 +21,12 @@ from jaxdistill.generation import SamplingParams, generate
 from jaxdistill.generation.batched import sample_batched, verify
 from jaxdistill.generation.tokenized_model import TokenizedModel
 from jaxdistill.models import LoraConfig, save_lora, save_model
-from jaxdistill.rl.advantages import combined_advantages, zero_variance_group_fraction
+from jaxdistill.rl.advantages import zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
 from jaxdistill.rl.config import CalibrateConfig, check_config
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.proxy import ProxyLearner
+from jaxdistill.rl.registry import ADVANTAGE_FUNCTIONS
 from jaxdistill.rl.rewards import CalibrationScorer, score_completions, describe_verdicts, plain_scoring, task_rewards
 from jaxdistill.tasks import get_task, parse_task_options
 from jaxdistill.tasks.pipeline import make_pipeline, prompt_text
@@ -127,8 +128,9 @@ class CalibrationRun:
         r_cal, cal_metrics, proxy_batch = self.scorer(texts_in, completions, teacher_lp, ref_plain)
         if self.proxy_learner is not None:  # after scoring: the reward measured the proxy before this batch
             cal_metrics["proxy/loss"] = self.proxy_learner.step(*proxy_batch)
-        advantages = combined_advantages(jnp.asarray(r_task), jnp.asarray(r_cal), g, eta=c.eta,
-                                         scale_rewards=c.scale_rewards, calibration_scope=c.calibration_scope)
+        advantages = ADVANTAGE_FUNCTIONS.get(c.advantage)(
+            jnp.asarray(r_task), jnp.asarray(r_cal), g, eta=c.eta, scale_rewards=c.scale_rewards,
+            calibration_scope=c.calibration_scope, seed=self.rollout_seed(step))
         rollouts = rollouts.replace(advantages=advantages, ref_logp=ref_logp)
         update = self.learner.update(rollouts)
 
