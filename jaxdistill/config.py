@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import difflib
 import logging
+import os
 import types
 import typing
 from pathlib import Path
@@ -22,9 +23,12 @@ import yaml
 
 
 def configure_logging() -> None:
-    """The command lines' logging: INFO with timestamps; absl (orbax) and jax at WARNING, since orbax logs
-    every checkpoint file it writes at INFO and jax every backend it could not start (libtpu on a GPU or
-    CPU machine), as plain JAX shows neither."""
+    """The command lines' and job workers' logging: INFO with timestamps; absl (orbax) and jax at WARNING,
+    since orbax logs every checkpoint file it writes at INFO and jax every backend it could not start
+    (libtpu on a GPU or CPU machine), as plain JAX shows neither; and no transformers advisory notices
+    (its "PyTorch was not found" reads like an error, but only its tokenizers are used here). The
+    transformers switch is an environment variable read when it logs, so spawned workers inherit it."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     for name in ("absl", "jax"):
         logging.getLogger(name).setLevel(logging.WARNING)

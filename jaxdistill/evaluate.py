@@ -5,7 +5,7 @@
 - Models are HF folders or run folders (whose final model is in ``<run>/model``); entries that share a
   label are seeds of one arm and are reported as mean +- std.
 - Decoding is greedy (``temperature=0``) or sampled with ``samples_per_prompt=k`` (accuracy = avg@k).
-  Generation is batched through ``jaxdistill.generation.generate``; the unparseable-answer rate is
+  Generation is batched through ``jaxdistill.generation.batched``; the unparseable-answer rate is
   reported apart from accuracy.
 - With ``original_teacher`` and ``calibrated_teachers``, each calibrated teacher is compared with the
   original: accuracy under identical decoding, mean per-token KL(calibrated || original) on the
@@ -30,14 +30,16 @@ import numpy as np
 from flax import nnx
 
 from jaxdistill.config import configure_logging, option, parse_args
-from jaxdistill.distill.data import Side, pad_sequences, same_tokenizer
+from jaxdistill.distill.data import pad_sequences, same_tokenizer
 from jaxdistill.distill.objectives import LossSettings, token_kd_per_token
 from jaxdistill.tasks import parse_task_options
-from jaxdistill.generation import generate
+from jaxdistill.generation import batched
+from jaxdistill.generation.batched import sample_batched
+from jaxdistill.generation.tokenized_model import TokenizedModel
 from jaxdistill.models import Qwen, load_model
-from jaxdistill.rl.losses import masked_mean
-from jaxdistill.tasks import Example, Task, get_task, list_tasks, summarize
-from jaxdistill.tokenizer import load_tokenizer
+from jaxdistill.tasks import Example, Task, get_task, list_tasks
+from jaxdistill.token_maths import masked_mean
+from jaxdistill.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -124,51 +126,11 @@ def _model_and_tokenizer(path: str | Path, dtype: str) -> tuple[Qwen, Any]:
 
 # ---- scoring one model ----------------------------------------------------------------------------
 
-def sample_in_batches(model: Qwen, side: Side, prompts: Sequence[Sequence[int]], *, batch_size: int,
-                      num_generations: int = 1, **sampling) -> tuple[list[list[int]], list[bool]]:
-    """Completions (EOS dropped) and whether each ended on EOS, prompt-major (k per prompt).
-
-    The prompts are split evenly into ceil(n / batch_size) calls of one size (the last padded with
-    copies of its last prompt), so one program is compiled and little is padded (100 prompts at
-    ``batch_size=64``: two calls of 50, not 64 + 64).
-    """
-    completions, finished = [], []
-    if not prompts:
-        return completions, finished
-    calls = -(-len(prompts) // batch_size)
-    size = -(-len(prompts) // calls)
-    for start in range(0, len(prompts), size):
-        chunk = list(prompts[start:start + size])
-        real = len(chunk)
-        chunk += [chunk[-1]] * (size - real)
-        out = generate(model, chunk, eos_ids=[side.eos_id], pad_id=side.pad_id, vocab_limit=side.vocab_size,
-                       num_generations=num_generations, **sampling)
-        done = np.asarray(out.finished_eos)[:real * num_generations]
-        rows = out.completions()[:real * num_generations]
-        completions += [c[:-1] if d else c for c, d in zip(rows, done)]
-        finished += [bool(d) for d in done]
-    return completions, finished
-
-
-def score_model(model: Qwen, tokenizer, task: Task, examples: Sequence[Example], *, max_new_tokens: int = 256,
-                temperature: float = 0.0, samples_per_prompt: int = 1, top_p: float = 1.0, seed: int = 0,
-                batch_size: int = 64, chat: bool = False, keep_completions: bool = False) -> dict[str, Any]:
-    """Accuracy (avg@k when sampling), unparseable rate, mean response length (tokens) and EOS rate."""
-    side = Side.of(tokenizer, chat)
-    k = samples_per_prompt if temperature > 0 else 1
-    prompts = [side.prompt(task, e) for e in examples]
-    ids, finished = sample_in_batches(model, side, prompts, batch_size=batch_size, num_generations=k,
-                                      max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                      seed=seed)
-    texts = [side.text(c) for c in ids]
-    verdicts = [task.verify(text, examples[i // k]) for i, text in enumerate(texts)]
-    summary = summarize(verdicts)
-    result = {"accuracy": summary["accuracy"], "unparseable_rate": summary["unparseable_rate"],
-              "mean_length": float(np.mean([len(c) + f for c, f in zip(ids, finished)])),
-              "finished_rate": float(np.mean(finished)), "n": len(examples), "samples_per_prompt": k}
-    if keep_completions:
-        result["completions"] = texts
-    return result
+def score_model(model: Qwen, tokenizer: Tokenizer, task: Task, examples: Sequence[Example], *, chat: bool = False,
+                **decoding) -> dict[str, Any]:
+    """``jaxdistill.generation.batched.score_model`` of ``model`` read through ``tokenizer`` (``chat``: prompts
+    rendered with its chat template, completions end on ``<|im_end|>``)."""
+    return batched.score_model(TokenizedModel.of(tokenizer, chat, model), task, examples, **decoding)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -295,18 +257,19 @@ def _token_kl(state_a, state_b, seqs, graphdef_a, graphdef_b, settings):
     return masked_mean(per_token, seqs.mask), seqs.mask.sum()
 
 
-def mean_token_kl(model: Qwen, reference: Qwen, side: Side, prompts: Sequence[Sequence[int]],
+def mean_token_kl(lm: TokenizedModel, reference: Qwen, prompts: Sequence[Sequence[int]],
                   completions: Sequence[Sequence[int]], *, batch_size: int = 64) -> float:
-    """Mean over completion tokens of ``KL(p_model(.|ctx) || p_reference(.|ctx))`` (both share ``side``)."""
-    settings = LossSettings(kind="token_kd", divergence="reverse_kl", student_vocab_size=side.vocab_size,
-                            teacher_vocab_size=side.vocab_size)
-    graphdef_a, state_a = nnx.split(model)
+    """Mean over completion tokens of ``KL(p_model(.|ctx) || p_reference(.|ctx))``, ``reference`` reading
+    through ``lm``'s tokenizer."""
+    settings = LossSettings(kind="token_kd", divergence="reverse_kl", student_vocab_size=lm.vocab_size,
+                            teacher_vocab_size=lm.vocab_size)
+    graphdef_a, state_a = nnx.split(lm.model)
     graphdef_b, state_b = nnx.split(reference)
     width = max(max(map(len, completions)), 1)
     total, count = 0.0, 0
     for start in range(0, len(prompts), batch_size):
         seqs = pad_sequences(prompts[start:start + batch_size], completions[start:start + batch_size],
-                             side.pad_id, width=width)
+                             lm.pad_id, width=width)
         kl, n = _token_kl(state_a, state_b, seqs, graphdef_a, graphdef_b, settings)
         total, count = total + float(kl) * float(n), count + float(n)
     return total / max(count, 1.0)
@@ -322,18 +285,17 @@ def compare_teachers(original: str | Path, calibrated: Mapping[str, str | Path],
                     top_p=top_p, seed=seed, batch_size=batch_size, chat=chat)
     base, base_tokenizer = _model_and_tokenizer(original, dtype)
     out = {"original": {"path": str(original), **score_model(base, base_tokenizer, task, examples, **decoding)}}
-    side = Side.of(base_tokenizer, chat)
-    prompts = [side.prompt(task, e) for e in examples]
+    prompts = [TokenizedModel.of(base_tokenizer, chat).prompt(task, e) for e in examples]
     for label, path in calibrated.items():
         model, tokenizer = _model_and_tokenizer(path, dtype)
         if not same_tokenizer(tokenizer, base_tokenizer):
             raise ValueError(f"calibrated teacher {label} ({path}) has another tokenizer than the original "
                              f"teacher ({original}); a KL between them needs one vocabulary")
         entry = {"path": str(path), **score_model(model, tokenizer, task, examples, **decoding)}
-        samples, finished = sample_in_batches(model, side, prompts, batch_size=batch_size,
-                                              max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
-        samples = [c + [side.eos_id] if f else c for c, f in zip(samples, finished)]
-        entry["kl_to_original"] = mean_token_kl(model, base, side, prompts, samples, batch_size=batch_size)
+        lm = TokenizedModel.of(tokenizer, chat, model)
+        samples = sample_batched(lm, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 temperature=1.0, seed=seed)
+        entry["kl_to_original"] = mean_token_kl(lm, base, prompts, samples.ids, batch_size=batch_size)
         entry["accuracy_change"] = entry["accuracy"] - out["original"]["accuracy"]
         out[label] = entry
     return out

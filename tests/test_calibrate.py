@@ -97,20 +97,28 @@ def test_eight_devices_match_one_device_on_the_first_step(tiny_world, tmp_path):
         assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
 
 
-def test_nan_steps_are_skipped_then_stop_with_checkpoint_intact(tiny_world, tmp_path, monkeypatch):
+@pytest.fixture
+def nan_after_first_step():
+    """An advantage function, registered for one test, that turns NaN after its first call."""
     import jax.numpy as jnp
 
-    from jaxdistill.rl import loop
+    from jaxdistill.rl.registry import ADVANTAGE_FUNCTIONS
 
-    real = loop.combined_advantages
+    knob, calls = ADVANTAGE_FUNCTIONS.get("knob"), []
 
-    def poisoned(r_task, r_cal, g, **kw):
-        out = real(r_task, r_cal, g, **kw)
-        return jnp.full_like(out, jnp.nan) if poisoned.calls.append(1) or len(poisoned.calls) > 1 else out
+    @ADVANTAGE_FUNCTIONS.register("nan_after_first_step")
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        out = knob(*args, **kwargs)
+        return out if len(calls) == 1 else jnp.full_like(out, jnp.nan)
 
-    poisoned.calls = []
-    monkeypatch.setattr(loop, "combined_advantages", poisoned)
-    config = _config(tiny_world, tmp_path / "nan", max_steps=6, save_every=1, max_bad_steps=2)
+    yield "nan_after_first_step"
+    ADVANTAGE_FUNCTIONS.unregister("nan_after_first_step")
+
+
+def test_nan_steps_are_skipped_then_stop_with_checkpoint_intact(tiny_world, tmp_path, nan_after_first_step):
+    config = _config(tiny_world, tmp_path / "nan", max_steps=6, save_every=1, max_bad_steps=2,
+                     advantage=nan_after_first_step)
     with pytest.raises(TooManyBadSteps, match="last good checkpoint"):
         calibrate(config)
     records = read_metrics(tmp_path / "nan")

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdistill import diagnostics as dx
+from jaxdistill.diagnose import metrics as dx
 from jaxdistill.distill.losses import forward_kl, reverse_kl
 
 P_TEACHER = np.array([0.5, 0.3, 0.15, 0.05])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxdistill.distill import losses as kd
-from jaxdistill.rl.losses import token_logprobs
+from jaxdistill.token_maths import token_logprobs
 
 RNG = np.random.default_rng(7)
 B, T, V = 2, 3, 6
@@ -48,14 +48,6 @@ def test_forward_and_reverse_kl_closed_form():
     np.testing.assert_allclose(kd.reverse_kl(ls, lt), np_kl(p_s, p_t), rtol=1e-5, atol=1e-6)
     assert not np.allclose(np_kl(p_t, p_s), np_kl(p_s, p_t), rtol=1e-2)  # directions differ
     np.testing.assert_allclose(kd.forward_kl(ls, ls), 0.0, atol=1e-6)
-
-
-def test_kl_with_zero_probabilities_is_finite_in_value_and_gradient():
-    lp = jnp.array([0.0, -jnp.inf, -jnp.inf])  # a point mass
-    lq = jnp.log(jnp.array([0.5, 0.5, 0.0]))
-    assert float(kd.kl_divergence(lp, lq)) == pytest.approx(np.log(2), rel=1e-6)
-    g = jax.grad(lambda q: kd.kl_divergence(lp, q))(lq)
-    assert np.isfinite(g).all()
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
@@ -204,11 +196,6 @@ def test_sft_loss_masked_nll():
 
 
 # ----------------------------------------------------------------------------- span-level KD
-
-
-def test_log1mexp_accuracy():
-    x = np.array([-1e-6, -1e-3, -0.5, -0.7, -2.0, -30.0, -np.inf])
-    np.testing.assert_allclose(kd.log1mexp(jnp.asarray(x, jnp.float32)), np.log1p(-np.exp(x)), rtol=1e-5)
 
 
 def test_binarised_forward_kl_closed_form():

@@ -1,4 +1,4 @@
-"""Unit tests of the GRPO maths: advantages, log-probs, KL estimators, surrogate, aggregation.
+"""Unit tests of the GRPO maths: advantages, KL estimators, surrogate, aggregation.
 
 Everything runs eagerly on tiny arrays with a handful of fixed shapes, so the suite stays fast.
 """
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from jaxdistill.rl import advantages as adv
 from jaxdistill.rl import losses as rl
+from jaxdistill.token_maths import masked_mean
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -197,44 +198,6 @@ def test_group_advantages_are_centred(values, valid):
         assert np.all(a[g][~m] == 0)
 
 
-# ----------------------------------------------------------------------------- log-probs, entropy
-
-LOGITS = np.random.default_rng(0).normal(size=(2, 3, 5)).astype(np.float32) * 3
-TOKENS = np.array([[0, 4, 2], [1, 1, 3]])
-
-
-def np_log_softmax(z):
-    z = np.asarray(z, np.float64)
-    z = z - z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_token_logprobs(temperature):
-    out = rl.token_logprobs(jnp.asarray(LOGITS), jnp.asarray(TOKENS), temperature)
-    expected = np.take_along_axis(np_log_softmax(LOGITS / temperature), TOKENS[..., None], -1)[..., 0]
-    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_token_logprobs_stable_for_huge_logits_and_bf16():
-    logits = jnp.array([[[1e4, 0.0, -1e4]]])
-    out = rl.token_logprobs(logits, jnp.array([[0]]))
-    assert np.isfinite(out).all() and float(out[0, 0]) == pytest.approx(0.0, abs=1e-6)
-    out_bf16 = rl.token_logprobs(jnp.asarray(LOGITS, jnp.bfloat16), jnp.asarray(TOKENS))
-    assert out_bf16.dtype == jnp.float32
-
-
-def test_token_entropy():
-    ent = rl.token_entropy(jnp.asarray(LOGITS))
-    lp = np_log_softmax(LOGITS)
-    np.testing.assert_allclose(ent, -(np.exp(lp) * lp).sum(-1), rtol=1e-5)
-    # uniform = log V; a -inf logit contributes 0 and keeps the gradient finite
-    np.testing.assert_allclose(rl.token_entropy(jnp.zeros((1, 4))), np.log(4), rtol=1e-6)
-    z = jnp.array([[0.3, -jnp.inf, 1.0]])
-    np.testing.assert_allclose(rl.token_entropy(z), rl.token_entropy(jnp.array([[0.3, 1.0]])))
-    assert np.isfinite(jax.grad(lambda x: rl.token_entropy(x).sum())(z)).all()
-
-
 # ----------------------------------------------------------------------------- KL estimators
 
 PI = np.array([0.7, 0.15, 0.1, 0.04, 0.01])
@@ -349,7 +312,7 @@ def test_aggregation_ignores_nan_in_padding():
         assert rl.aggregate_token_losses(poisoned, MASK, loss_type) == rl.aggregate_token_losses(
             PER_TOKEN, MASK, loss_type
         )
-    assert float(rl.masked_mean(poisoned, MASK)) == pytest.approx(2.5)
+    assert float(masked_mean(poisoned, MASK)) == pytest.approx(2.5)
 
 
 # ----------------------------------------------------------------------------- grpo_loss

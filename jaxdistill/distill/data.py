@@ -25,37 +25,18 @@ import numpy as np
 from jaxdistill.align import align_retokenized
 from jaxdistill.distill.objectives import DistillBatch, Sequences
 from jaxdistill.generation.sampler import bucket_length, generate
+from jaxdistill.generation.tokenized_model import TokenizedModel
 from jaxdistill.models.qwen import Qwen
 from jaxdistill.tasks.base import Example, Task
-from jaxdistill.tasks.pipeline import prompt_text, resolve_special_ids
 from jaxdistill.tokenizer import Tokenizer
 
 
 # ---- tokenizers --------------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class Side:
-    """How one model sees text: its tokenizer, pad id, the id that ends a completion, prompt rendering."""
-
-    tokenizer: Tokenizer
-    pad_id: int
-    eos_id: int  # appended to gold / re-tokenized completions; the stop id when this model samples
-    chat: bool = False  # prompts rendered with the tokenizer's chat template (eos = <|im_end|> then)
-
-    @classmethod
-    def of(cls, tokenizer: Tokenizer, chat: bool = False) -> "Side":
-        pad_id, eos_id = resolve_special_ids(tokenizer.hf, None, None, chat)
-        return cls(tokenizer, pad_id, eos_id, chat)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    def prompt(self, task: Task, example: Example) -> list[int]:
-        return self.tokenizer.encode(prompt_text(task, example, self.tokenizer.hf, self.chat))
-
-    def text(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+# How one side (student or teacher) reads and writes text: its tokenizer, pad id, the id that ends a
+# completion (appended to gold and re-tokenized completions; the stop id when it samples) and prompt
+# rendering. ``Side.of(tokenizer, chat)``; the model is held apart (``model`` stays None).
+Side = TokenizedModel
 
 
 def same_tokenizer(a: Tokenizer, b: Tokenizer) -> bool:

@@ -28,7 +28,7 @@ from typing import Literal, Optional
 import jax
 import jax.numpy as jnp
 
-from jaxdistill.rl.losses import masked_mean, token_logprobs
+from jaxdistill.token_maths import bernoulli_log_probs, kl_divergence, masked_mean, token_logprobs
 
 Array = jnp.ndarray
 Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
@@ -36,10 +36,6 @@ SpanDivergence = Literal["forward_kl", "reverse_kl", "jsd", "abs_logprob_gap"]
 
 _DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 _SPAN_DIVERGENCES = _DIVERGENCES + ("abs_logprob_gap",)
-
-# Largest log-probability allowed when a chosen-token or span probability is binarised, so that
-# log(1 - p) stays finite (p <= 1 - 1e-6).
-MAX_BINARY_LOGPROB = -1e-6
 
 
 # ----------------------------------------------------------------------------- logits -> log-probs
@@ -130,25 +126,7 @@ def kd_log_probs(
 
 
 # ----------------------------------------------------------------------------- divergences
-
-
-def kl_divergence(log_p: Array, log_q: Array) -> Array:
-    """``KL(p || q) = sum_v p(v) (log p(v) - log q(v))`` over the last axis.
-
-    Terms with ``p(v) = 0`` are 0 (in value and gradient), even where ``q(v) = 0`` too.
-
-    Args:
-      log_p: ``[..., V]`` log-probabilities.
-      log_q: ``[..., V]`` log-probabilities.
-
-    Returns:
-      ``[...]``, >= 0.
-    """
-    p = jnp.exp(log_p)
-    support = p > 0
-    safe_log_p = jnp.where(support, log_p, 0.0)
-    safe_log_q = jnp.where(support, log_q, 0.0)
-    return jnp.sum(p * (safe_log_p - safe_log_q), axis=-1)
+# ``kl_divergence(log_p, log_q) = KL(p || q)`` itself is in ``jaxdistill.token_maths``.
 
 
 def forward_kl(student_logprobs: Array, teacher_logprobs: Array) -> Array:
@@ -345,28 +323,9 @@ def sft_loss(
 # distributions. With identical tokenizers every span is one token and log p(s) is the chosen-token
 # log-prob, so the span loss equals :func:`chosen_token_kd_loss`, the same-tokenizer loss of the same
 # kind on chosen tokens (tested). "abs_logprob_gap" = |log p_S(s) - log p_T(s)| is also offered: it is
-# the span gap the calibration reward uses.
-
-
-def log1mexp(x: Array) -> Array:
-    """``log(1 - exp(x))`` for ``x <= 0``, stable at both ends (Maechler 2012)."""
-    return jnp.where(x > -0.6931472, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
-
-
-def bernoulli_log_probs(logp: Array, max_logprob: float = MAX_BINARY_LOGPROB) -> Array:
-    """Binarises a likelihood: ``log p -> [log p, log(1 - p)]``.
-
-    ``log p`` is first clipped to ``max_logprob`` (< 0) so ``log(1 - p)`` stays finite.
-
-    Args:
-      logp: ``[...]`` log-probabilities (<= 0).
-      max_logprob: upper clip.
-
-    Returns:
-      ``[..., 2]`` log-probabilities of a 2-outcome distribution.
-    """
-    logp = jnp.minimum(jnp.asarray(logp, jnp.float32), max_logprob)
-    return jnp.stack([logp, log1mexp(logp)], axis=-1)
+# the span gap the calibration reward uses. Binarising (``jaxdistill.token_maths.bernoulli_log_probs``)
+# clips log p to [-1e9, -1e-6] so that log(1 - p) stays finite; the closed-form forward KL of two
+# Bernoullis is ``jaxdistill.token_maths.binary_kl`` (equal to the forward_kl here to rounding).
 
 
 def binarised_divergence(

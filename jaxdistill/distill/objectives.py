@@ -31,7 +31,7 @@ from jaxdistill.align import span_logprobs
 from jaxdistill.distill import losses
 from jaxdistill.generation.scoring import completion_hidden, map_completion_chunks
 from jaxdistill.models.qwen import Qwen
-from jaxdistill.rl.losses import masked_mean, token_logprobs
+from jaxdistill.token_maths import masked_mean, token_logprobs
 
 LOSS_KINDS = ("nll", "token_kd", "span_kd")
 

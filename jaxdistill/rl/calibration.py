@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill.align import SpanAlignment, span_logprobs, span_mask
+from jaxdistill.token_maths import LOGPROB_FLOOR, binary_kl
 
 __all__ = [
     "LOGPROB_FLOOR",
@@ -49,30 +50,19 @@ __all__ = [
     "calibration_metrics",
 ]
 
-LOGPROB_FLOOR = -1e9
-_ALM_CEILING = -1e-6  # log-probs (after /tau) are kept below 0 so that log(1 - p) stays finite
-
 
 def smooth_abs(x: jax.Array, delta: float = 1e-3) -> jax.Array:
     """sqrt(x^2 + delta^2) - delta (elementwise): |x| smoothed at 0 (value 0, gradient 0 there)."""
     return jnp.sqrt(jnp.square(x) + delta**2) - delta
 
 
-def _log1m_exp(log_p: jax.Array) -> jax.Array:
-    """log(1 - exp(log_p)) for log_p < 0, accurate near 0 and near -inf (both branches finite)."""
-    return jnp.where(log_p > -0.6931472, jnp.log(-jnp.expm1(log_p)), jnp.log1p(-jnp.exp(log_p)))
-
-
 def binary_kl_from_logprobs(log_p: jax.Array, log_q: jax.Array, tau: float = 1.0) -> jax.Array:
     """KL(Bern(p^(1/tau)) || Bern(q^(1/tau))) from log p and log q (elementwise, nats, >= 0).
 
     = BCE(p', q') - H(p') with p' = p^(1/tau), q' = q^(1/tau); 0 with zero gradient when p = q.
+    ``log p / tau`` is clipped to [LOGPROB_FLOOR, -1e-6] (``jaxdistill.token_maths.binary_kl``).
     """
-    lp = jnp.clip(log_p / tau, LOGPROB_FLOOR, _ALM_CEILING)
-    lq = jnp.clip(log_q / tau, LOGPROB_FLOOR, _ALM_CEILING)
-    p = jnp.exp(lp)
-    kl = p * (lp - lq) + (1.0 - p) * (_log1m_exp(lp) - _log1m_exp(lq))
-    return jnp.maximum(kl, 0.0)  # rounding can leave -1e-9 where the two sides are equal
+    return binary_kl(log_p / tau, log_q / tau)
 
 
 def span_gaps(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from jaxdistill.config import option
 from jaxdistill.distributed import DistributedConfig
+from jaxdistill.rl.registry import ADVANTAGE_FUNCTIONS
 from jaxdistill.sharding import MeshConfig
 from jaxdistill.training import holds_checkpoints
 
@@ -46,6 +47,9 @@ class CalibrateConfig:
     calibration_subtract_reference: bool = option(False, "sequence mode: minus the reference teacher's "
                                                          "log-prob per byte")
     calibration_tau: float = option(1.0, "alm mode: temperature of the span probabilities")
+    advantage: str = option("knob", "advantage function (jaxdistill.rl.registry): knob = groupnorm(r_task) + eta "
+                                    "groupnorm(r_cal); permuted_task_reward = the same after shuffling the task "
+                                    "rewards across the batch (a placebo control)")
     proxy_learning_rate: float = option(0.0, "0: the frozen proxy of the method; > 0: the proxy also learns "
                                              "(one AdamW step at this rate on every batch of rollouts, after "
                                              "scoring it), so r_cal measures what a student that has been "
@@ -107,6 +111,7 @@ def check_config(config: CalibrateConfig) -> None:
     for name in ("max_steps", "eval_every", "save_every"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
+    ADVANTAGE_FUNCTIONS.get(config.advantage)  # an unknown name: an error listing the registered ones
     checkpoints = Path(config.output_dir) / "checkpoints"
     if not config.resume and holds_checkpoints(checkpoints):
         raise FileExistsError(f"{config.output_dir} already holds checkpoints of a calibration: set resume=true to "

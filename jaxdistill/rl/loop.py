@@ -18,15 +18,19 @@ import numpy as np
 from jaxdistill.config import to_dict
 from jaxdistill.distributed import initialize_from_config, to_host
 from jaxdistill.generation import SamplingParams, generate
+from jaxdistill.generation.batched import sample_batched, verify
+from jaxdistill.generation.tokenized_model import TokenizedModel
 from jaxdistill.models import LoraConfig, save_lora, save_model
-from jaxdistill.rl.advantages import combined_advantages, zero_variance_group_fraction
+from jaxdistill.rl.advantages import zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
 from jaxdistill.rl.config import CalibrateConfig, check_config
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.proxy import ProxyLearner
+from jaxdistill.rl.registry import ADVANTAGE_FUNCTIONS
 from jaxdistill.rl.rewards import CalibrationScorer, score_completions, describe_verdicts, plain_scoring, task_rewards
 from jaxdistill.tasks import get_task, parse_task_options
 from jaxdistill.tasks.pipeline import make_pipeline, prompt_text
+from jaxdistill.token_maths import padding_id
 from jaxdistill.training import (Checkpointer, MetricsLogger, StepTimer, TooManyBadSteps, bad_step_counts,
                                  cached_optimizer)
 
@@ -38,20 +42,14 @@ ROLLOUT_WARN_FRACTION = 0.9  # warn when this many groups carry no learning sign
 def greedy_accuracy(model, tokenizer, task, examples, *, max_new_tokens: int, chat: bool, mesh=None,
                     batch_size: int = 64, lora: bool = True) -> dict[str, float]:
     """Greedy held-out accuracy (and mean completion length) of ``model`` on ``examples``."""
-    rewards, lengths, unparseable = [], [], []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        prompts = [tokenizer.encode(prompt_text(task, ex, tokenizer.hf, chat)) for ex in chunk]
-        out = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=0.0, eos_ids=[tokenizer.eos_id],
-                       pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id,
-                       vocab_limit=tokenizer.vocab_size, mesh=mesh, lora=lora)
-        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in out.completions()]
-        verdicts = task_rewards(task, texts, chunk)
-        rewards += [v.reward for v in verdicts]
-        unparseable += [v.status == "unparseable" for v in verdicts]
-        lengths += to_host(out.lengths).tolist()
-    return {"accuracy": float(np.mean(rewards)), "unparseable": float(np.mean(unparseable)),
-            "mean_length": float(np.mean(lengths))}
+    # stops where the rollouts stop (the tokenizer's eos, also in chat mode)
+    lm = TokenizedModel(tokenizer, padding_id(tokenizer), tokenizer.eos_id, chat, model)
+    samples = sample_batched(lm, [lm.prompt(task, ex) for ex in examples], batch_size=batch_size,
+                             max_new_tokens=max_new_tokens, temperature=0.0, mesh=mesh, lora=lora)
+    verdicts = verify(lm, task, examples, samples)
+    return {"accuracy": float(np.mean([v.reward for v in verdicts])),
+            "unparseable": float(np.mean([v.status == "unparseable" for v in verdicts])),
+            "mean_length": float(np.mean(samples.lengths))}
 
 
 class CalibrationRun:
@@ -67,7 +65,7 @@ class CalibrationRun:
         self.task = get_task(c.task, **parse_task_options(c.task_options))
         self.train_examples = self.task.load(c.train_split, c.data_path)
         self.eval_examples = self.task.load(c.eval_split, c.data_path, limit=c.eval_prompts)
-        self.pad_id = tok.pad_id if tok.pad_id is not None else tok.eos_id
+        self.pad_id = padding_id(tok)
         self.pipeline = make_pipeline(self.task, self.train_examples, tok.hf, mode="prompt",
                                       batch_size=c.prompts_per_step, seed=c.seed, chat=c.chat_template,
                                       pad_id=self.pad_id, eos_id=tok.eos_id,
@@ -130,8 +128,9 @@ class CalibrationRun:
         r_cal, cal_metrics, proxy_batch = self.scorer(texts_in, completions, teacher_lp, ref_plain)
         if self.proxy_learner is not None:  # after scoring: the reward measured the proxy before this batch
             cal_metrics["proxy/loss"] = self.proxy_learner.step(*proxy_batch)
-        advantages = combined_advantages(jnp.asarray(r_task), jnp.asarray(r_cal), g, eta=c.eta,
-                                         scale_rewards=c.scale_rewards, calibration_scope=c.calibration_scope)
+        advantages = ADVANTAGE_FUNCTIONS.get(c.advantage)(
+            jnp.asarray(r_task), jnp.asarray(r_cal), g, eta=c.eta, scale_rewards=c.scale_rewards,
+            calibration_scope=c.calibration_scope, seed=self.rollout_seed(step))
         rollouts = rollouts.replace(advantages=advantages, ref_logp=ref_logp)
         update = self.learner.update(rollouts)
 

@@ -1,4 +1,5 @@
-"""GRPO loss maths: token log-probs, entropy, KL estimators, the clipped surrogate, aggregation.
+"""GRPO loss maths: KL estimators, the clipped surrogate, aggregation (token log-probs, entropy and
+masked means are in ``jaxdistill.token_maths``).
 
 Shapes: ``B`` sequences (completions), ``T`` completion positions, ``V`` vocabulary. ``mask`` is
 ``[B, T]``, true on real completion tokens and false on padding. Every function here is pure and
@@ -16,54 +17,14 @@ from typing import Literal, Optional
 import jax
 import jax.numpy as jnp
 
+from jaxdistill.token_maths import masked_mean
+
 Array = jnp.ndarray
 KLEstimator = Literal["k1", "k2", "k3"]
 LossType = Literal["grpo", "dr_grpo", "dapo"]
 
 _KL_ESTIMATORS = ("k1", "k2", "k3")
 _LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
-
-
-# ----------------------------------------------------------------------------- log-probs, entropy
-
-
-def token_logprobs(logits: Array, tokens: Array, temperature: float = 1.0) -> Array:
-    """Log-probability of the chosen tokens under ``softmax(logits / temperature)``.
-
-    ``log p(y_t) = z_t[y_t] - logsumexp_v z_t[v]`` with ``z = logits / temperature`` (the same value as
-    ``log_softmax(z)[y_t]`` without materialising the ``[B, T, V]`` log-softmax). Old log-probs must be
-    scored at the sampling temperature for the importance ratio to be right.
-
-    Args:
-      logits: ``[..., T, V]``.
-      tokens: ``[..., T]`` int ids in ``[0, V)``.
-      temperature: > 0.
-
-    Returns:
-      ``[..., T]`` float32.
-    """
-    scaled = jnp.asarray(logits, jnp.float32) / temperature
-    chosen = jnp.take_along_axis(scaled, jnp.asarray(tokens)[..., None], axis=-1)[..., 0]
-    return chosen - jax.nn.logsumexp(scaled, axis=-1)
-
-
-def token_entropy(logits: Array, temperature: float = 1.0) -> Array:
-    """Entropy of each next-token distribution.
-
-    ``H_t = -sum_v p_t(v) log p_t(v)``, ``p_t = softmax(logits_t / temperature)``; tokens with
-    ``p = 0`` (logit ``-inf``) contribute 0, in value and gradient.
-
-    Args:
-      logits: ``[..., T, V]``.
-      temperature: > 0.
-
-    Returns:
-      ``[..., T]`` float32, in ``[0, log V]``.
-    """
-    log_p = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32) / temperature, axis=-1)
-    p = jnp.exp(log_p)
-    safe_log_p = jnp.where(p > 0, log_p, 0.0)
-    return -jnp.sum(p * safe_log_p, axis=-1)
 
 
 # ----------------------------------------------------------------------------- KL estimators
@@ -156,13 +117,6 @@ def _per_token(advantages: Array, like: Array) -> Array:
 
 
 # ----------------------------------------------------------------------------- aggregation
-
-
-def masked_mean(values: Array, mask: Array, axis=None) -> Array:
-    """``sum(values * mask) / max(sum(mask), 1)`` over ``axis``; masked values may be inf/NaN."""
-    mask = jnp.asarray(mask, dtype=bool)
-    total = jnp.sum(jnp.where(mask, values, 0.0), axis=axis)
-    return total / jnp.maximum(jnp.sum(mask, axis=axis), 1)
 
 
 def aggregate_token_losses(

@@ -25,19 +25,15 @@ import numpy as np
 
 from jaxdistill.align import SpanAlignment, align_retokenized
 from jaxdistill.distributed import to_host
-from jaxdistill.generation.sampler import SamplingParams, bucket_length, left_pad
-from jaxdistill.generation.scoring import completion_logprobs
+from jaxdistill.generation.batched import plain_scoring, score_completions
+from jaxdistill.generation.sampler import bucket_length, left_pad
+from jaxdistill.generation.tokenized_model import TokenizedModel, check_pair
 from jaxdistill.models.qwen import Qwen
 from jaxdistill.rl.calibration import calibration_metrics, sequence_calibration_reward, span_calibration_reward
 from jaxdistill.tasks.base import Example, Task, Verdict
 from jaxdistill.tokenizer import Tokenizer
 
 CALIBRATION_MODES = ("span", "sequence", "alm")
-
-
-def plain_scoring(vocab_limit: int | None) -> SamplingParams:
-    """Score under the model's own softmax (temperature 1, no filter, nothing banned)."""
-    return SamplingParams(max_new_tokens=1, temperature=1.0, pad_id=-1, vocab_limit=vocab_limit)
 
 
 def task_rewards(task: Task, completions: Sequence[str], examples: Sequence[Example]) -> list[Verdict]:
@@ -54,10 +50,6 @@ def _pad_to(array: np.ndarray, width: int, value) -> np.ndarray:
     return np.concatenate([array, pad], axis=1)
 
 
-# completion_logprobs compiled once per (shape, scoring settings, adapters on/off)
-score_completions = jax.jit(completion_logprobs, static_argnames=("params", "lora", "chunk_size"))
-
-
 class CalibrationScorer:
     """r_cal of teacher completions measured against a proxy with its own tokenizer. It only measures:
     a learning proxy (``jaxdistill.rl.proxy.ProxyLearner``) is stepped by the loop on the proxy batch
@@ -67,23 +59,18 @@ class CalibrationScorer:
                  mode: str = "span", tau: float = 1.0, subtract_reference: bool = False):
         if mode not in CALIBRATION_MODES:
             raise ValueError(f"calibration_mode must be one of {CALIBRATION_MODES}, got {mode!r}")
-        if proxy.config.vocab_size < proxy_tokenizer.vocab_size:
-            raise ValueError(f"proxy model has {proxy.config.vocab_size} embedding rows but its tokenizer has "
-                             f"{proxy_tokenizer.vocab_size} tokens: wrong tokenizer for this proxy?")
-        self.proxy = proxy
-        self.proxy_tokenizer = proxy_tokenizer
+        check_pair(proxy.config, proxy_tokenizer, "proxy")
+        self.proxy = TokenizedModel.of(proxy_tokenizer, model=proxy)  # it reads with its own tokenizer
         self.teacher_tokenizer = teacher_tokenizer
-        self.mode = mode
-        self.tau = tau
-        self.subtract_reference = subtract_reference
+        self.mode, self.tau, self.subtract_reference = mode, tau, subtract_reference
         self.proxy_scoring = plain_scoring(proxy_tokenizer.vocab_size)
 
     def proxy_inputs(self, prompt_texts: Sequence[str], proxy_ids: np.ndarray, proxy_mask: np.ndarray
                      ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """(prompt_ids [N, P], prompt_mask [N, P], tokens [N, T_b], mask [N, T_b]) for the proxy: its own
         tokenization of the prompts, left-padded, and the completion tokens padded with its pad id."""
-        pad = self.proxy_tokenizer.pad_id if self.proxy_tokenizer.pad_id is not None else 0
-        prompts = [self.proxy_tokenizer.encode(t) for t in prompt_texts]
+        pad = self.proxy.pad_id
+        prompts = [self.proxy.tokenizer.encode(t) for t in prompt_texts]
         prompt_ids, prompt_mask = left_pad(prompts, bucket_length(max(map(len, prompts))), pad)
         tokens = np.where(proxy_mask, proxy_ids, pad).astype(np.int32)
         return (jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), jnp.asarray(tokens),
@@ -101,12 +88,12 @@ class CalibrationScorer:
         ``subtract_reference``).
         """
         width = teacher_logprobs.shape[1]
-        alignment = align_retokenized(self.teacher_tokenizer, completion_ids, self.proxy_tokenizer)
+        alignment = align_retokenized(self.teacher_tokenizer, completion_ids, self.proxy.tokenizer)
         proxy_width = bucket_length(max(alignment.ids_b.shape[1], 1))
         proxy_ids = _pad_to(alignment.ids_b, proxy_width, 0)
         proxy_mask = _pad_to(alignment.mask_b, proxy_width, False)
         proxy_batch = self.proxy_inputs(prompt_texts, proxy_ids, proxy_mask)
-        proxy_lp = score_completions(self.proxy, *proxy_batch, self.proxy_scoring, lora=False, chunk_size=128)
+        proxy_lp = score_completions(self.proxy.model, *proxy_batch, self.proxy_scoring, lora=False, chunk_size=128)
         spans = alignment.spans
         capacity = min(width, proxy_width)
         aligned = SpanAlignment(

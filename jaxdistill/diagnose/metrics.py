@@ -2,7 +2,7 @@
 
 The paper names three traps of distillation and three symptoms they leave in a student's text. Each
 function here measures one of them on arrays or strings, with no model and no I/O
-(``jaxdistill.diagnose`` runs the models and feeds them):
+(``jaxdistill.diagnose.run`` runs the models and feeds them):
 
 traps (need both models' probabilities)
 - *tail noise*: :func:`kl_head_tail` splits ``KL`` per token into the part on the teacher's top-k
@@ -22,6 +22,9 @@ symptoms (text only, plus the generating model's token log-probs for confidence)
 - *local degradation*: :func:`repeated_ngram_rate`, :func:`longest_repeat`, :func:`has_loop`, and
   the truncation rate (completions that hit the token budget).
 
+reductions: :func:`token_level_report` and :func:`likelihood_report` turn diagnose's per-token arrays
+of one sample source into the report's numbers.
+
 Shapes: ``B`` sequences, ``T`` positions, ``V`` vocabulary, ``K`` values of top-k, ``S`` spans.
 Log-probabilities are float32; masks are bool, true on real tokens (or spans).
 """
@@ -30,14 +33,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill.distill.losses import kl_divergence
-from jaxdistill.rl.losses import token_entropy
+from jaxdistill.distill.losses import binarised_divergence
+from jaxdistill.token_maths import kl_divergence, token_entropy
 
 Array = jnp.ndarray
 
@@ -48,7 +51,7 @@ Array = jnp.ndarray
 def kl_terms(log_p: Array, log_q: Array) -> Array:
     """Per-vocabulary-entry terms of ``KL(p || q)``: ``p(v) (log p(v) - log q(v))``.
 
-    Their sum over the last axis is :func:`jaxdistill.distill.losses.kl_divergence`. A single term can
+    Their sum over the last axis is :func:`jaxdistill.token_maths.kl_divergence`. A single term can
     be negative (where ``q(v) > p(v)``); terms with ``p(v) = 0`` are 0.
 
     Args:
@@ -404,3 +407,82 @@ def difference(after: Mapping[str, float], before: Mapping[str, float]) -> dict[
     """``after - before`` for every numeric key both hold (e.g. student minus teacher rates)."""
     return {k: float(after[k]) - float(before[k]) for k in after
             if k in before and isinstance(after[k], (int, float)) and isinstance(before[k], (int, float))}
+
+
+# ============================================================================ reductions of diagnose's per-token arrays
+
+def _masked_mean(values: np.ndarray, mask: np.ndarray) -> float:
+    mask = np.broadcast_to(mask.reshape(mask.shape + (1,) * (values.ndim - mask.ndim)), values.shape)
+    return float(np.sum(values * mask) / max(mask.sum(), 1))
+
+
+def _per_k_mean(values: np.ndarray, mask: np.ndarray) -> list[float]:
+    """[N, C, K] masked over [N, C] -> K means per token."""
+    return [float(np.sum(values[..., j] * mask) / max(mask.sum(), 1)) for j in range(values.shape[-1])]
+
+
+def token_level_report(stats: Mapping[str, np.ndarray], ks: Sequence[int], sampler_is_teacher: bool
+                       ) -> dict[str, Any]:
+    """Token-level numbers of one sample source (same tokenizer)."""
+    mask = stats["mask"]
+    forward_total = np.sum(stats["forward_kl"] * mask)
+    reverse_total = np.sum(stats["reverse_kl"] * mask)
+
+    def share(part: str, total: float) -> list[float | None]:
+        sums = [float(np.sum(stats[part][..., j] * mask)) for j in range(len(ks))]
+        return [s / total if total > 0 else None for s in sums]
+
+    own = "teacher_logprob" if sampler_is_teacher else "student_logprob"
+    other = "student_logprob" if sampler_is_teacher else "teacher_logprob"
+    sampler_kl = stats["forward_kl"] if sampler_is_teacher else stats["reverse_kl"]
+    log_ratio = np.asarray(sequence_log_ratio(stats[own], stats[other], mask))
+    token_sum = np.sum(sampler_kl * mask, axis=-1)
+    valid = mask.astype(bool)
+    return {
+        "forward_kl": _masked_mean(stats["forward_kl"], mask),
+        "reverse_kl": _masked_mean(stats["reverse_kl"], mask),
+        "teacher_entropy": _masked_mean(stats["teacher_entropy"], mask),
+        "student_entropy": _masked_mean(stats["student_entropy"], mask),
+        "split": {
+            "k": list(ks),
+            "forward_head": _per_k_mean(stats["forward_head"], mask),
+            "forward_tail": _per_k_mean(stats["forward_tail"], mask),
+            "forward_tail_share": share("forward_tail", forward_total),
+            "reverse_head": _per_k_mean(stats["reverse_head"], mask),
+            "reverse_tail": _per_k_mean(stats["reverse_tail"], mask),
+            "reverse_tail_share": share("reverse_tail", reverse_total),
+            "teacher_top_k_mass": _per_k_mean(stats["teacher_top_k_mass"], mask),
+        },
+        "sequence": {
+            "direction": "KL(teacher || student)" if sampler_is_teacher else "KL(student || teacher)",
+            "sequence_kl_estimate": float(np.mean(log_ratio)),
+            "sequence_kl_estimate_std": float(np.std(log_ratio)),
+            "token_kl_sum": float(np.mean(token_sum)),
+            "token_kl_sum_std": float(np.std(token_sum)),
+            "mean_tokens": float(np.mean(mask.sum(-1))),
+        },
+        "concentration": {"forward_kl": kl_concentration(stats["forward_kl"][valid]),
+                          "reverse_kl": kl_concentration(stats["reverse_kl"][valid])},
+    }
+
+
+def likelihood_report(teacher_lp: np.ndarray, student_lp: np.ndarray, byte_lengths: np.ndarray, mask: np.ndarray,
+                      ) -> dict[str, float]:
+    """Per-byte log-likelihoods of both models and their gap (teacher - student), mean over sequences.
+
+    Also the binarised chosen-event KLs (``distill.losses.binarised_divergence``) over the same events
+    (tokens or spans) and the mean absolute log-prob gap per event."""
+    teacher_pb = np.asarray(per_byte_loglik(teacher_lp, byte_lengths, mask))
+    student_pb = np.asarray(per_byte_loglik(student_lp, byte_lengths, mask))
+    events = mask.astype(bool)
+    t, s = jnp.asarray(np.where(events, teacher_lp, -0.69)), jnp.asarray(np.where(events, student_lp, -0.69))
+    return {
+        "teacher_per_byte": float(np.mean(teacher_pb)),
+        "student_per_byte": float(np.mean(student_pb)),
+        "gap_per_byte": float(np.mean(teacher_pb - student_pb)),
+        "event_forward_kl": float(np.asarray(binarised_divergence(s, t, "forward_kl"))[events].mean())
+        if events.any() else None,
+        "event_reverse_kl": float(np.asarray(binarised_divergence(s, t, "reverse_kl"))[events].mean())
+        if events.any() else None,
+        "event_abs_gap": float(np.abs(teacher_lp - student_lp)[events].mean()) if events.any() else None,
+    }
