@@ -84,6 +84,15 @@ def apply_updates(params: Any, opt_state: Any, grads: Any, optimizer: optax.Grad
     return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
 
 
+@jax.jit
+def as_step_output(tree: Any) -> Any:
+    """``tree`` copied by a compiled program, so its arrays carry the layout a jitted step returns
+    (committed, shardings in XLA's canonical form). A learner passes its initial parameters and
+    optimizer state through it: the first update then compiles the same program as every later one,
+    instead of one for the fresh state and another for the updated state."""
+    return jax.tree.map(jnp.copy, tree)
+
+
 def poison_if_nonfinite(loss: jax.Array, grads: Any) -> Any:
     """Gradients made NaN when the loss is not finite, so ``apply_if_finite`` skips the step."""
     ok = jnp.isfinite(loss)

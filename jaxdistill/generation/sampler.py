@@ -285,7 +285,7 @@ def generate(model: Qwen, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
              top_p: float = 1.0, top_k: int = 0, seed: int = 0, eos_ids: Sequence[int] | None = None,
              num_generations: int = 1, pad_id: int | None = None, vocab_limit: int | None = None,
              return_entropy: bool = False, lora: bool = True, mesh: Mesh | None = None,
-             max_prompt_length: int | None = None) -> GenerationOutput:
+             max_prompt_length: int | None = None, prompt_length: int | None = None) -> GenerationOutput:
     """Sample completions for a batch of token-id prompts of different lengths.
 
     Args:
@@ -301,6 +301,8 @@ def generate(model: Qwen, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
       return_entropy: also return the per-step entropy of the tempered distribution.
       mesh: shard rows over (data, fsdp); parameters should already be sharded on it.
       max_prompt_length: largest prompt bucket (default: the model's context minus C).
+      prompt_length: pad every batch's prompts to exactly this many tokens instead of a bucket, so
+        every call has one shape and the program is compiled once (training rollouts use it).
     """
     config = model.config
     eos = tuple(config.eos_ids if eos_ids is None else eos_ids)
@@ -322,8 +324,11 @@ def generate(model: Qwen, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
         raise ValueError(f"a prompt has {longest} tokens but the cache holds {context} prompt tokens "
                          f"(max_position_embeddings={config.max_position_embeddings} minus max_new_tokens="
                          f"{max_new_tokens}); shorten the prompt or lower max_new_tokens")
+    if prompt_length is not None and longest > prompt_length:
+        raise ValueError(f"a prompt has {longest} tokens but prompt_length={prompt_length}")
     rows = [p for p in prompts for _ in range(num_generations)]
-    prompt_ids, prompt_mask = left_pad(rows, bucket_length(longest, context), pad)
+    width = prompt_length if prompt_length is not None else bucket_length(longest, context)
+    prompt_ids, prompt_mask = left_pad(rows, width, pad)
     row_keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(seed), r))(jnp.arange(len(rows)))
     n_rows = len(rows)
     ids, mask = jnp.asarray(prompt_ids), jnp.asarray(prompt_mask)
