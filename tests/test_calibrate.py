@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdistill.calibrate import CalibrateConfig, calibrate, main
+from jaxdistill.calibrate import main
 from jaxdistill.models import Qwen, QwenConfig, load_model, save_model
+from jaxdistill.rl.config import CalibrateConfig
+from jaxdistill.rl.loop import calibrate
 from jaxdistill.sharding import MeshConfig
 from jaxdistill.tasks.tiny_tokenizers import train_tiny_tokenizers
 from jaxdistill.tokenizer import load_tokenizer
@@ -174,22 +176,3 @@ def test_settings_that_cannot_train_are_refused_before_loading(tmp_path, overrid
     with pytest.raises(ValueError, match=message):  # "t" and "p" do not exist: nothing was loaded
         calibrate(CalibrateConfig(teacher="t", proxy="p", output_dir=str(tmp_path), **override))
 
-
-def test_default_run_calibration_takes_overrides(tmp_path, monkeypatch):
-    """world.calibrate_teacher is the default run's calibration; ``overrides`` replaces named fields
-    (benchmarks/undistillable_sweep.py) and a misspelt field is an error, not silently ignored."""
-    import jaxdistill.calibrate as calibrate_module
-    from jaxdistill import world
-
-    seen = []
-    monkeypatch.setattr(calibrate_module, "calibrate", seen.append)
-    run = str(tmp_path / "run")
-    world.calibrate_teacher("t", "p", run, -1.0, world.FULL, 0, progress=False)
-    world.calibrate_teacher("t", "p", run, -1.0, world.FULL, 0, progress=False,
-                            overrides={"calibration_scope": "all", "beta": 0.2})
-    default, changed = seen
-    assert (default.calibration_scope, default.beta) == ("correct", 0.04)
-    assert (changed.calibration_scope, changed.beta) == ("all", 0.2)
-    assert dataclasses.replace(changed, calibration_scope="correct", beta=0.04) == default
-    with pytest.raises(TypeError, match="betta"):
-        world.calibrate_teacher("t", "p", run, -1.0, world.FULL, 0, progress=False, overrides={"betta": 0.2})

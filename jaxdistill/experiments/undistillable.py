@@ -1,8 +1,8 @@
 """The undistillable arm under other calibration settings: does any of them make the students collapse?
 
     python -m jaxdistill.calibrate                                   # the default run (its world and references)
-    python benchmarks/undistillable_sweep.py [--run runs/default] [--out runs/undistillable_sweep]
-                                             [--variants scope_all eta-3 ...] [--seeds 0 1 2]
+    python -m jaxdistill.experiments.undistillable [--run runs/default] [--out runs/undistillable_sweep]
+                                                   [--variants scope_all eta-3 ...] [--seeds 0 1 2]
 
 For every variant (``VARIANTS``: calibration settings that replace the default run's), the default run's
 base teacher is calibrated again against its proxy (eta = -1 unless the variant sets it), both students
@@ -25,12 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdistill.evaluate import compare_teachers, make_task, run_arm
-from jaxdistill.jobs import Job, default_workers, run_jobs
+from jaxdistill.evaluate import compare_teachers, make_task
+from jaxdistill.experiments import runner
+from jaxdistill.experiments.jobs import Job, default_workers, run_jobs
+from jaxdistill.experiments.knob import DEFAULT_RUN_ETAS
+from jaxdistill.experiments.scorecard import run_arm
+from jaxdistill.experiments.world import (ARITH_DIFFICULTY, FULL, STEP_SECONDS, calibration_config, scorecard_config,
+                                          world_paths)
 from jaxdistill.training import read_metrics
-from jaxdistill.world import ARITH_DIFFICULTY, ETAS, FULL, STEP_SECONDS, calibrate_teacher, scorecard_config, world_paths
 
-# name -> CalibrateConfig fields that replace the default run's (world.calibrate_teacher): span mode,
+# name -> CalibrateConfig fields that replace the default run's (world.calibration_config): span mode,
 # calibration_scope=correct, beta 0.04, 8 prompts x 4 rollouts, 60 steps, LoRA r8, lr 1e-3.
 VARIANTS = {
     "default": {},                                                     # the default run's eta = -1
@@ -92,13 +96,13 @@ def main() -> None:
     for name in args.variants:
         teachers[name] = out / name / "calibrate" / "teacher"
         overrides = dict(VARIANTS[name])
-        eta = overrides.pop("eta", ETAS["undistillable"])
-        jobs.append(Job(f"calibrate {name}", calibrate_teacher, dict(
-            teacher=str(world["teacher"]), proxy=str(world["proxy"]), run=str(out / name / "calibrate"), eta=eta,
-            profile=FULL, seed=0, progress=False, overrides=overrides),
-            cost=overrides.get("max_steps", FULL.calibrate_steps) * STEP_SECONDS["calibrate"], kind="calibrate"))
-        config = scorecard_config(world, {"eta0": "", "distillable": "", "undistillable": teachers[name]},
-                                  out / name / "students", FULL, seeds=tuple(args.seeds), workers=1)
+        eta = overrides.pop("eta", DEFAULT_RUN_ETAS["undistillable"])
+        calibration = calibration_config(str(world["teacher"]), str(world["proxy"]), str(out / name / "calibrate"),
+                                         eta, FULL, 0, progress=False, overrides=overrides)
+        jobs.append(Job(f"calibrate {name}", runner.calibrated_teacher, dict(config=calibration),
+                        cost=calibration.max_steps * STEP_SECONDS["calibrate"], kind="calibrate"))
+        config = scorecard_config(world, {"undistillable": teachers[name]}, out / name / "students", FULL,
+                                  seeds=tuple(args.seeds), workers=1)
         for attack in ATTACKS:
             arm = {"arm": f"{attack}/undistillable", "objective": attack, "teacher": str(teachers[name])}
             for seed in args.seeds:
