@@ -32,6 +32,9 @@ class CalibrateConfig:
     eval_split: str = option("test", "split held-out accuracy is measured on")
     chat_template: bool = option(False, "render prompts with the tokenizer's chat template (else plain text)")
     output_dir: str = option("runs/calibrate", "where metrics, checkpoints and the exported teacher go")
+    compilation_cache_dir: str = option("default", "folder of JAX's persistent compilation cache, so a rerun or "
+                                        "resume skips compiling (default: $JAXDISTILL_CACHE, else "
+                                        "~/.cache/jaxdistill/jax; off: no cache)")
     dtype: str = option("float32", "parameter and compute dtype: float32 or bfloat16")
     mesh: MeshConfig = option(MeshConfig(), "device mesh: data x fsdp x tensor (-1 takes the remaining devices)")
     distributed: DistributedConfig = option(DistributedConfig(), "multi-process runs: how this process joins "
