@@ -112,9 +112,9 @@ class CompileCounter:
         if self._open == 0:
             monitoring.unregister_event_duration_listener(self._listen)
 
-    def take(self) -> tuple[int, float]:
-        """(programs, seconds) since the last ``take``, then zero."""
+    def take(self) -> tuple[int, float, float]:
+        """(programs, seconds, backend_seconds) since the last ``take``, then zero."""
         with self._lock:
-            out = (self.programs, self.seconds)
+            out = (self.programs, self.seconds, self.backend_seconds)
             self.programs, self.seconds, self.backend_seconds = 0, 0.0, 0.0
         return out

@@ -227,3 +227,28 @@ class StepTimer:
         now = time.perf_counter()
         elapsed, self.start = now - self.start, now
         return elapsed
+
+
+class PhaseClock:
+    """Seconds per phase of a step: ``clock.mark("update", state)`` charges the time since the previous
+    mark (or the clock's start) to "update", once ``state``'s arrays are computed.
+
+    JAX runs device work asynchronously, so a phase's time is only its own after waiting for its
+    results (``jax.block_until_ready``). That wait removes the overlap of one phase's device work with
+    the next one's dispatch, so pass results only for phases whose outputs stay on the device; a phase
+    that copied its results to the host has waited for them already and passes none."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def mark(self, phase: str, *results: Any) -> None:
+        if results:
+            jax.block_until_ready(results)
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{phase}": seconds for phase, seconds in self.seconds.items()}
+
