@@ -82,6 +82,8 @@ class CalibrateConfig:
     lora_alpha: float = option(32.0, "LoRA alpha (paper: 128); scale = alpha / rank")
     lora_dropout: float = option(0.0, "dropout on the LoRA input")
     lora_targets: tuple[str, ...] = option(("q", "k", "v", "o", "gate", "up", "down"), "projections with adapters")
+    remat: str = option("none", "rematerialise decoder layers in the training forward: none, dots (keep the "
+                                "weight matmuls' outputs) or full (keep only layer inputs); less memory, more compute")
 
     # -- run control --
     seed: int = option(0, "seed of LoRA init, data order and sampling")
@@ -97,6 +99,9 @@ class CalibrateConfig:
 
 def check_config(config: CalibrateConfig) -> None:
     """Refuse settings that cannot train (before anything is loaded), naming the field and the fix."""
+    from jaxdistill.models.qwen import check_remat
+
+    check_remat(config.remat)
     missing = [name for name in ("teacher", "proxy") if not getattr(config, name)]
     if missing:
         raise ValueError(f"calibrate needs {' and '.join(missing)}: set them in the YAML config or as "
