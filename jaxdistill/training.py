@@ -173,6 +173,13 @@ class MetricsLogger:
             self.writer.close()
 
 
+def measures_the_machine(key: str) -> bool:
+    """Whether a metric measures this machine and process (wall-clock times, speeds, compiles) rather than
+    the run: such figures differ between identical runs, a resumed one included."""
+    return (key in ("step_time", "tokens_per_second", "update/mfu", "update/tflops_per_second")
+            or key.startswith(("time/", "compile/")) or key.endswith("/tokens_per_second"))
+
+
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
     """The records of ``metrics.jsonl`` in a run folder."""
     path = Path(output_dir) / "metrics.jsonl"
