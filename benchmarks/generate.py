@@ -32,6 +32,8 @@ SHAPES = {
               num_attention_heads=4, num_key_value_heads=2, head_dim=64),
     "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                        num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
+    "qwen3-8b": dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False),
     "qwen3-1.7b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
                        num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True),
 }
@@ -94,14 +96,20 @@ def bench(name: str, shape: dict, batch: int, prompt_len: int, new_tokens: int, 
     if with_torch:
         import torch
 
-        ids = torch.tensor(prompts)
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # transformers on the accelerator when torch sees one
+        torch_model.to(device)
+        ids = torch.tensor(prompts, device=device)
         with torch.no_grad():
             def torch_run():
-                return torch_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                            min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+                out = torch_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                return out
             ref = torch_run()
             torch_time = median_seconds(torch_run, repeats)
-        same = bool(np.array_equal(ref[:, prompt_len:].numpy(), np.asarray(tokens)))
+        result["torch_device"] = device
+        same = bool(np.array_equal(ref[:, prompt_len:].cpu().numpy(), np.asarray(tokens)))
         result.update(torch_tokens_per_s=batch * new_tokens / torch_time, torch_run_s=torch_time,
                       speedup=torch_time / run_time, same_greedy_tokens=same)
         assert same, f"{name}: jaxdistill and transformers greedy tokens differ"

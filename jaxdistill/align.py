@@ -526,15 +526,21 @@ def align_retokenized(
     tokenizer_b: "Tokenizer",
     *,
     max_length_b: int | None = None,
+    min_widths: tuple[int, int] | None = None,
 ) -> TextAlignment:
     """Re-tokenize side-a token rows with tokenizer b and align: the calibration reward's path.
 
     The teacher's sampled completion ``ids_a`` becomes text (its vocabulary bytes, decoded as UTF-8
     with U+FFFD for broken sequences, e.g. a truncated emoji), which the proxy tokenizer encodes.
     Any byte change on the way (replacement characters, the proxy's normaliser) is reported.
+    ``min_widths``: pad sides a and b to at least these many tokens (fixed shapes, one compile).
     """
     lengths_a = [tokenizer_a.token_byte_lengths[np.asarray(r, np.int64)] for r in ids_a]
     held_a = [_held_bytes(tokenizer_a, r, n) for r, n in zip(ids_a, lengths_a)]
     texts = [h.decode("utf-8", errors="replace") for h in held_a]
     ids_b, lengths_b, held_b = _encode_side(tokenizer_b, texts, False, max_length_b)
-    return _align_rows(ids_a, lengths_a, held_a, ids_b, lengths_b, held_b, None, max_length_b)
+    width_a, width_b = None, max_length_b
+    if min_widths is not None:
+        width_a = max([min_widths[0]] + [len(r) for r in ids_a])
+        width_b = max([min_widths[1], max_length_b or 0] + [len(r) for r in ids_b])
+    return _align_rows(ids_a, lengths_a, held_a, ids_b, lengths_b, held_b, width_a, width_b)

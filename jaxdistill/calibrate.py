@@ -26,6 +26,7 @@ import sys
 
 import jax
 
+from jaxdistill.compilation import use_compilation_cache
 from jaxdistill.config import configure_logging, parse_args
 from jaxdistill.rl.config import CalibrateConfig
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                     "undistillable). With no --config and no teacher: the tiny-world default run "
                     "(builds teacher, proxy and students, calibrates eta = +1, -1, 0, distills, evaluates).",
         extra_flags=[("--quick", "tiny-world default run with few steps (for tests)")])
+    use_compilation_cache(config.compilation_cache_dir)  # programs compiled by an earlier run are loaded
     if not config.teacher and not config.proxy:
         from jaxdistill.experiments.world import default_run
 

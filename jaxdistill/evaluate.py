@@ -29,6 +29,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxdistill.compilation import use_compilation_cache
 from jaxdistill.config import configure_logging, option, parse_args
 from jaxdistill.distill.data import pad_sequences, same_tokenizer
 from jaxdistill.distill.objectives import LossSettings, token_kd_per_token
@@ -70,6 +71,9 @@ class EvaluateConfig:
     calibrated_teachers: tuple[str, ...] = option((), "label=path entries compared with original_teacher: "
                                                       "accuracy, KL to the original, response length")
     output_dir: str = option("runs/evaluate", "where results are written")
+    compilation_cache_dir: str = option("default", "folder of JAX's persistent compilation cache, so a rerun or "
+                                        "resume skips compiling (default: $JAXDISTILL_CACHE, else "
+                                        "~/.cache/jaxdistill/jax; off: no cache)")
 
 
 # ---- models and tasks ---------------------------------------------------------------------------
@@ -354,6 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging()
     config, flags = parse_args(EvaluateConfig, argv, prog="python -m jaxdistill.evaluate", description=DESCRIPTION,
                                extra_flags=[("--scorecard", "moved to python -m jaxdistill.experiments.scorecard")])
+    use_compilation_cache(config.compilation_cache_dir)  # programs compiled by an earlier run are loaded
     if flags["scorecard"]:
         sys.exit("error: the scorecard is its own command now: python -m jaxdistill.experiments.scorecard "
                  "original_teacher=T teachers=[eta0=T0,distillable=Tp,undistillable=Tm] students=[...] "

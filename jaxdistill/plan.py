@@ -23,7 +23,7 @@ What is counted (bytes on the device holding the most):
 
 The static parts and the KV cache are exact sizes of the arrays the code allocates (a test checks
 them against arrays it builds). Activations and logits chunks are estimates of what XLA keeps alive
-(no rematerialisation inside layers is assumed); XLA's own buffers, fragmentation and the compiled
+(rematerialisation as configured by ``remat``); XLA's own buffers, fragmentation and the compiled
 programs come on top, so leave 10-20% headroom.
 """
 
@@ -260,9 +260,9 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
     grads = lora_dev * (2 if config.gradient_accumulation_steps > 1 else 1)
     items.append(PlanItem("training", "LoRA gradients", grads, True,
                           "+ running sum" if config.gradient_accumulation_steps > 1 else ""))
-    act = _activation_bytes(teacher_cfg, lora, micro_rows, length, tensor, itemsize)
+    act = _activation_bytes(teacher_cfg, lora, micro_rows, length, tensor, itemsize, config.remat)
     items.append(PlanItem("training", "teacher activations (backward)", act, False,
-                          f"{micro_rows} rows/device x {length} tokens"))
+                          f"{micro_rows} rows/device x {length} tokens, remat={config.remat}"))
     chunk = min(128, config.max_completion_length)
     vocab_dev = _split(teacher_cfg.vocab_size, tensor)
     items.append(PlanItem("training", "logits chunk (fp32)", 3 * micro_rows * chunk * vocab_dev * 4, False,
@@ -291,21 +291,29 @@ def _split(size: int, ways: int) -> int:
 
 
 def _activation_bytes(cfg: QwenConfig, lora: LoraConfig | None, rows: int, length: int, tensor: int,
-                      itemsize: int) -> int:
+                      itemsize: int, remat: str = "none") -> int:
     """Estimate of what the backward pass keeps per layer and token, times layers, rows and tokens.
 
     Kept per token and layer: the two norm outputs and two residuals (4 D), q/k/v before and after
     norm + RoPE (2 x (H + 2 KV) x hd), the attention output (H x hd), gate, up, silu(gate) and their
     product (4 I), the LoRA intermediates (rank per target), and the attention probabilities
     (H x length, in the compute dtype plus fp32 softmax statistics). Head and MLP widths are split by
-    the tensor axis where they divide."""
+    the tensor axis where they divide.
+
+    With rematerialisation (``remat``) the layers keep less and one layer at a time is recomputed, so
+    its whole set is alive once on top: ``dots`` keeps the weight matmuls' outputs (q, k, v, o, gate,
+    up, down and the LoRA intermediates) and the layer input; ``full`` only the layer input."""
     heads = _split(cfg.num_attention_heads, tensor)
     kv_heads = _split(cfg.num_key_value_heads, tensor)
     hd, d, inter = cfg.head_dim, cfg.hidden_size, _split(cfg.intermediate_size, tensor)
     adapters = lora.rank * len(lora.targets) if lora else 0
     per_token = 4 * d + 2 * (heads + 2 * kv_heads) * hd + heads * hd + 4 * inter + adapters
     per_token_bytes = per_token * itemsize + heads * length * (itemsize + 4)
-    return cfg.num_hidden_layers * rows * length * per_token_bytes + rows * length * d * itemsize
+    kept = {"none": per_token_bytes,
+            "dots": (d + (heads + 2 * kv_heads) * hd + d + 2 * inter + d + adapters) * itemsize,
+            "full": d * itemsize}[remat]
+    recomputed = 0 if remat == "none" else per_token_bytes  # one layer's set, during its backward
+    return (cfg.num_hidden_layers * kept + recomputed) * rows * length + rows * length * d * itemsize
 
 
 # ---- CLI ------------------------------------------------------------------------------------------

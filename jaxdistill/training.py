@@ -84,6 +84,15 @@ def apply_updates(params: Any, opt_state: Any, grads: Any, optimizer: optax.Grad
     return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
 
 
+@jax.jit
+def as_step_output(tree: Any) -> Any:
+    """``tree`` copied by a compiled program, so its arrays carry the layout a jitted step returns
+    (committed, shardings in XLA's canonical form). A learner passes its initial parameters and
+    optimizer state through it: the first update then compiles the same program as every later one,
+    instead of one for the fresh state and another for the updated state."""
+    return jax.tree.map(jnp.copy, tree)
+
+
 def poison_if_nonfinite(loss: jax.Array, grads: Any) -> Any:
     """Gradients made NaN when the loss is not finite, so ``apply_if_finite`` skips the step."""
     ok = jnp.isfinite(loss)
@@ -164,6 +173,13 @@ class MetricsLogger:
             self.writer.close()
 
 
+def measures_the_machine(key: str) -> bool:
+    """Whether a metric measures this machine and process (wall-clock times, speeds, compiles) rather than
+    the run: such figures differ between identical runs, a resumed one included."""
+    return (key in ("step_time", "tokens_per_second", "update/mfu", "update/tflops_per_second")
+            or key.startswith(("time/", "compile/")) or key.endswith("/tokens_per_second"))
+
+
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
     """The records of ``metrics.jsonl`` in a run folder."""
     path = Path(output_dir) / "metrics.jsonl"
@@ -218,3 +234,28 @@ class StepTimer:
         now = time.perf_counter()
         elapsed, self.start = now - self.start, now
         return elapsed
+
+
+class PhaseClock:
+    """Seconds per phase of a step: ``clock.mark("update", state)`` charges the time since the previous
+    mark (or the clock's start) to "update", once ``state``'s arrays are computed.
+
+    JAX runs device work asynchronously, so a phase's time is only its own after waiting for its
+    results (``jax.block_until_ready``). That wait removes the overlap of one phase's device work with
+    the next one's dispatch, so pass results only for phases whose outputs stay on the device; a phase
+    that copied its results to the host has waited for them already and passes none."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def mark(self, phase: str, *results: Any) -> None:
+        if results:
+            jax.block_until_ready(results)
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{phase}": seconds for phase, seconds in self.seconds.items()}
+

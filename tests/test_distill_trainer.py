@@ -58,6 +58,9 @@ def test_gkd_counts_the_student_generated_fraction(world, tmp_path):
     assert summary["student_sequences"] == 5 and summary["sequences"] == 20
     assert summary["divergence"] == "jsd" and summary["loss"] == "token_kd"
     assert all(np.isfinite(r["loss"]) for r in records) and "samples/student_accuracy" in records[0]
+    for r in records:  # the step-time breakdown: both phases timed, within the step
+        assert 0 < r["time/batch"] and 0 < r["time/update"] and r["time/batch"] + r["time/update"] <= r["step_time"]
+        assert r["update/tflops_per_second"] > 0 and "update/mfu" not in r  # no peak FLOP/s on a CPU
 
 
 def test_resume_replays_the_uninterrupted_run_exactly(world, tmp_path, monkeypatch):

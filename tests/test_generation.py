@@ -60,6 +60,27 @@ def test_logprobs_equal_a_full_forward(tiny, temperature):
     assert not bool(jnp.any((out.tokens == 0) & (out.mask == 1)))
 
 
+def test_greedy_logprobs_are_the_full_softmax_of_a_forward(tiny):
+    """Greedy decoding never picks the pad id, yet reports log-probs under the model's whole softmax
+    (untempered, unfiltered: the pad ban does not renormalise them), and scoring reproduces them."""
+    from jaxdistill.generation.scoring import completion_logprobs
+
+    model, config = load_model(tiny["qwen3_gqa"][0])
+    out = generate(model, PROMPTS, max_new_tokens=8, temperature=0.0, eos_ids=[1], pad_id=0,
+                   vocab_limit=config.vocab_size - 3)
+    ids = jnp.concatenate([out.prompt_ids, out.tokens], axis=1)
+    mask = jnp.concatenate([out.prompt_mask, out.mask], axis=1)
+    logp = jax.nn.log_softmax(model(ids, mask)[:, out.prompt_ids.shape[1] - 1:-1], axis=-1)
+    expected = jnp.where(out.mask == 1, jnp.take_along_axis(logp, out.tokens[..., None], axis=-1)[..., 0], 0.0)
+    np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(expected), atol=1e-5)
+    assert float(jnp.max(jnp.exp(logp[..., 0]))) > 1e-3  # the banned pad id holds real mass here
+    assert not bool(jnp.any((out.tokens == 0) & (out.mask == 1)))
+    params = SamplingParams(max_new_tokens=8, temperature=0.0, eos_ids=(1,), pad_id=0,
+                            vocab_limit=config.vocab_size - 3)
+    scored = completion_logprobs(model, out.prompt_ids, out.prompt_mask, out.tokens, out.mask, params)
+    np.testing.assert_allclose(np.asarray(scored), np.asarray(out.logprobs), atol=1e-5)
+
+
 def _draws(logits_row, params, n=2000, seed=0):
     logits = jnp.tile(jnp.asarray(logits_row, jnp.float32)[None], (n, 1))
     keys = jax.random.split(jax.random.key(seed), n)

@@ -100,6 +100,15 @@ def test_published_8b_config_has_8b_parameters():
     assert plan.get("proxy weights") / 2 == pytest.approx(0.596e9, rel=0.01)  # Qwen3-0.6B, tied embedding
 
 
+def test_remat_shrinks_the_activations_the_backward_keeps():
+    import dataclasses
+
+    config = load_config(CalibrateConfig, REPO / "configs" / "qwen3_8b_gsm8k.yaml")
+    act = {remat: plan_memory(dataclasses.replace(config, remat=remat), num_devices=1).get(
+        "teacher activations (backward)") for remat in ("none", "dots", "full")}
+    assert act["none"] > 2 * act["dots"] > 2 * act["full"], act
+
+
 def test_sharding_divides_the_static_parts():
     config = load_config(CalibrateConfig, REPO / "configs" / "qwen3_8b_gsm8k.yaml")
     one, sixteen = plan_memory(config, num_devices=1), plan_memory(config, num_devices=16)

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.align import align_retokenized, span_logprobs
+from jaxdistill.compilation import use_compilation_cache
 from jaxdistill.config import configure_logging, option, parse_args, to_dict
 import jaxdistill.diagnose.metrics as dx
 from jaxdistill.diagnose.metrics import likelihood_report, token_level_report
@@ -82,6 +83,9 @@ class DiagnoseConfig:
     ece_bins: int = option(10, "bins of the expected calibration error of answer confidence")
     confident_threshold: float = option(0.9, "answer confidence at or above which a wrong answer is 'confident'")
     output_dir: str = option("runs/diagnose", "where diagnostics.json/.md and the plots go")
+    compilation_cache_dir: str = option("default", "folder of JAX's persistent compilation cache, so a rerun or "
+                                        "resume skips compiling (default: $JAXDISTILL_CACHE, else "
+                                        "~/.cache/jaxdistill/jax; off: no cache)")
     plots: bool = option(True, "write divergence.png and symptoms.png")
 
 
@@ -350,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "self-correction and local degradation. Fields can be given as "
                                        "key=value or --key value.")
     try:
+        use_compilation_cache(config.compilation_cache_dir)  # programs compiled by an earlier run are loaded
         result = diagnose(config)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

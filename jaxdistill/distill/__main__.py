@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from jaxdistill.compilation import use_compilation_cache
 from jaxdistill.config import configure_logging, parse_args
 from jaxdistill.distill.trainer import DistillConfig, distill
 
@@ -27,6 +28,7 @@ student as an HF folder with its tokenizer) and summary.json."""
 def main(argv: list[str] | None = None) -> None:
     configure_logging()
     config, _ = parse_args(DistillConfig, argv, prog="python -m jaxdistill.distill", description=DESCRIPTION)
+    use_compilation_cache(config.compilation_cache_dir)  # programs compiled by an earlier run are loaded
     try:
         out = distill(config)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:

@@ -19,7 +19,7 @@ from flax import nnx
 from jaxdistill.distill.objectives import DistillBatch, LossSettings, distill_loss
 from jaxdistill.models.lora import LoraParam
 from jaxdistill.models.qwen import Qwen
-from jaxdistill.training import apply_updates, poison_if_nonfinite
+from jaxdistill.training import apply_updates, poison_if_nonfinite, as_step_output
 
 
 def _loss(trainable, frozen, teacher_state, batch, graphdef, teacher_graphdef, settings):
@@ -68,12 +68,12 @@ class StudentLearner:
             self.teacher_graphdef, self.teacher_state = None, None
         else:
             self.teacher_graphdef, self.teacher_state = nnx.split(teacher)
-        self.opt_state = optimizer.init(self.trainable)
+        self.set_state(self.trainable, optimizer.init(self.trainable))
 
     def set_state(self, trainable: nnx.State, opt_state: Any) -> None:
         """Install restored parameters and optimizer state (and push them into the model)."""
-        self.trainable, self.opt_state = trainable, opt_state
-        nnx.update(self.student, trainable)
+        self.trainable, self.opt_state = as_step_output((trainable, opt_state))
+        nnx.update(self.student, self.trainable)
 
     def step(self, batch: DistillBatch) -> dict[str, jax.Array]:
         """One optimizer step; returns ``loss``, ``grad_norm``, ``tokens`` (and ``spans``) as device scalars."""

@@ -42,10 +42,12 @@ from jaxdistill.distill.objectives import LossSettings
 from jaxdistill.models import LoraConfig, Qwen, load_model, save_model
 from jaxdistill.models.hf_io import read_config
 from jaxdistill.models.config import QwenConfig
+from jaxdistill.models.qwen import check_remat
 from jaxdistill.tasks import get_task, list_tasks, parse_task_options
 from jaxdistill.tokenizer import load_tokenizer
-from jaxdistill.training import (Checkpointer, MetricsLogger, StepTimer, TooManyBadSteps, bad_step_counts,
-                                 cached_optimizer, holds_checkpoints)
+from jaxdistill.flops import mfu, peak_flops, sequence_forward_flops, train_flops
+from jaxdistill.training import (Checkpointer, MetricsLogger, PhaseClock, StepTimer, TooManyBadSteps,
+                                 bad_step_counts, cached_optimizer, holds_checkpoints)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,8 @@ class DistillConfig:
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "global gradient-norm clip (0 = off)")
     lora_rank: int = option(0, "0 = full fine-tuning; r > 0 = train only LoRA adapters of rank r")
+    remat: str = option("none", "rematerialise decoder layers in the student's training forward: none, dots (keep the "
+                                "weight matmuls' outputs) or full (keep only layer inputs); less memory, more compute")
     lora_alpha: float = option(16.0, "LoRA scale numerator (scale = alpha / rank)")
     lora_targets: tuple[str, ...] = option(("q", "k", "v", "o", "gate", "up", "down"), "projections given LoRA")
     chunk_size: int = option(128, "completion positions per logits chunk (memory vs speed)")
@@ -111,6 +115,9 @@ class DistillConfig:
     max_bad_steps: int = option(10, "stop after this many consecutive non-finite steps")
     # output
     output_dir: str = option("runs/distill", "run folder: checkpoints, metrics, final model")
+    compilation_cache_dir: str = option("default", "folder of JAX's persistent compilation cache, so a rerun or "
+                                        "resume skips compiling (default: $JAXDISTILL_CACHE, else "
+                                        "~/.cache/jaxdistill/jax; off: no cache)")
     resume: bool = option(False, "continue from the latest checkpoint in output_dir (exactly)")
     save_steps: int = option(100, "checkpoint every N steps (0 = only at the end)")
     eval_size: int = option(0, "after training, greedy accuracy on this many held-out examples (0 = skip)")
@@ -172,6 +179,22 @@ def check_vocab(model: Qwen, side: Side, role: str) -> None:
 
 # ---- the run ------------------------------------------------------------------------------------
 
+def update_utilisation(student: Qwen, teacher: Qwen | None, batch, seconds: float,
+                       frozen_base: bool) -> dict[str, float]:
+    """Achieved TFLOP/s of a student update (model FLOPs: the student's forward and backward, plus the
+    teacher's forward when the loss reads its logits) and, on a known accelerator, its MFU."""
+    rows, length = batch.student.tokens.shape[0], batch.student.prompt_ids.shape[1] + batch.student.tokens.shape[1]
+    flops = train_flops(student.config, rows, length, frozen_base=frozen_base)
+    if teacher is not None and batch.teacher is not None:
+        t = batch.teacher
+        flops += t.tokens.shape[0] * sequence_forward_flops(teacher.config, t.prompt_ids.shape[1] + t.tokens.shape[1])
+    out = {"update/tflops_per_second": flops / max(seconds, 1e-9) / 1e12}
+    utilisation = mfu(flops, seconds, peak_flops())
+    if utilisation is not None:
+        out["update/mfu"] = utilisation
+    return out
+
+
 def distill(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None = None) -> Path:
     """Train a student as ``config`` says; returns the run folder (the final model is in ``<it>/model``).
 
@@ -224,6 +247,7 @@ def distill(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None
                             teacher_id=str(Path(config.teacher).resolve()) if teacher is not None else "")
     optimizer = cached_optimizer(config.learning_rate, config.max_steps, config.warmup_steps, config.lr_schedule,
                                  config.weight_decay, config.max_grad_norm)
+    student.remat = check_remat(config.remat)  # before the learner splits the model (the graph holds it)
     learner = StudentLearner(student, optimizer, settings, teacher=teacher, lora_only=config.lora_rank > 0)
 
     checkpointer = Checkpointer(checkpoints_dir)
@@ -242,8 +266,11 @@ def distill(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None
     try:
         timer = StepTimer()
         for step in range(start, config.max_steps):
+            clock = PhaseClock()  # time/batch (data, sampling, alignment), time/update; see PhaseClock
             batch, host_metrics = make_batch(step)
+            clock.mark("batch", batch)
             metrics = learner.step(batch)
+            clock.mark("update", learner.trainable)
             consecutive, total, _ = bad_step_counts(learner.opt_state)
             if consecutive >= config.max_bad_steps:
                 raise TooManyBadSteps(
@@ -255,10 +282,12 @@ def distill(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None
             seconds = timer.lap()
             record = {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"], "step_time": seconds,
                       "tokens_per_second": float(metrics["tokens"]) / max(seconds, 1e-9),
-                      "bad_steps": total, **host_metrics}
+                      "bad_steps": total, **host_metrics, **clock.metrics(),
+                      **update_utilisation(student, teacher, batch, clock.seconds["update"], config.lora_rank > 0)}
             if config.objective == "gkd":
                 record["gkd/student_fraction"] = counts["student_sequences"] / counts["sequences"]
-            logger.log(step + 1, record, info_keys=("loss", "gkd/student_fraction"))
+            logger.log(step + 1, record, info_keys=("loss", "gkd/student_fraction", "step_time", "time/batch",
+                                                    "time/update", "update/mfu"))
             if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < config.max_steps:
                 checkpointer.save(step + 1, learner.trainable, learner.opt_state, {"counts": counts})
         if config.max_steps > start:

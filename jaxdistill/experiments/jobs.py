@@ -226,9 +226,9 @@ def _init_worker(compilation_cache: str | None, cores: Any) -> None:
         os.sched_setaffinity(0, cores.get())
     configure_logging()
     if compilation_cache:
-        import jax
+        from jaxdistill.compilation import use_compilation_cache
 
-        jax.config.update("jax_compilation_cache_dir", compilation_cache)
+        use_compilation_cache(compilation_cache)
 
 
 _worker_kind = ""  # the kind of the last job this worker ran

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from jaxdistill.compilation import use_compilation_cache
 from jaxdistill.config import configure_logging, option, parse_args
 from jaxdistill.distill.data import TeacherSampleCache
 from jaxdistill.distill.trainer import DistillConfig
@@ -61,6 +62,9 @@ class ScorecardConfig:
     chat_template: bool = option(False, "render prompts with each tokenizer's chat template")
     dtype: str = option("float32", "float32 | bfloat16")
     output_dir: str = option("runs/scorecard", "where scorecard.json/.md/.png and the student runs go")
+    compilation_cache_dir: str = option("default", "folder of JAX's persistent compilation cache, so a rerun or "
+                                        "resume skips compiling (default: $JAXDISTILL_CACHE, else "
+                                        "~/.cache/jaxdistill/jax; off: no cache)")
 
 
 def decoding(config: ScorecardConfig) -> dict[str, Any]:
@@ -294,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     config, _ = parse_args(ScorecardConfig, argv, prog="python -m jaxdistill.experiments.scorecard",
                            description=DESCRIPTION)
+    use_compilation_cache(config.compilation_cache_dir)  # programs compiled by an earlier run are loaded
     try:
         scorecard(config)
     except (ValueError, FileNotFoundError, FileExistsError) as err:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from jaxdistill.compilation import use_compilation_cache
 from jaxdistill.config import configure_logging, load_config, option, parse_args, to_dict
 from jaxdistill.distill.trainer import DistillConfig
 from jaxdistill.evaluate import evaluate_models, parse_entries
@@ -70,6 +71,9 @@ class SweepConfig:
     eval_max_new_tokens: int = option(128, "completion budget of evaluation")
     eval_batch_size: int = option(64, "prompts per generation call in evaluation")
     output_dir: str = option("runs/sweep", "where runs, knob.png, knob.md and knob.json go")
+    compilation_cache_dir: str = option("default", "folder of JAX's persistent compilation cache, so a rerun or "
+                                        "resume skips compiling (default: $JAXDISTILL_CACHE, else "
+                                        "~/.cache/jaxdistill/jax; off: no cache)")
     workers: int = option(0, "processes running calibrations and distillations at once (0: one per CPU core "
                              "on a CPU host, 1 on an accelerator)")
 
@@ -246,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "students from each, evaluate, and plot accuracy against eta. With no "
                                        "teacher: the tiny world.",
                            extra_flags=[("--quick", "a few steps per stage and a quick tiny world (for tests)")])
+    use_compilation_cache(config.compilation_cache_dir)  # programs compiled by an earlier run are loaded
     result = sweep(config)
     print((Path(config.output_dir) / "knob.md").read_text())
     print(f"knob curve: {Path(config.output_dir) / 'knob.png'} ({result['seconds']:.0f} s)")

@@ -8,7 +8,9 @@ Sampling transforms, applied to fp32 logits in this order: positions >= ``vocab_
 are removed; divide by ``temperature``; keep the ``top_k`` largest; keep the smallest nucleus whose
 probability reaches ``top_p``. The returned log-prob of each token is taken under exactly that
 (tempered, filtered, renormalised) distribution, which is what importance ratios in RL need.
-Greedy decoding (temperature 0) reports the log-prob under the untempered, unfiltered softmax.
+Greedy decoding (temperature 0) picks the argmax of the filtered logits (never the pad id) but reports
+the log-prob under the model's full softmax: untempered, unfiltered, nothing banned or renormalised
+(``reported_logits``), which is what a forward pass of the model gives.
 
 Each row r draws from its own stream ``fold_in(fold_in(key(seed), r), step)``, so results depend only
 on the seed and the row, not on batch sharding. Prompt lengths are padded up to a bucket (powers of
@@ -178,6 +180,12 @@ def categorical_tokens(logits: jax.Array, uniforms: jax.Array, block: int = 512)
     return (chosen * block + jnp.minimum(j, last)).astype(jnp.int32)
 
 
+def reported_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
+    """The logits whose softmax the reported log-probs are taken under: the sampled distribution
+    (``filter_logits``), or for greedy decoding the model's own, untouched."""
+    return logits if params.temperature == 0 else filter_logits(logits, params)
+
+
 def sample_step(logits: jax.Array, keys: jax.Array, params: SamplingParams):
     """logits [B, V], keys [B] -> (tokens [B], logprobs [B], entropy [B])."""
     filtered = filter_logits(logits, params)
@@ -185,8 +193,9 @@ def sample_step(logits: jax.Array, keys: jax.Array, params: SamplingParams):
         tokens = greedy_tokens(filtered)
     else:
         tokens = categorical_tokens(filtered, jax.vmap(jax.random.uniform)(keys))
-    chosen = jnp.take_along_axis(filtered, tokens[:, None], axis=-1)[:, 0]
-    logprobs = chosen - jax.nn.logsumexp(filtered, axis=-1)
+    scored = reported_logits(logits, params) if params.temperature == 0 else filtered
+    chosen = jnp.take_along_axis(scored, tokens[:, None], axis=-1)[:, 0]
+    logprobs = chosen - jax.nn.logsumexp(scored, axis=-1)
     entropy = jnp.zeros_like(logprobs)
     if params.return_entropy:
         tempered = jax.nn.log_softmax(logits / params.temperature if params.temperature else logits)
@@ -285,7 +294,7 @@ def generate(model: Qwen, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
              top_p: float = 1.0, top_k: int = 0, seed: int = 0, eos_ids: Sequence[int] | None = None,
              num_generations: int = 1, pad_id: int | None = None, vocab_limit: int | None = None,
              return_entropy: bool = False, lora: bool = True, mesh: Mesh | None = None,
-             max_prompt_length: int | None = None) -> GenerationOutput:
+             max_prompt_length: int | None = None, prompt_length: int | None = None) -> GenerationOutput:
     """Sample completions for a batch of token-id prompts of different lengths.
 
     Args:
@@ -301,6 +310,8 @@ def generate(model: Qwen, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
       return_entropy: also return the per-step entropy of the tempered distribution.
       mesh: shard rows over (data, fsdp); parameters should already be sharded on it.
       max_prompt_length: largest prompt bucket (default: the model's context minus C).
+      prompt_length: pad every batch's prompts to exactly this many tokens instead of a bucket, so
+        every call has one shape and the program is compiled once (training rollouts use it).
     """
     config = model.config
     eos = tuple(config.eos_ids if eos_ids is None else eos_ids)
@@ -322,8 +333,11 @@ def generate(model: Qwen, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
         raise ValueError(f"a prompt has {longest} tokens but the cache holds {context} prompt tokens "
                          f"(max_position_embeddings={config.max_position_embeddings} minus max_new_tokens="
                          f"{max_new_tokens}); shorten the prompt or lower max_new_tokens")
+    if prompt_length is not None and longest > prompt_length:
+        raise ValueError(f"a prompt has {longest} tokens but prompt_length={prompt_length}")
     rows = [p for p in prompts for _ in range(num_generations)]
-    prompt_ids, prompt_mask = left_pad(rows, bucket_length(longest, context), pad)
+    width = prompt_length if prompt_length is not None else bucket_length(longest, context)
+    prompt_ids, prompt_mask = left_pad(rows, width, pad)
     row_keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(seed), r))(jnp.arange(len(rows)))
     n_rows = len(rows)
     ids, mask = jnp.asarray(prompt_ids), jnp.asarray(prompt_mask)

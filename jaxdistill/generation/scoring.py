@@ -1,9 +1,10 @@
 """Scoring completions under a model: the training-side twin of the sampler's log-probs.
 
 ``completion_logprobs`` runs one forward pass over ``prompt + completion`` and returns, for every
-completion token, its log-prob under the same transformed distribution the sampler draws from
-(``filter_logits``: vocab limit, pad ban, temperature, top-k, top-p). With the same settings it
-reproduces the sampler's ``logprobs`` exactly, so importance ratios start at 1.
+completion token, its log-prob under the same distribution the sampler reports (``reported_logits``:
+for sampling, the transformed distribution it draws from (vocab limit, pad ban, temperature, top-k,
+top-p); for greedy settings, the model's full softmax). With the same settings it reproduces the
+sampler's ``logprobs`` exactly, so importance ratios start at 1.
 
 Logits are formed chunk by chunk along the completion (``chunk_size`` positions at a time, each
 chunk rematerialised in the backward pass), so a [batch, length, vocab] tensor never exists at once.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxdistill.generation.sampler import SamplingParams, filter_logits
+from jaxdistill.generation.sampler import SamplingParams, reported_logits
 from jaxdistill.models.qwen import Qwen
 
 
@@ -57,7 +58,7 @@ def logprobs_from_hidden(model: Qwen, hidden: jax.Array, tokens: jax.Array, para
     def one_chunk(h, t):
         n, c = t.shape
         logits = model.logits(h)  # [N, chunk, V]
-        flat = filter_logits(logits.reshape(n * c, -1), params)  # temperature 0: untempered, as the sampler
+        flat = reported_logits(logits.reshape(n * c, -1), params)  # as the sampler reports them
         logp = jax.nn.log_softmax(flat, axis=-1)
         chosen = jnp.take_along_axis(logp, t.reshape(-1, 1), axis=-1)[:, 0].reshape(n, c)
         entropy = -jnp.sum(jnp.where(logp > -jnp.inf, jnp.exp(logp) * logp, 0.0), axis=-1).reshape(n, c)

@@ -170,8 +170,34 @@ _LORA_TARGETS = {"q": ("self_attn", "q_proj"), "k": ("self_attn", "k_proj"), "v"
                  "down": ("mlp", "down_proj")}
 
 
+# Rematerialisation of the decoder layers in full forwards (training, scoring): what the backward pass
+# keeps of each layer. "none": everything; "dots": the outputs of the weight matmuls (projections, MLP),
+# recomputing norms, RoPE, attention and activations; "full": only the layer's input, recomputing the
+# whole layer. The results are the same; memory goes down and compute up (a second forward at most).
+REMAT_POLICIES = {"none": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "full": jax.checkpoint_policies.nothing_saveable}
+
+
+def check_remat(remat: str) -> str:
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r}: use one of {', '.join(REMAT_POLICIES)}")
+    return remat
+
+
+def _rematerialised(block, x, positions, mask, *, lora: bool, policy):
+    """``block``'s full forward under ``jax.checkpoint(policy)`` (a pure function of its state)."""
+    graphdef, state = nnx.split(block)
+
+    def layer(state, x, positions, mask):
+        return nnx.merge(graphdef, state)(x, positions, mask, None, lora=lora)[0]
+
+    return jax.checkpoint(layer, policy=policy)(state, x, positions, mask)
+
+
 class Qwen(nnx.Module):
-    """A Qwen2/Qwen2.5/Qwen3 causal LM. ``model(ids, mask) -> logits [B, T, vocab_size]``."""
+    """A Qwen2/Qwen2.5/Qwen3 causal LM. ``model(ids, mask) -> logits [B, T, vocab_size]``.
+
+    ``model.remat`` (``REMAT_POLICIES``, default "none") applies to full forwards, not to decoding."""
 
     def __init__(self, config: QwenConfig, *, rngs: nnx.Rngs, lora: LoraConfig | None = None):
         self.config = config
@@ -187,6 +213,7 @@ class Qwen(nnx.Module):
                         nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (config.vocab_size, config.hidden_size), pd),
                                   logical_axes=("vocab", "embed")))
         self.lora_config = None
+        self.remat = "none"
         if lora is not None:
             self.add_lora(lora, rngs)
 
@@ -209,6 +236,9 @@ class Qwen(nnx.Module):
         x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.compute_dtype)
         new_keys, new_values = [], []
         for i, block in enumerate(self.layers):
+            if cache is None and self.remat != "none":
+                x = _rematerialised(block, x, positions, mask, lora=lora, policy=REMAT_POLICIES[self.remat])
+                continue
             slot = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
             x, kv = block(x, positions, mask, slot, lora=lora)
             if kv is not None:

@@ -33,6 +33,9 @@ class CalibrateConfig:
     eval_split: str = option("test", "split held-out accuracy is measured on")
     chat_template: bool = option(False, "render prompts with the tokenizer's chat template (else plain text)")
     output_dir: str = option("runs/calibrate", "where metrics, checkpoints and the exported teacher go")
+    compilation_cache_dir: str = option("default", "folder of JAX's persistent compilation cache, so a rerun or "
+                                        "resume skips compiling (default: $JAXDISTILL_CACHE, else "
+                                        "~/.cache/jaxdistill/jax; off: no cache)")
     dtype: str = option("float32", "parameter and compute dtype: float32 or bfloat16")
     mesh: MeshConfig = option(MeshConfig(), "device mesh: data x fsdp x tensor (-1 takes the remaining devices)")
     distributed: DistributedConfig = option(DistributedConfig(), "multi-process runs: how this process joins "
@@ -83,6 +86,8 @@ class CalibrateConfig:
     lora_alpha: float = option(32.0, "LoRA alpha (paper: 128); scale = alpha / rank")
     lora_dropout: float = option(0.0, "dropout on the LoRA input")
     lora_targets: tuple[str, ...] = option(("q", "k", "v", "o", "gate", "up", "down"), "projections with adapters")
+    remat: str = option("none", "rematerialise decoder layers in the training forward: none, dots (keep the "
+                                "weight matmuls' outputs) or full (keep only layer inputs); less memory, more compute")
 
     # -- run control --
     seed: int = option(0, "seed of LoRA init, data order and sampling")
@@ -98,6 +103,9 @@ class CalibrateConfig:
 
 def check_config(config: CalibrateConfig) -> None:
     """Refuse settings that cannot train (before anything is loaded), naming the field and the fix."""
+    from jaxdistill.models.qwen import check_remat
+
+    check_remat(config.remat)
     missing = [name for name in ("teacher", "proxy") if not getattr(config, name)]
     if missing:
         raise ValueError(f"calibrate needs {' and '.join(missing)}: set them in the YAML config or as "

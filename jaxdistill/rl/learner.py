@@ -28,7 +28,7 @@ from jaxdistill.generation.scoring import completion_logprobs
 from jaxdistill.models.lora import LoraParam
 from jaxdistill.models.qwen import Qwen
 from jaxdistill.rl.losses import grpo_loss
-from jaxdistill.training import apply_updates, poison_if_nonfinite
+from jaxdistill.training import apply_updates, as_step_output, poison_if_nonfinite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,12 +103,12 @@ class GRPOLearner:
         self.accumulation = gradient_accumulation_steps
         self.num_iterations = num_iterations
         self.graphdef, self.lora_state, self.frozen_state = nnx.split(model, LoraParam, ...)
-        self.opt_state = optimizer.init(self.lora_state)
+        self.set_state(self.lora_state, optimizer.init(self.lora_state))
 
     def set_state(self, lora_state, opt_state) -> None:
         """Install restored parameters and optimizer state (and push them into the model)."""
-        self.lora_state, self.opt_state = lora_state, opt_state
-        nnx.update(self.model, lora_state)
+        self.lora_state, self.opt_state = as_step_output((lora_state, opt_state))
+        nnx.update(self.model, self.lora_state)
 
     def reference_logprobs(self, batch: Rollouts) -> jax.Array | None:
         """log pi_ref of the completion tokens (adapters off), or None when beta = 0."""

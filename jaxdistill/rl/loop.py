@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdistill.compilation import CompileCounter
 from jaxdistill.config import to_dict
+from jaxdistill.flops import mfu, peak_flops, train_flops
 from jaxdistill.distributed import initialize_from_config, to_host
 from jaxdistill.generation import SamplingParams, generate
 from jaxdistill.generation.batched import sample_batched, verify
+from jaxdistill.generation.sampler import bucket_length
 from jaxdistill.generation.tokenized_model import TokenizedModel
 from jaxdistill.models import LoraConfig, save_lora, save_model
+from jaxdistill.models.qwen import check_remat
 from jaxdistill.rl.advantages import zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
 from jaxdistill.rl.config import CalibrateConfig, check_config
@@ -31,8 +37,9 @@ from jaxdistill.rl.rewards import CalibrationScorer, score_completions, describe
 from jaxdistill.tasks import get_task, parse_task_options
 from jaxdistill.tasks.pipeline import make_pipeline, prompt_text
 from jaxdistill.token_maths import padding_id
-from jaxdistill.training import (Checkpointer, MetricsLogger, StepTimer, TooManyBadSteps, bad_step_counts,
-                                 cached_optimizer)
+from jaxdistill.tokenizer import Tokenizer
+from jaxdistill.training import (Checkpointer, MetricsLogger, PhaseClock, StepTimer, TooManyBadSteps,
+                                 bad_step_counts, cached_optimizer)
 
 log = logging.getLogger("jaxdistill.calibrate")
 
@@ -50,6 +57,32 @@ def greedy_accuracy(model, tokenizer, task, examples, *, max_new_tokens: int, ch
     return {"accuracy": float(np.mean([v.reward for v in verdicts])),
             "unparseable": float(np.mean([v.status == "unparseable" for v in verdicts])),
             "mean_length": float(np.mean(samples.lengths))}
+
+
+def compile_metrics(counter: CompileCounter) -> dict[str, float]:
+    """Programs built since the last call (``compile/programs``), the seconds spent tracing, lowering and
+    compiling them (``compile/seconds``) and the XLA part alone (``compile/xla_seconds``: compiling, or
+    loading from the persistent cache)."""
+    programs, seconds, xla_seconds = counter.take()
+    return {"compile/programs": programs, "compile/seconds": seconds, "compile/xla_seconds": xla_seconds}
+
+
+MAX_BOUND_EXPANSION = 4  # pad the proxy's completions to at most this many tokens per teacher token
+
+
+def retokenized_width(teacher: Tokenizer, proxy: Tokenizer, length: int, text_ratio: float) -> int:
+    """Proxy tokens to pad a ``length``-token teacher completion to, once its text is re-tokenized.
+
+    The bound ``length * e``, e = the most proxy tokens any single teacher token becomes (1 for one
+    tokenizer), when e <= MAX_BOUND_EXPANSION; otherwise (a few long teacher tokens split into many)
+    ``length * text_ratio``, the proxy/teacher token ratio of typical text. Bucketed."""
+    if teacher.vocab_size == proxy.vocab_size and teacher.hf.get_vocab() == proxy.hf.get_vocab():
+        expansion = 1.0
+    else:
+        pieces = [b.decode("utf-8", errors="replace") for b in teacher.bytes_of(list(range(teacher.vocab_size)))]
+        expansion = float(max(len(ids) for ids in proxy.hf(pieces, add_special_tokens=False)["input_ids"]))
+    factor = expansion if expansion <= MAX_BOUND_EXPANSION else max(text_ratio, 1.0)
+    return bucket_length(math.ceil(length * factor))
 
 
 class CalibrationRun:
@@ -77,6 +110,7 @@ class CalibrationRun:
         if c.top_p < 1.0 or c.top_k > 0:
             warnings.warn("top_p/top_k filtering during calibration: log-probs are scored under the filtered "
                           "distribution, so the policy gradient ignores tokens outside the filter", stacklevel=2)
+        self.cluster.teacher.remat = check_remat(c.remat)  # before the learner splits the model
         settings = GRPOSettings(sampling=self.sampling, epsilon=c.epsilon, epsilon_high=c.epsilon_high,
                                 beta=c.beta, kl_estimator=c.kl_estimator, loss_type=c.loss_type)
         optimizer = cached_optimizer(c.learning_rate, c.max_steps, c.warmup_steps, c.lr_schedule, c.weight_decay,
@@ -91,11 +125,36 @@ class CalibrationRun:
             self.proxy_learner = ProxyLearner(
                 self.cluster.proxy, cached_optimizer(c.proxy_learning_rate, c.max_steps),
                 plain_scoring(self.cluster.proxy_tokenizer.vocab_size))
+        self.prompt_width, proxy_prompt_width, proxy_completion_width = self.fixed_widths()
         self.scorer = CalibrationScorer(self.cluster.proxy, self.cluster.proxy_tokenizer, tok,
                                         mode=c.calibration_mode, tau=c.calibration_tau,
-                                        subtract_reference=c.calibration_subtract_reference)
+                                        subtract_reference=c.calibration_subtract_reference,
+                                        prompt_width=proxy_prompt_width,
+                                        completion_width=proxy_completion_width)
+        self.peak_flops = peak_flops(list(self.cluster.mesh.devices.flat))  # None on a CPU
         self.checkpointer = Checkpointer(self.out / "checkpoints")
         self.proxy_checkpointer = Checkpointer(self.out / "proxy_checkpoints") if self.proxy_learner else None
+
+    def fixed_widths(self) -> tuple[int, int, int]:
+        """(teacher prompt, proxy prompt, proxy completion) widths every training batch is padded to.
+
+        Prompts: the length bucket of the longest training prompt under each tokenizer. Completions
+        re-tokenized by the proxy: ``retokenized_width`` (a longer one widens the width for the rest
+        of the run, compiling the proxy's programs once more). Fixed widths give every program of a
+        step (rollout, scoring, reference, proxy, update) one shape, so all of them compile at step 1
+        and never again."""
+        c, tok, proxy_tok = self.config, self.cluster.teacher_tokenizer, self.cluster.proxy_tokenizer
+        texts = [prompt_text(self.task, ex, tok.hf, c.chat_template) for ex in self.train_examples]
+        if not texts:
+            raise ValueError(f"the {c.task} split {c.train_split!r} holds no examples")
+        lengths = np.array([len(ids) for ids in tok.hf(texts, add_special_tokens=False)["input_ids"]])
+        proxy_lengths = np.array([len(ids) for ids in proxy_tok.hf(texts, add_special_tokens=False)["input_ids"]])
+        if lengths.max() > c.max_prompt_length:
+            raise ValueError(f"the longest {c.task} training prompt takes {lengths.max()} teacher tokens, more "
+                             f"than max_prompt_length={c.max_prompt_length}: raise max_prompt_length")
+        text_ratio = float(np.max(proxy_lengths / np.maximum(lengths, 1)))
+        return (bucket_length(int(lengths.max()), c.max_prompt_length), bucket_length(int(proxy_lengths.max())),
+                retokenized_width(tok, proxy_tok, c.max_completion_length, text_ratio))
 
     # ---- one step -------------------------------------------------------------------------------
     def rollout_seed(self, step: int) -> int:
@@ -105,14 +164,16 @@ class CalibrationRun:
         c, cl = self.config, self.cluster
         tok = cl.teacher_tokenizer
         g = c.num_generations
+        clock = PhaseClock()  # time/<phase> metrics; see PhaseClock for where it waits on the device
         prompts = [row[mask == 1].tolist() for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
         examples = [self.train_examples[i] for i in batch["index"] for _ in range(g)]
         texts_in = [prompt_text(self.task, ex, tok.hf, c.chat_template) for ex in examples]
         out = generate(cl.teacher, prompts, max_new_tokens=c.max_completion_length, temperature=c.temperature,
                        top_p=c.top_p, top_k=c.top_k, seed=self.rollout_seed(step), eos_ids=[tok.eos_id],
                        num_generations=g, pad_id=self.pad_id, vocab_limit=tok.vocab_size, return_entropy=True,
-                       mesh=cl.mesh, max_prompt_length=c.max_prompt_length)
-        completions = out.completions()
+                       mesh=cl.mesh, prompt_length=self.prompt_width)
+        completions = out.completions()  # copied to the host: the rollout has finished
+        clock.mark("rollout")
         texts = [tok.decode(ids, skip_special_tokens=True) for ids in completions]
         verdicts = task_rewards(self.task, texts, examples)
         r_task = np.array([v.reward for v in verdicts], np.float32)
@@ -120,19 +181,23 @@ class CalibrationRun:
         rollouts = Rollouts(prompt_ids=out.prompt_ids, prompt_mask=out.prompt_mask, tokens=out.tokens, mask=out.mask,
                             old_logp=out.logprobs, advantages=jnp.zeros(len(completions), jnp.float32))
         ref_logp = self.learner.reference_logprobs(rollouts)
+        clock.mark("reference", ref_logp)
         plain = plain_scoring(tok.vocab_size)
         teacher_lp = score_completions(cl.teacher, out.prompt_ids, out.prompt_mask, out.tokens, out.mask, plain,
                                  lora=True, chunk_size=128)
         ref_plain = (score_completions(cl.teacher, out.prompt_ids, out.prompt_mask, out.tokens, out.mask, plain,
                                  lora=False, chunk_size=128) if self.scorer.subtract_reference else None)
         r_cal, cal_metrics, proxy_batch = self.scorer(texts_in, completions, teacher_lp, ref_plain)
+        clock.mark("rewards")  # task verdicts, teacher scoring, alignment, proxy scoring (r_cal on the host)
         if self.proxy_learner is not None:  # after scoring: the reward measured the proxy before this batch
             cal_metrics["proxy/loss"] = self.proxy_learner.step(*proxy_batch)
+            clock.mark("proxy_update")
         advantages = ADVANTAGE_FUNCTIONS.get(c.advantage)(
             jnp.asarray(r_task), jnp.asarray(r_cal), g, eta=c.eta, scale_rewards=c.scale_rewards,
             calibration_scope=c.calibration_scope, seed=self.rollout_seed(step))
         rollouts = rollouts.replace(advantages=advantages, ref_logp=ref_logp)
         update = self.learner.update(rollouts)
+        clock.mark("update", self.learner.lora_state)
 
         mask = to_host(out.mask)  # to_host: gathered from every process in multi-process runs
         lengths = to_host(out.lengths)
@@ -152,10 +217,24 @@ class CalibrationRun:
             **cal_metrics,
             **{k: float(v) for k, v in update.items()},
             "tokens": n_tokens,
+            **clock.metrics(),
+            "rollout/tokens_per_second": n_tokens / max(clock.seconds["rollout"], 1e-9),
+            **self.update_utilisation(out.tokens.shape[0], out.prompt_ids.shape[1] + out.tokens.shape[1],
+                                      clock.seconds["update"]),
         }
         if "kl" not in metrics:
             metrics["kl"] = 0.0
         return metrics
+
+    def update_utilisation(self, rows: int, length: int, seconds: float) -> dict[str, float]:
+        """Achieved TFLOP/s of the GRPO update (model FLOPs: forward + activation gradients of the frozen
+        teacher over every row, per optimizer pass) and, on a known accelerator, its MFU."""
+        flops = self.config.num_iterations * train_flops(self.cluster.teacher_config, rows, length, frozen_base=True)
+        out = {"update/tflops_per_second": flops / max(seconds, 1e-9) / 1e12}
+        utilisation = mfu(flops, seconds, self.peak_flops)
+        if utilisation is not None:
+            out["update/mfu"] = utilisation
+        return out
 
     def evaluate(self) -> dict[str, float]:
         c, cl = self.config, self.cluster
@@ -192,49 +271,54 @@ class CalibrationRun:
                                tensorboard=c.tensorboard, start_step=start, show_progress=c.progress,
                                append=latest is not None)
         history = []
-        try:
-            if start == 0:
-                history.append(logger.log(0, self.evaluate()))
-            timer = StepTimer()
-            warned_at = -100
-            for step in range(start + 1, c.max_steps + 1):
-                batch = next(iterator)
-                metrics = self.train_step(batch, step)
-                consecutive, total_bad, finite = bad_step_counts(self.learner.opt_state)
-                metrics["bad_steps"] = total_bad
-                if not finite:
-                    log.warning("step %d: non-finite loss or gradients; update skipped (%d in a row)", step,
-                                consecutive)
-                if consecutive >= c.max_bad_steps:
-                    logger.log(step, metrics)
-                    raise TooManyBadSteps(
-                        f"{consecutive} consecutive steps had NaN/Inf loss or gradients (last at step {step}); "
-                        f"stopping. The last good checkpoint in {self.out / 'checkpoints'} is intact: lower "
-                        "learning_rate or beta, or check the data, then resume=true")
-                if (metrics["groups/zero_task_variance"] >= ROLLOUT_WARN_FRACTION
-                        or metrics["completions/clipped_ratio"] >= ROLLOUT_WARN_FRACTION) and step - warned_at >= 20:
-                    warned_at = step
-                    log.warning("step %d: %.0f%% of groups have zero reward variance and %.0f%% of rollouts hit "
-                                "max_completion_length: little learning signal (raise num_generations, "
-                                "max_completion_length or temperature)", step,
-                                100 * metrics["groups/zero_task_variance"], 100 * metrics["completions/clipped_ratio"])
-                if (c.eval_every and step % c.eval_every == 0) or step == c.max_steps:
-                    metrics.update(self.evaluate())
-                metrics["step_time"] = timer.lap()
-                metrics["tokens_per_second"] = metrics["tokens"] / max(metrics["step_time"], 1e-9)
-                history.append(logger.log(step, metrics, info_keys=("rewards/task/mean", "rewards/calibration/mean",
-                                                                    "kl", "eval/accuracy")))
-                if (c.save_every and step % c.save_every == 0) or step == c.max_steps:
-                    if self.proxy_learner is not None:  # first: a teacher checkpoint always has its proxy's
-                        self.proxy_checkpointer.save(step, self.proxy_learner.params, self.proxy_learner.opt_state,
-                                                     {"step": step})
-                    self.checkpointer.save(step, self.learner.lora_state, self.learner.opt_state,
-                                           {"step": step, "data_state": iterator.get_state()})
-        finally:
-            logger.close()
-            self.checkpointer.close()
-            if self.proxy_checkpointer is not None:
-                self.proxy_checkpointer.close()
+        with CompileCounter() as compiles:  # programs built per step: 0 after step 1 (fixed shapes)
+            try:
+                if start == 0:
+                    history.append(logger.log(0, {**self.evaluate(), **compile_metrics(compiles)}))
+                timer = StepTimer()
+                warned_at = -100
+                for step in range(start + 1, c.max_steps + 1):
+                    batch = next(iterator)
+                    metrics = self.train_step(batch, step)
+                    consecutive, total_bad, finite = bad_step_counts(self.learner.opt_state)
+                    metrics["bad_steps"] = total_bad
+                    if not finite:
+                        log.warning("step %d: non-finite loss or gradients; update skipped (%d in a row)", step,
+                                    consecutive)
+                    if consecutive >= c.max_bad_steps:
+                        logger.log(step, metrics)
+                        raise TooManyBadSteps(
+                            f"{consecutive} consecutive steps had NaN/Inf loss or gradients (last at step {step}); "
+                            f"stopping. The last good checkpoint in {self.out / 'checkpoints'} is intact: lower "
+                            "learning_rate or beta, or check the data, then resume=true")
+                    if (metrics["groups/zero_task_variance"] >= ROLLOUT_WARN_FRACTION
+                            or metrics["completions/clipped_ratio"] >= ROLLOUT_WARN_FRACTION) and step - warned_at >= 20:
+                        warned_at = step
+                        log.warning("step %d: %.0f%% of groups have zero reward variance and %.0f%% of rollouts hit "
+                                    "max_completion_length: little learning signal (raise num_generations, "
+                                    "max_completion_length or temperature)", step,
+                                    100 * metrics["groups/zero_task_variance"], 100 * metrics["completions/clipped_ratio"])
+                    if (c.eval_every and step % c.eval_every == 0) or step == c.max_steps:
+                        eval_start = time.perf_counter()
+                        metrics.update(self.evaluate())  # scores are on the host: nothing left to wait for
+                        metrics["time/eval"] = time.perf_counter() - eval_start
+                    metrics["step_time"] = timer.lap()
+                    metrics["tokens_per_second"] = metrics["tokens"] / max(metrics["step_time"], 1e-9)
+                    metrics.update(compile_metrics(compiles))
+                    history.append(logger.log(step, metrics, info_keys=(
+                        "rewards/task/mean", "rewards/calibration/mean", "kl", "eval/accuracy", "step_time",
+                        "time/rollout", "time/rewards", "time/reference", "time/update", "update/mfu")))
+                    if (c.save_every and step % c.save_every == 0) or step == c.max_steps:
+                        if self.proxy_learner is not None:  # first: a teacher checkpoint always has its proxy's
+                            self.proxy_checkpointer.save(step, self.proxy_learner.params, self.proxy_learner.opt_state,
+                                                         {"step": step})
+                        self.checkpointer.save(step, self.learner.lora_state, self.learner.opt_state,
+                                               {"step": step, "data_state": iterator.get_state()})
+            finally:
+                logger.close()
+                self.checkpointer.close()
+                if self.proxy_checkpointer is not None:
+                    self.proxy_checkpointer.close()
         result: dict[str, Any] = {"output_dir": str(self.out), "history": history,
                                   "final": history[-1] if history else {}}
         if c.export:  # every process joins the gathers; process 0 writes the folders

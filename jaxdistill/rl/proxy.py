@@ -26,7 +26,7 @@ from flax import nnx
 from jaxdistill.generation.sampler import SamplingParams
 from jaxdistill.generation.scoring import completion_logprobs
 from jaxdistill.models.qwen import Qwen
-from jaxdistill.training import apply_updates, poison_if_nonfinite
+from jaxdistill.training import apply_updates, poison_if_nonfinite, as_step_output
 
 
 def completion_nll(logprobs: jax.Array, mask: jax.Array) -> jax.Array:
@@ -59,12 +59,12 @@ class ProxyLearner:
         self.optimizer = optimizer
         self.scoring = scoring
         self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
-        self.opt_state = optimizer.init(self.params)
+        self.set_state(self.params, optimizer.init(self.params))
 
     def set_state(self, params, opt_state) -> None:
         """Install restored parameters and optimizer state (and push them into the model)."""
-        self.params, self.opt_state = params, opt_state
-        nnx.update(self.model, params)
+        self.params, self.opt_state = as_step_output((params, opt_state))
+        nnx.update(self.model, self.params)
 
     def step(self, prompt_ids, prompt_mask, tokens, mask) -> float:
         """One SFT step on completions ``tokens`` [N, C] (``mask`` [N, C]) after prompts [N, P]; returns the

@@ -17,6 +17,7 @@ Higher r_cal always means "easier for the proxy to match"; eta applies the sign 
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import jax
@@ -32,6 +33,8 @@ from jaxdistill.models.qwen import Qwen
 from jaxdistill.rl.calibration import calibration_metrics, sequence_calibration_reward, span_calibration_reward
 from jaxdistill.tasks.base import Example, Task, Verdict
 from jaxdistill.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 CALIBRATION_MODES = ("span", "sequence", "alm")
 
@@ -56,7 +59,8 @@ class CalibrationScorer:
     each call returns, after scoring, so the reward measures the proxy before that batch."""
 
     def __init__(self, proxy: Qwen, proxy_tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, *,
-                 mode: str = "span", tau: float = 1.0, subtract_reference: bool = False):
+                 mode: str = "span", tau: float = 1.0, subtract_reference: bool = False,
+                 prompt_width: int | None = None, completion_width: int | None = None):
         if mode not in CALIBRATION_MODES:
             raise ValueError(f"calibration_mode must be one of {CALIBRATION_MODES}, got {mode!r}")
         check_pair(proxy.config, proxy_tokenizer, "proxy")
@@ -64,6 +68,10 @@ class CalibrationScorer:
         self.teacher_tokenizer = teacher_tokenizer
         self.mode, self.tau, self.subtract_reference = mode, tau, subtract_reference
         self.proxy_scoring = plain_scoring(proxy_tokenizer.vocab_size)
+        # Fixed proxy shapes (None: a bucket per batch). The completion width only ever grows (to the
+        # bucket of a longer re-tokenization than seen so far), so each growth compiles once.
+        self.prompt_width = prompt_width
+        self.completion_width = completion_width
 
     def proxy_inputs(self, prompt_texts: Sequence[str], proxy_ids: np.ndarray, proxy_mask: np.ndarray
                      ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -71,7 +79,11 @@ class CalibrationScorer:
         tokenization of the prompts, left-padded, and the completion tokens padded with its pad id."""
         pad = self.proxy.pad_id
         prompts = [self.proxy.tokenizer.encode(t) for t in prompt_texts]
-        prompt_ids, prompt_mask = left_pad(prompts, bucket_length(max(map(len, prompts))), pad)
+        longest = max(map(len, prompts))
+        if self.prompt_width is not None and longest > self.prompt_width:
+            raise ValueError(f"a prompt takes {longest} proxy tokens but the proxy's prompt width is "
+                             f"{self.prompt_width}")
+        prompt_ids, prompt_mask = left_pad(prompts, self.prompt_width or bucket_length(longest), pad)
         tokens = np.where(proxy_mask, proxy_ids, pad).astype(np.int32)
         return (jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), jnp.asarray(tokens),
                 jnp.asarray(proxy_mask.astype(np.int32)))
@@ -88,8 +100,15 @@ class CalibrationScorer:
         ``subtract_reference``).
         """
         width = teacher_logprobs.shape[1]
-        alignment = align_retokenized(self.teacher_tokenizer, completion_ids, self.proxy.tokenizer)
-        proxy_width = bucket_length(max(alignment.ids_b.shape[1], 1))
+        fixed = self.completion_width is not None
+        alignment = align_retokenized(self.teacher_tokenizer, completion_ids, self.proxy.tokenizer,
+                                      min_widths=(width, self.completion_width) if fixed else None)
+        longest = max(int(alignment.mask_b.sum(1).max(initial=0)), 1)
+        if fixed and longest > self.completion_width:
+            self.completion_width = bucket_length(longest)
+            log.info("proxy completion width grows to %d tokens (a completion re-tokenized into %d): the proxy's "
+                     "programs compile once more", self.completion_width, longest)
+        proxy_width = self.completion_width if fixed else bucket_length(longest)
         proxy_ids = _pad_to(alignment.ids_b, proxy_width, 0)
         proxy_mask = _pad_to(alignment.mask_b, proxy_width, False)
         proxy_batch = self.proxy_inputs(prompt_texts, proxy_ids, proxy_mask)
