@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 
+from jaxdistill import run_folder
 from jaxdistill.config import configure_logging, option, parse_args
 from jaxdistill.distributed import DistributedConfig, initialize_from_config
 from jaxdistill.sharding import MeshConfig
@@ -128,19 +129,37 @@ def _require(config: CalibrateConfig) -> None:
     for name in ("max_steps", "eval_every", "save_every"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
-    checkpoints = Path(config.output_dir) / "checkpoints"
-    if not config.resume and holds_checkpoints(checkpoints):
-        raise FileExistsError(f"{config.output_dir} already holds checkpoints of a calibration: set resume=true to "
-                              "continue it, or choose another output_dir (starting over would overwrite its metrics)")
+
+
+MODEL_INPUTS = ("teacher", "proxy", "teacher_tokenizer", "proxy_tokenizer", "data_path")
 
 
 def calibrate(config: CalibrateConfig) -> dict[str, Any]:
-    """Run one calibration; returns the final metrics and the exported paths."""
+    """Run one calibration; returns the final metrics and the exported paths. A folder that already
+    holds this calibration, finished, is reported (``reused``), not recomputed (``jaxdistill.run_folder``)."""
     from jaxdistill.rl.loop import CalibrationRun
 
     _require(config)
     initialize_from_config(config.distributed)  # before any JAX computation; a no-op on one process
-    return CalibrationRun(config).run()
+    safe = run_folder.SAFE_RESUME_FIELDS  # more steps change a decaying schedule, not a constant one
+    safe = safe if config.lr_schedule == "constant" else safe - {"max_steps"}
+    with run_folder.open_run(config.output_dir, config, command="calibrate", resume=config.resume,
+                             overwrite=getattr(config, "overwrite", False), safe_resume_fields=safe,
+                             inputs={k: getattr(config, k) for k in MODEL_INPUTS}, input_fields=MODEL_INPUTS,
+                             primary=jax.process_index() == 0) as run:
+        if run.finished:
+            return {**run.manifest["summary"], "reused": True}
+        if run.previous and run.previous.get("status") == "finished" and not holds_checkpoints(
+                Path(config.output_dir) / "checkpoints"):
+            raise run_folder.FolderHoldsRun(
+                f"{config.output_dir} holds a finished calibration whose checkpoints/ are gone: there is nothing "
+                "to resume from, and starting at step 0 would replace its results. Set overwrite=true to move it "
+                "aside and calibrate again, or choose another output_dir")
+        result = CalibrationRun(config).run()
+        exported = [name for name in ("teacher", "adapter", "proxy") if name in result]
+        run.finish(results=["metrics.jsonl", *exported],
+                   summary={k: v for k, v in result.items() if k != "history"})
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -291,6 +291,7 @@ class RunFolder:
 
     path: Path
     manifest: dict[str, Any]
+    previous: dict[str, Any] | None = None  # the manifest found on opening (None: a fresh folder)
     finished: bool = False
     resumed: bool = False
     moved_to: Path | None = None           # where overwrite=true moved the old contents
@@ -303,7 +304,7 @@ class RunFolder:
 
     def finish(self, results: Sequence[str] = (), summary: Mapping[str, Any] | None = None) -> None:
         """Mark the run finished, listing its result files (relative to the folder) and a JSON summary."""
-        missing = [name for name in results if not (self.path / name).exists()]
+        missing = [name for name in results if not (self.path / name).exists()] if self.primary else []
         if missing:
             raise RuntimeError(f"run in {self.path} claims results it did not write: {missing}")
         self.manifest.update(status="finished", finished=_now(), results=list(results),
@@ -400,6 +401,7 @@ def open_run(output_dir: str | Path, config: Any, *, command: str, inputs: Mappi
                 log.warning("overwrite=true: the earlier contents of %s moved to %s", folder, run.moved_to)
             previous = None
         elif work:
+            run.previous = previous
             finished, safe_diff = _check_rerun(folder, previous, work, settings, prints, key, resume=resume,
                                                safe=safe_resume_fields, input_fields=input_fields)
         else:
