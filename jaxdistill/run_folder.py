@@ -329,7 +329,7 @@ def _move_aside(folder: Path, entries: Sequence[str]) -> Path:
 
 
 def _check_rerun(folder: Path, previous: dict[str, Any] | None, work: list[str], config: dict[str, Any],
-                 inputs: dict[str, Any], key: str, *, resume: bool, safe: frozenset[str],
+                 inputs: dict[str, Any], key: str, *, resume: bool, resumable: bool, safe: frozenset[str],
                  input_fields: Sequence[str]) -> tuple[bool, dict[str, tuple]]:
     """(finished, safe changes) for a folder holding ``work``; raises where the rules refuse."""
     if previous is None:
@@ -360,6 +360,8 @@ def _check_rerun(folder: Path, previous: dict[str, Any] | None, work: list[str],
     extends = isinstance(old_steps, int) and isinstance(new_steps, int) and new_steps > old_steps
     if done and not extends:   # watching it differently (progress, logging...) changes nothing finished
         return True, {}
+    if not resume and not resumable and not done:  # nothing to continue from: redo the same work
+        return False, safe_diff
     if not resume:
         state = "finished" if done else "unfinished"
         what = (f" (changed: {describe(safe_diff)})" if safe_diff else "")
@@ -371,13 +373,15 @@ def _check_rerun(folder: Path, previous: dict[str, Any] | None, work: list[str],
 
 @contextmanager
 def open_run(output_dir: str | Path, config: Any, *, command: str, inputs: Mapping[str, Any] | None = None,
-             input_fields: Sequence[str] = (), resume: bool = False, overwrite: bool = False,
+             input_fields: Sequence[str] = (), resume: bool = False, overwrite: bool = False, resumable: bool = True,
              safe_resume_fields: frozenset[str] = SAFE_RESUME_FIELDS, primary: bool = True) -> Iterator[RunFolder]:
     """Lock ``output_dir``, check a rerun against its manifest, write the manifest; yields a ``RunFolder``.
 
     ``inputs``: name -> path or value of everything the run reads besides its config (model folders,
     data files, a generator version); ``input_fields``: the config fields that name those paths (they
     are compared by the inputs' contents, so a model moved to another folder is the same input).
+    ``resumable``: False for a command that cannot resume (evaluate, diagnose): an unfinished run of the
+    same settings is then simply redone.
     ``primary``: False on the other processes of a multi-process run (they share process 0's folder:
     only process 0 locks and writes; the others only read).
     """
@@ -403,7 +407,8 @@ def open_run(output_dir: str | Path, config: Any, *, command: str, inputs: Mappi
         elif work:
             run.previous = previous
             finished, safe_diff = _check_rerun(folder, previous, work, settings, prints, key, resume=resume,
-                                               safe=safe_resume_fields, input_fields=input_fields)
+                                               resumable=resumable, safe=safe_resume_fields,
+                                               input_fields=input_fields)
         else:
             previous = None   # a manifest alone (a run that stopped before writing anything): nothing to keep
         if finished:

@@ -264,3 +264,13 @@ def test_large_files_are_fingerprinted_by_samples(tmp_path, monkeypatch):
     data[5000] ^= 1  # a change inside the middle sample
     path.write_bytes(bytes(data))
     assert run_folder.fingerprint_path(path) != first
+
+
+def test_a_command_that_cannot_resume_redoes_its_unfinished_run(tmp_path):
+    """evaluate, diagnose: a killed run of the same settings is redone; other settings are still refused."""
+    out = tmp_path / "run"
+    _run(out, Config(), finish=False)
+    run = _run(out, Config(), resumable=False)
+    assert run.resumed and is_finished(out)
+    with pytest.raises(SettingsChanged, match="eta"):
+        _run(out, Config(eta=2.0), resumable=False)
