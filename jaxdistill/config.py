@@ -446,8 +446,15 @@ class _StopRequest:
 
 
 def stop_requested() -> bool:
-    """Whether Ctrl-C asked the running training loop to stop at the end of this step."""
-    return _StopRequest.requested
+    """Whether Ctrl-C asked the running training loop to stop at the end of this step. In a multi-process
+    run the processes agree (any one asked: all stop), since the checkpoint save is collective."""
+    requested = _StopRequest.requested
+    jax = sys.modules.get("jax")
+    if _StopRequest.listening and jax is not None and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        requested = bool(multihost_utils.process_allgather(int(requested)).max())
+    return requested
 
 
 @contextlib.contextmanager
