@@ -134,6 +134,5 @@ def test_cli_help_lists_every_objective_task_and_option(capsys):
     text = capsys.readouterr().out
     for word in list(OBJECTIVES) + list_tasks() + [f.name for f in dataclasses.fields(DistillConfig)]:
         assert word in text, word
-    with pytest.raises(SystemExit):
-        distill_main(["objectve=kd"])
+    assert distill_main(["objectve=kd"]) == 1
     assert "did you mean 'objective'" in capsys.readouterr().err

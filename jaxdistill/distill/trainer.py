@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 from flax import nnx
 
-from jaxdistill.config import option, to_dict
+from jaxdistill.config import Interrupted, option, stop_at_step_boundaries, stop_requested, to_dict
 from jaxdistill.distill.data import OBJECTIVES, BatchMaker, BatchRecipe, Side, TeacherSampleCache, same_tokenizer
 from jaxdistill.distill.learner import StudentLearner
 from jaxdistill.distill.objectives import LossSettings
@@ -172,6 +172,7 @@ def check_vocab(model: Qwen, side: Side, role: str) -> None:
 
 # ---- the run ------------------------------------------------------------------------------------
 
+@stop_at_step_boundaries()
 def distill(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None = None) -> Path:
     """Train a student as ``config`` says; returns the run folder (the final model is in ``<it>/model``).
 
@@ -259,8 +260,12 @@ def distill(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None
             if config.objective == "gkd":
                 record["gkd/student_fraction"] = counts["student_sequences"] / counts["sequences"]
             logger.log(step + 1, record, info_keys=("loss", "gkd/student_fraction"))
-            if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < config.max_steps:
+            stop = stop_requested() and step + 1 < config.max_steps  # Ctrl-C under the CLI: checkpoint, stop
+            if (config.save_steps and (step + 1) % config.save_steps == 0 or stop) and step + 1 < config.max_steps:
                 checkpointer.save(step + 1, learner.trainable, learner.opt_state, {"counts": counts})
+            if stop:
+                raise Interrupted(f"checkpoint of step {step + 1} saved in {checkpoints_dir}; resume=true "
+                                  "continues the run")
         if config.max_steps > start:
             checkpointer.save(config.max_steps, learner.trainable, learner.opt_state, {"counts": counts})
     finally:

@@ -1,5 +1,6 @@
 """The calibration loop: rollouts -> rewards -> advantages -> GRPO update, with eval, logging,
-checkpoints, exact resume and a bad-step guard. Configured by ``jaxdistill.calibrate.CalibrateConfig``.
+checkpoints, exact resume and a bad-step guard. Configured by ``jaxdistill.rl.config.CalibrateConfig``;
+``calibrate(config)`` runs one.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill.config import to_dict
-from jaxdistill.distributed import to_host
+from jaxdistill.config import Interrupted, stop_at_step_boundaries, stop_requested, to_dict
+from jaxdistill.distributed import initialize_from_config, to_host
 from jaxdistill.generation import SamplingParams, generate
 from jaxdistill.models import LoraConfig, save_lora, save_model
 from jaxdistill.rl.advantages import combined_advantages, zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
+from jaxdistill.rl.config import CalibrateConfig, check_config
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.proxy import ProxyLearner
 from jaxdistill.rl.rewards import CalibrationScorer, score_completions, describe_verdicts, plain_scoring, task_rewards
@@ -163,6 +165,7 @@ class CalibrationRun:
         return {f"eval/{k}": v for k, v in scores.items()}
 
     # ---- the loop -------------------------------------------------------------------------------
+    @stop_at_step_boundaries()
     def run(self) -> dict[str, Any]:
         c = self.config
         iterator = iter(self.pipeline)
@@ -223,12 +226,16 @@ class CalibrationRun:
                 metrics["tokens_per_second"] = metrics["tokens"] / max(metrics["step_time"], 1e-9)
                 history.append(logger.log(step, metrics, info_keys=("rewards/task/mean", "rewards/calibration/mean",
                                                                     "kl", "eval/accuracy")))
-                if (c.save_every and step % c.save_every == 0) or step == c.max_steps:
+                stop = stop_requested()  # Ctrl-C under the CLI: checkpoint this step, then stop
+                if (c.save_every and step % c.save_every == 0) or step == c.max_steps or stop:
                     if self.proxy_learner is not None:  # first: a teacher checkpoint always has its proxy's
                         self.proxy_checkpointer.save(step, self.proxy_learner.params, self.proxy_learner.opt_state,
                                                      {"step": step})
                     self.checkpointer.save(step, self.learner.lora_state, self.learner.opt_state,
                                            {"step": step, "data_state": iterator.get_state()})
+                if stop and step < c.max_steps:
+                    raise Interrupted(f"checkpoint of step {step} saved in {self.out / 'checkpoints'}; "
+                                      "resume=true continues the run")
         finally:
             logger.close()
             self.checkpointer.close()
@@ -244,3 +251,10 @@ class CalibrationRun:
                 result["proxy"] = str(save_model(self.cluster.proxy, self.out / "proxy",
                                                  tokenizer_dir=c.proxy_tokenizer or c.proxy))
         return result
+
+
+def calibrate(config: CalibrateConfig) -> dict[str, Any]:
+    """Run one calibration; returns the final metrics and the exported paths."""
+    check_config(config)
+    initialize_from_config(config.distributed)  # before any JAX computation; a no-op on one process
+    return CalibrationRun(config).run()
