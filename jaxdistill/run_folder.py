@@ -39,7 +39,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,11 @@ def run_key(config: Mapping[str, Any], inputs: Mapping[str, Any], *, input_field
     settings = {k: v for k, v in _flatten(config).items()
                 if not _is_safe(k, SAFE_RESUME_FIELDS) and k.split(".", 1)[0] not in input_fields}
     return _digest({"config": settings, "inputs": dict(inputs)})
+
+
+def key_for(config: Any, inputs: Mapping[str, Any], input_fields: Sequence[str] = ()) -> str:
+    """The ``run_key`` that ``open_run`` records for this config and these inputs."""
+    return run_key(config_dict(config), fingerprint(inputs), input_fields=input_fields)
 
 
 def changes(old: Mapping[str, Any], new: Mapping[str, Any], *, ignore: Sequence[str] = ()) -> dict[str, tuple]:
@@ -330,7 +335,8 @@ def _move_aside(folder: Path, entries: Sequence[str]) -> Path:
 
 def _check_rerun(folder: Path, previous: dict[str, Any] | None, work: list[str], config: dict[str, Any],
                  inputs: dict[str, Any], key: str, *, resume: bool, resumable: bool, safe: frozenset[str],
-                 input_fields: Sequence[str]) -> tuple[bool, dict[str, tuple]]:
+                 input_fields: Sequence[str], can_continue: Callable[[], bool] | None
+                 ) -> tuple[bool, dict[str, tuple]]:
     """(finished, safe changes) for a folder holding ``work``; raises where the rules refuse."""
     if previous is None:
         if resume:   # a folder of an earlier version of this program: resumable, but nothing to compare
@@ -360,6 +366,11 @@ def _check_rerun(folder: Path, previous: dict[str, Any] | None, work: list[str],
     extends = isinstance(old_steps, int) and isinstance(new_steps, int) and new_steps > old_steps
     if done and not extends:   # watching it differently (progress, logging...) changes nothing finished
         return True, {}
+    if done and resume and can_continue is not None and not can_continue():
+        raise FolderHoldsRun(f"{folder} holds a finished run with nothing to continue from (its checkpoints are "
+                             f"gone), so max_steps {old_steps} -> {new_steps} would start over at step 0 and replace "
+                             "its results. Set overwrite=true to move it aside and start over, or choose another "
+                             "output_dir")
     if not resume and not resumable and not done:  # nothing to continue from: redo the same work
         return False, safe_diff
     if not resume:
@@ -374,12 +385,18 @@ def _check_rerun(folder: Path, previous: dict[str, Any] | None, work: list[str],
 @contextmanager
 def open_run(output_dir: str | Path, config: Any, *, command: str, inputs: Mapping[str, Any] | None = None,
              input_fields: Sequence[str] = (), resume: bool = False, overwrite: bool = False, resumable: bool = True,
-             safe_resume_fields: frozenset[str] = SAFE_RESUME_FIELDS, primary: bool = True) -> Iterator[RunFolder]:
+             can_continue: Callable[[], bool] | None = None, safe_resume_fields: frozenset[str] = SAFE_RESUME_FIELDS,
+             primary: bool = True) -> Iterator[RunFolder]:
     """Lock ``output_dir``, check a rerun against its manifest, write the manifest; yields a ``RunFolder``.
 
     ``inputs``: name -> path or value of everything the run reads besides its config (model folders,
     data files, a generator version); ``input_fields``: the config fields that name those paths (they
     are compared by the inputs' contents, so a model moved to another folder is the same input).
+    ``overwrite``: where the rules refuse (other settings, an unfinished run without ``resume``, a folder
+    without a manifest), move the folder's contents aside to ``<output_dir>.replaced-<time>`` and start
+    over; a finished run of the same settings is still reported finished.
+    ``can_continue``: whether the folder holds a state to continue from (a checkpoint); without one, a
+    finished run is not continued with more ``max_steps`` (that would start at step 0 over its results).
     ``resumable``: False for a command that cannot resume (evaluate, diagnose): an unfinished run of the
     same settings is then simply redone.
     ``primary``: False on the other processes of a multi-process run (they share process 0's folder:
@@ -399,22 +416,26 @@ def open_run(output_dir: str | Path, config: Any, *, command: str, inputs: Mappi
         work = holds_work(folder)
         run = RunFolder(path=folder, manifest={}, primary=primary, stale_owner=lock.stale if lock else None)
         finished, safe_diff = False, {}
-        if work and overwrite:
-            if primary:
-                run.moved_to = _move_aside(folder, work)
-                log.warning("overwrite=true: the earlier contents of %s moved to %s", folder, run.moved_to)
-            previous = None
-        elif work:
+        if work:
             run.previous = previous
-            finished, safe_diff = _check_rerun(folder, previous, work, settings, prints, key, resume=resume,
-                                               resumable=resumable, safe=safe_resume_fields,
-                                               input_fields=input_fields)
+            try:
+                finished, safe_diff = _check_rerun(folder, previous, work, settings, prints, key, resume=resume,
+                                                   resumable=resumable, safe=safe_resume_fields,
+                                                   input_fields=input_fields, can_continue=can_continue)
+            except (SettingsChanged, FolderHoldsRun) as refusal:
+                if not overwrite:
+                    raise
+                if primary:
+                    run.moved_to = _move_aside(folder, work)
+                    log.warning("overwrite=true: %s\nSo its contents moved to %s; this run starts over", refusal,
+                                run.moved_to)
+                previous = run.previous = None
         else:
             previous = None   # a manifest alone (a run that stopped before writing anything): nothing to keep
         if finished:
             run.manifest, run.finished = previous, True
-            log.info("%s already holds this run, finished %s: nothing to do (overwrite=true recomputes it)",
-                     folder, previous.get("finished"))
+            log.info("%s already holds this run, finished %s: nothing to do (to compute it again, delete the "
+                     "folder or choose another output_dir)", folder, previous.get("finished"))
         else:
             from jaxdistill import __version__
 

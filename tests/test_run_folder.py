@@ -244,10 +244,8 @@ def test_arms_are_reused_by_key_never_by_label(tmp_path, teacher):
     config = Config(teacher=str(teacher), eta=-1.0)
     _run(arm, config)
     key = read_manifest(arm)["key"]
-    same = run_folder.run_key(run_folder.config_dict(dataclasses.replace(config, progress=False)),
-                              run_folder.fingerprint({"teacher": str(teacher)}), input_fields=("teacher",))
-    other = run_folder.run_key(run_folder.config_dict(dataclasses.replace(config, eta=-3.0)),
-                               run_folder.fingerprint({"teacher": str(teacher)}), input_fields=("teacher",))
+    same = run_folder.key_for(dataclasses.replace(config, progress=False), {"teacher": str(teacher)}, ("teacher",))
+    other = run_folder.key_for(dataclasses.replace(config, eta=-3.0), {"teacher": str(teacher)}, ("teacher",))
     assert same == key and other != key
     assert arm_is_finished(arm, same) and not arm_is_finished(arm, other)
 
@@ -274,3 +272,20 @@ def test_a_command_that_cannot_resume_redoes_its_unfinished_run(tmp_path):
     assert run.resumed and is_finished(out)
     with pytest.raises(SettingsChanged, match="eta"):
         _run(out, Config(eta=2.0), resumable=False)
+
+
+def test_overwrite_replaces_only_what_would_be_refused(tmp_path):
+    out = tmp_path / "run"
+    _run(out, Config())
+    before = _snapshot(out)
+    run = _run(out, Config(overwrite=True))  # the same settings, finished: still just reported
+    assert run.finished and run.moved_to is None and _snapshot(out) == before
+
+
+def test_a_finished_run_without_checkpoints_is_not_continued_from_step_0(tmp_path):
+    out = tmp_path / "run"
+    _run(out, Config())
+    with pytest.raises(FolderHoldsRun, match="nothing to continue from"):
+        _run(out, Config(max_steps=8, resume=True), can_continue=lambda: False)
+    run = _run(out, Config(max_steps=8, resume=True, overwrite=True), can_continue=lambda: False)
+    assert run.moved_to is not None and not run.resumed

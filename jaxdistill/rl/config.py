@@ -8,12 +8,10 @@ train before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from jaxdistill.config import option
 from jaxdistill.distributed import DistributedConfig
 from jaxdistill.sharding import MeshConfig
-from jaxdistill.training import holds_checkpoints
 
 
 @dataclasses.dataclass
@@ -107,7 +105,3 @@ def check_config(config: CalibrateConfig) -> None:
     for name in ("max_steps", "eval_every", "save_every"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
-    checkpoints = Path(config.output_dir) / "checkpoints"
-    if not config.resume and holds_checkpoints(checkpoints):
-        raise FileExistsError(f"{config.output_dir} already holds checkpoints of a calibration: set resume=true to "
-                              "continue it, or choose another output_dir (starting over would overwrite its metrics)")
