@@ -211,3 +211,24 @@ def test_two_runs_into_one_folder_one_is_refused_at_once(world, reference, tmp_p
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(MAX_STEPS + 1))  # one run's lines, in order, each well-formed JSON
     assert _weights(out) == _weights(reference[0])
+
+
+def test_evaluate_keeps_earlier_results(world, tmp_path, caplog):
+    """A rerun with the same settings reads its results back; other settings are refused, naming the field
+    and overwrite=true, which then moves the earlier results aside instead of writing over them."""
+    from jaxdistill.evaluate import main as evaluate_main
+
+    out = tmp_path / "eval"
+    argv = [f"models=[t={world['teacher']}]", "tasks=[arith]", "limit=2", "max_new_tokens=4", f"output_dir={out}"]
+    evaluate_main(argv)
+    first = (out / "results.json").read_bytes()
+    stamp = (out / "results.json").stat().st_mtime_ns
+    evaluate_main(argv)  # the same evaluation: read back, not recomputed
+    assert (out / "results.json").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match=r"error: .*limit: 2 there, 3 now.*overwrite=true"):
+        evaluate_main([*argv[:2], "limit=3", *argv[3:]])
+    assert (out / "results.json").read_bytes() == first
+    evaluate_main([*argv[:2], "limit=3", *argv[3:], "overwrite=true"])
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("eval.replaced-")]
+    assert len(kept) == 1 and (kept[0] / "results.json").read_bytes() == first
+    assert json.loads((out / "manifest.json").read_text())["config"]["limit"] == 3

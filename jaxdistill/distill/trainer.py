@@ -191,7 +191,7 @@ def distill(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None
         run_folder.SAFE_RESUME_FIELDS - {"max_steps"}
     with run_folder.open_run(config.output_dir, config, command="distill", resume=config.resume,
                              overwrite=getattr(config, "overwrite", False), safe_resume_fields=safe,
-                             inputs={k: getattr(config, k) for k in MODEL_INPUTS}, input_fields=MODEL_INPUTS,
+                             inputs={k: getattr(config, k, None) for k in MODEL_INPUTS}, input_fields=MODEL_INPUTS,
                              can_continue=lambda: holds_checkpoints(Path(config.output_dir) / "checkpoints")) as run:
         if not run.finished:
             summary = _train(config, teacher_samples)

@@ -254,7 +254,7 @@ class CalibrationRun:
         return result
 
 
-MODEL_INPUTS = ("teacher", "proxy", "teacher_tokenizer", "proxy_tokenizer", "data_path")
+MODEL_INPUTS = ("teacher", "proxy", "teacher_tokenizer", "proxy_tokenizer", "data_path", "eval_data_path")
 
 
 def calibrate(config: CalibrateConfig) -> dict[str, Any]:
@@ -266,7 +266,7 @@ def calibrate(config: CalibrateConfig) -> dict[str, Any]:
     safe = safe if config.lr_schedule == "constant" else safe - {"max_steps"}
     with run_folder.open_run(config.output_dir, config, command="calibrate", resume=config.resume,
                              overwrite=getattr(config, "overwrite", False), safe_resume_fields=safe,
-                             inputs={k: getattr(config, k) for k in MODEL_INPUTS}, input_fields=MODEL_INPUTS,
+                             inputs={k: getattr(config, k, None) for k in MODEL_INPUTS}, input_fields=MODEL_INPUTS,
                              can_continue=lambda: holds_checkpoints(Path(config.output_dir) / "checkpoints"),
                              primary=jax.process_index() == 0) as run:
         if run.finished:
