@@ -58,12 +58,12 @@ def _lines(path: Path) -> int:
         return 0
 
 
-def _saving(out: Path) -> bool:
-    """Whether orbax is writing a checkpoint: its temporary folder exists."""
+def _temporary(out: Path) -> set[str]:
+    """orbax's temporary checkpoint folders (one exists while a checkpoint is being written)."""
     try:
-        return any("tmp" in p.name for p in (out / "checkpoints").iterdir())
+        return {p.name for p in (out / "checkpoints").iterdir() if "tmp" in p.name}
     except FileNotFoundError:
-        return False
+        return set()
 
 
 def _wait(proc, condition, timeout: float = 300) -> bool:
@@ -81,6 +81,8 @@ def _kill_at(kind, proc, out, rng, timing) -> str:
     ``timing``: seconds from a launch to its first new metrics line, and of one step (both measured)."""
     metrics = out / "metrics.jsonl"
     exported = (out / "teacher").exists()
+    leftover = _temporary(out)  # left by an earlier kill (until orbax clears them): not this launch's save
+    saving = lambda: bool(_temporary(out) - leftover)  # noqa: E731
     if kind == "startup":  # uniformly within the launch's start (load, compile, first evaluation)
         time.sleep(rng.uniform(0, timing["startup"]))
     elif kind == "step":  # uniformly within the step after this launch's first new metrics line
@@ -89,7 +91,7 @@ def _kill_at(kind, proc, out, rng, timing) -> str:
             return "finished first"
         time.sleep(rng.uniform(0, timing["step"]))
     elif kind == "save":
-        if not _wait(proc, lambda: _saving(out)):
+        if not _wait(proc, saving):
             return "finished first"
     elif kind == "export":
         if exported or not _wait(proc, lambda: (out / "teacher").exists()):
@@ -99,7 +101,7 @@ def _kill_at(kind, proc, out, rng, timing) -> str:
     proc.kill()  # SIGKILL
     proc.join()
     assert proc.exitcode == -signal.SIGKILL
-    if _saving(out):
+    if saving():
         return "checkpoint being written"
     return "export being written" if kind == "export" else f"after {_lines(metrics)} metrics lines"
 
