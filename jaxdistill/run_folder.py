@@ -225,11 +225,12 @@ def arm_is_finished(folder: str | Path, key: str) -> bool:
 
 
 def holds_work(folder: str | Path) -> list[str]:
-    """The entries of ``folder`` besides the contract's own files (empty: nothing to lose)."""
+    """The entries of ``folder`` besides the contract's own files and hidden ones such as a half-written
+    manifest's temporary file (empty: nothing to lose)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.iterdir() if p.name not in BOOKKEEPING)
+    return sorted(p.name for p in folder.iterdir() if p.name not in BOOKKEEPING and not p.name.startswith("."))
 
 
 # ---- the lock ---------------------------------------------------------------------------------
