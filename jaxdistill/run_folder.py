@@ -60,6 +60,10 @@ SAFE_RESUME_FIELDS = frozenset({
     "max_steps", "save_every", "save_steps", "eval_every", "eval_steps", "progress", "tensorboard", "logging",
     "export", "mesh", "distributed", "workers", "resume", "overwrite", "output_dir", "debug"})
 
+#: The fields that do not enter a run's key (``run_key``): the safe ones but ``max_steps``, which does
+#: change what a finished run holds.
+NOT_IN_KEY = SAFE_RESUME_FIELDS - {"max_steps"}
+
 #: Fields that never describe the run itself: whether it resumes or overwrites, and where it is written.
 NOT_SETTINGS = frozenset({"resume", "overwrite", "output_dir"})
 
@@ -163,10 +167,10 @@ def _is_safe(key: str, safe: frozenset[str]) -> bool:
 
 
 def run_key(config: Mapping[str, Any], inputs: Mapping[str, Any], *, input_fields: Sequence[str] = ()) -> str:
-    """The digest of everything that makes a run's results: its settings (less ``SAFE_RESUME_FIELDS``
-    and the path fields in ``input_fields``, which count by content) and its inputs' fingerprints."""
+    """The digest of everything that makes a run's results: its settings (less ``NOT_IN_KEY`` and the path
+    fields in ``input_fields``, which count by content) and its inputs' fingerprints."""
     settings = {k: v for k, v in _flatten(config).items()
-                if not _is_safe(k, SAFE_RESUME_FIELDS) and k.split(".", 1)[0] not in input_fields}
+                if not _is_safe(k, NOT_IN_KEY) and k.split(".", 1)[0] not in input_fields}
     return _digest({"config": settings, "inputs": dict(inputs)})
 
 

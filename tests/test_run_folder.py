@@ -246,8 +246,11 @@ def test_arms_are_reused_by_key_never_by_label(tmp_path, teacher):
     key = read_manifest(arm)["key"]
     same = run_folder.key_for(dataclasses.replace(config, progress=False), {"teacher": str(teacher)}, ("teacher",))
     other = run_folder.key_for(dataclasses.replace(config, eta=-3.0), {"teacher": str(teacher)}, ("teacher",))
-    assert same == key and other != key
-    assert arm_is_finished(arm, same) and not arm_is_finished(arm, other)
+    longer = run_folder.key_for(dataclasses.replace(config, max_steps=8), {"teacher": str(teacher)}, ("teacher",))
+    assert same == key and other != key and longer != key
+    assert arm_is_finished(arm, same) and not arm_is_finished(arm, other) and not arm_is_finished(arm, longer)
+    (teacher / "model.safetensors").write_bytes(b"recalibrated" * 100)  # the same label, another teacher
+    assert not arm_is_finished(arm, run_folder.key_for(config, {"teacher": str(teacher)}, ("teacher",)))
 
 
 def test_large_files_are_fingerprinted_by_samples(tmp_path, monkeypatch):
