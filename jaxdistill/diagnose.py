@@ -400,7 +400,7 @@ def _check(config: DiagnoseConfig) -> None:
         raise ValueError(f"top_ks must be positive integers, got {config.top_ks}")
 
 
-MODEL_INPUTS = ("teacher", "student", "teacher_tokenizer", "student_tokenizer", "data_path")
+INPUT_FIELDS = ("teacher", "student", "teacher_tokenizer", "student_tokenizer", "data_path")
 
 
 def diagnose(config: DiagnoseConfig) -> dict[str, Any]:
@@ -409,8 +409,8 @@ def diagnose(config: DiagnoseConfig) -> dict[str, Any]:
     ``overwrite=true`` (``jaxdistill.run_folder``)."""
     _check(config)
     with run_folder.open_run(config.output_dir, config, command="diagnose", resumable=False,
-                             overwrite=getattr(config, "overwrite", False), input_fields=MODEL_INPUTS,
-                             inputs={k: getattr(config, k, None) for k in MODEL_INPUTS}) as run:
+                             overwrite=getattr(config, "overwrite", False), input_fields=INPUT_FIELDS,
+                             inputs=run_folder.inputs_of(config, INPUT_FIELDS)) as run:
         if run.finished:
             return json.loads((Path(config.output_dir) / "diagnostics.json").read_text())
         result = _diagnose(config)

@@ -355,17 +355,17 @@ def teacher_table(teachers: Mapping[str, Mapping[str, Any]]) -> str:
 
 # ---- CLI --------------------------------------------------------------------------------------------
 
-MODEL_INPUTS = ("models", "calibrated_teachers", "data_paths", "original_teacher")
+INPUT_FIELDS = ("models", "calibrated_teachers", "data_paths", "original_teacher")
 
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """The plain evaluation of ``config.models`` (plus the teacher comparison when teachers are given).
     A folder that holds this evaluation, finished, is read back, not recomputed; one that holds another
     evaluation is refused unless ``overwrite=true`` (``jaxdistill.run_folder``: earlier results are kept)."""
-    inputs = {f"{field} {label} #{i}": path for field in MODEL_INPUTS[:3]
+    inputs = {f"{field} {label} #{i}": path for field in INPUT_FIELDS[:3]
               for label, paths in parse_entries(getattr(config, field), field).items() for i, path in enumerate(paths)}
     with run_folder.open_run(config.output_dir, config, command="evaluate", resumable=False,
-                             overwrite=getattr(config, "overwrite", False), input_fields=MODEL_INPUTS,
+                             overwrite=getattr(config, "overwrite", False), input_fields=INPUT_FIELDS,
                              inputs={**inputs, "original_teacher": config.original_teacher}) as run:
         if run.finished:
             return json.loads((Path(config.output_dir) / "results.json").read_text())

@@ -179,6 +179,11 @@ def key_for(config: Any, inputs: Mapping[str, Any], input_fields: Sequence[str] 
     return run_key(config_dict(config), fingerprint(inputs), input_fields=input_fields)
 
 
+def inputs_of(config: Any, input_fields: Sequence[str]) -> dict[str, Any]:
+    """The paths a config names in ``input_fields`` (a field the config lacks reads as None)."""
+    return {name: getattr(config, name, None) for name in input_fields}
+
+
 def changes(old: Mapping[str, Any], new: Mapping[str, Any], *, ignore: Sequence[str] = ()) -> dict[str, tuple]:
     """``{dotted field: (old value, new value)}`` for every field that differs, less ``ignore`` (matched
     by first dotted component). A field missing on one side reads as ``<absent>``."""

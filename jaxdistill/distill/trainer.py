@@ -173,7 +173,8 @@ def check_vocab(model: Qwen, side: Side, role: str) -> None:
 
 # ---- the run ------------------------------------------------------------------------------------
 
-MODEL_INPUTS = ("student", "teacher", "student_tokenizer", "teacher_tokenizer", "data_path")
+#: The config fields that name what a distillation reads: compared by content, not by path (``run_folder``).
+INPUT_FIELDS = ("student", "teacher", "student_tokenizer", "teacher_tokenizer", "data_path")
 
 
 @stop_at_step_boundaries()
@@ -191,7 +192,7 @@ def distill(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None
         run_folder.SAFE_RESUME_FIELDS - {"max_steps"}
     with run_folder.open_run(config.output_dir, config, command="distill", resume=config.resume,
                              overwrite=getattr(config, "overwrite", False), safe_resume_fields=safe,
-                             inputs={k: getattr(config, k, None) for k in MODEL_INPUTS}, input_fields=MODEL_INPUTS,
+                             inputs=run_folder.inputs_of(config, INPUT_FIELDS), input_fields=INPUT_FIELDS,
                              can_continue=lambda: holds_checkpoints(Path(config.output_dir) / "checkpoints")) as run:
         if not run.finished:
             summary = _train(config, teacher_samples)

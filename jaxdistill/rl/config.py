@@ -105,3 +105,7 @@ def check_config(config: CalibrateConfig) -> None:
     for name in ("max_steps", "eval_every", "save_every"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
+
+
+#: The config fields that name what a calibration reads: compared by content, not by path (``run_folder``).
+INPUT_FIELDS = ("teacher", "proxy", "teacher_tokenizer", "proxy_tokenizer", "data_path", "eval_data_path")

@@ -22,7 +22,7 @@ from jaxdistill.generation import SamplingParams, generate
 from jaxdistill.models import LoraConfig, save_lora, save_model
 from jaxdistill.rl.advantages import combined_advantages, zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
-from jaxdistill.rl.config import CalibrateConfig, check_config
+from jaxdistill.rl.config import INPUT_FIELDS, CalibrateConfig, check_config
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.proxy import ProxyLearner
 from jaxdistill.rl.rewards import CalibrationScorer, score_completions, describe_verdicts, plain_scoring, task_rewards
@@ -254,9 +254,6 @@ class CalibrationRun:
         return result
 
 
-MODEL_INPUTS = ("teacher", "proxy", "teacher_tokenizer", "proxy_tokenizer", "data_path", "eval_data_path")
-
-
 def calibrate(config: CalibrateConfig) -> dict[str, Any]:
     """Run one calibration; returns the final metrics and the exported paths. A folder that already
     holds this calibration, finished, is reported (``reused``), not recomputed (``jaxdistill.run_folder``)."""
@@ -266,7 +263,7 @@ def calibrate(config: CalibrateConfig) -> dict[str, Any]:
     safe = safe if config.lr_schedule == "constant" else safe - {"max_steps"}
     with run_folder.open_run(config.output_dir, config, command="calibrate", resume=config.resume,
                              overwrite=getattr(config, "overwrite", False), safe_resume_fields=safe,
-                             inputs={k: getattr(config, k, None) for k in MODEL_INPUTS}, input_fields=MODEL_INPUTS,
+                             inputs=run_folder.inputs_of(config, INPUT_FIELDS), input_fields=INPUT_FIELDS,
                              can_continue=lambda: holds_checkpoints(Path(config.output_dir) / "checkpoints"),
                              primary=jax.process_index() == 0) as run:
         if run.finished:
