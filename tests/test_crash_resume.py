@@ -85,7 +85,8 @@ def _kill_at(kind, proc, out, rng, timing) -> str:
     saving = lambda: bool(_temporary(out) - leftover)  # noqa: E731
     if kind == "startup":  # uniformly within the launch's start (load, compile, first evaluation)
         time.sleep(rng.uniform(0, timing["startup"]))
-    elif kind == "step":  # uniformly within the step after this launch's first new metrics line
+    elif kind == "step":  # uniformly within the step after this launch's first new metrics line (its
+        # checkpoint is being written, then the next step runs): at most one step done per such launch
         before = _lines(metrics)
         if not _wait(proc, lambda: _lines(metrics) > before):
             return "finished first"
@@ -106,9 +107,21 @@ def _kill_at(kind, proc, out, rng, timing) -> str:
     return "export being written" if kind == "export" else f"after {_lines(metrics)} metrics lines"
 
 
-def _time_startup(proc, out, before, launched, timing) -> None:
-    if _wait(proc, lambda: _lines(out / "metrics.jsonl") > before):
-        timing["startup"] = max(timing["startup"], time.monotonic() - launched)
+def _watch(proc, out, before, launched, timing) -> None:
+    """Until ``proc`` ends: its CPU seconds (``timing["cpu"][pid]``, for the cost report) and, once, the
+    seconds from its launch to its first new metrics line (the shortest is the startup kills' window)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    while proc.is_alive():
+        try:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            timing["cpu"][proc.pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+        except (OSError, IndexError):
+            pass
+        if before is not None and _lines(out / "metrics.jsonl") > before:
+            seconds = time.monotonic() - launched
+            timing["startup"] = min(timing["startup"] or seconds, seconds)
+            before = None
+        time.sleep(0.05)
 
 
 def _comparable_metrics(out: Path) -> list[dict]:
@@ -149,12 +162,15 @@ def world(tmp_path_factory):
 def reference(forkserver, world, tmp_path_factory):
     """The uninterrupted run (it also fills the compilation cache) and its step time."""
     out = tmp_path_factory.mktemp("reference") / "run"
+    start, timing = time.monotonic(), {"cpu": {}, "startup": 0.0}
     proc = _launch(forkserver, _argv(world, out))
+    _watch(proc, out, None, start, timing)
     proc.join()
     assert proc.exitcode == 0
     steps = sorted(r["step_time"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
                    if "step_time" in r)
-    return out, {"step": steps[len(steps) // 2]}  # the median: steps that compile are the slow ones
+    reference = f"{time.monotonic() - start:.0f} s wall, {sum(timing['cpu'].values()):.0f} CPU s (compiling)"
+    return out, {"step": steps[len(steps) // 2], "cpu": {}, "reference": reference}  # median: not compiling
 
 
 def test_sigkill_at_random_moments_resumes_to_identical_weights_and_metrics(forkserver, world, reference, tmp_path):
@@ -165,17 +181,19 @@ def test_sigkill_at_random_moments_resumes_to_identical_weights_and_metrics(fork
     moments = []
     start = time.monotonic()
     timing = dict(timing, startup=0.0)
-    for kind in TRIALS:
+    for kind in [*TRIALS, "none"]:  # after the last kill, one launch runs to the end
         launched, before = time.monotonic(), _lines(out / "metrics.jsonl")
         proc = _launch(forkserver, _argv(world, out))
-        if kind != "startup":  # measure the start of a launch (warm cache) for the startup kills
-            threading.Thread(target=_time_startup, args=(proc, out, before, launched, timing), daemon=True).start()
-        moments.append((kind, _kill_at(kind, proc, out, rng, timing)))
+        watcher = threading.Thread(target=_watch, args=(proc, out, before, launched, timing), daemon=True)
+        watcher.start()
+        if kind != "none":
+            moments.append((kind, _kill_at(kind, proc, out, rng, timing)))
         proc.join()
-    last = _launch(forkserver, _argv(world, out))  # the run after the last kill: to the end
-    last.join()
+        watcher.join()
     elapsed = time.monotonic() - start
-    report = f"CRASH_SEED={seed}; kills: {moments}; {elapsed:.0f} s for the trials, reference {timing}"
+    last = proc
+    report = (f"CRASH_SEED={seed}; kills: {moments}; {elapsed:.0f} s wall and {sum(timing['cpu'].values()):.0f} "
+              f"CPU s for the {len(timing['cpu'])} launches; reference run: {timing['reference']}")
     print(report)
     assert last.exitcode == 0, report
     killed = [what for _, what in moments if what != "finished first"]
