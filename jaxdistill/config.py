@@ -151,9 +151,34 @@ class TrainingConfig(BaseConfig):
     progress: bool = option(True, "show a progress bar with ETA")
 
 
+@dataclasses.dataclass
+class EvalConfig(BaseConfig):
+    """What every evaluation shares: which prompts, and how completions are sampled."""
+
+    seed: int = option(0, "sampling seed")
+    dtype: str = option("float32", "parameter and compute dtype", choices=("float32", "bfloat16"))
+    chat_template: bool = option(False, "render prompts with each tokenizer's chat template")
+    split: str = option("test", "split evaluated")
+    num_prompts: int = option(200, "prompts: the first N of the split (0 = the whole split)", ge=0)
+    temperature: float = option(0.0, "sampling temperature: 0 = greedy; > 0 samples (accuracy is avg@k over "
+                                     "samples_per_prompt)", ge=0)
+    top_p: float = option(1.0, "nucleus mass when sampling", gt=0, le=1)
+    samples_per_prompt: int = option(1, "k of avg@k when sampling (greedy always uses 1)", ge=1)
+    max_completion_length: int = option(256, "new tokens per completion", ge=1)
+    generation_batch_size: int = option(64, "prompts per generation call (memory vs speed)", ge=1)
+
+
 # Renamed fields, per config class: an old name in a config file or override is an error that names the new
 # one. Filled as fields are renamed; the class is matched by name along the config's base classes.
-RENAMED: dict[str, dict[str, str]] = {}
+RENAMED: dict[str, dict[str, str]] = {
+    "CalibrateConfig": {"save_every": "save_steps", "eval_every": "eval_steps", "eval_prompts": "eval_num_prompts"},
+    "DistillConfig": {"beta": "jsd_beta", "sampling_temperature": "temperature", "batch_size": "train_batch_size",
+                      "eval_size": "eval_num_prompts", "train_limit": "train_num_prompts"},
+    "EvalConfig": {"limit": "num_prompts", "max_new_tokens": "max_completion_length",
+                   "batch_size": "generation_batch_size", "chat": "chat_template"},
+    "SweepConfig": {"eval_limit": "eval_num_prompts", "eval_max_new_tokens": "eval_max_completion_length",
+                    "eval_batch_size": "eval_generation_batch_size"},
+}
 
 
 # ---- loading ------------------------------------------------------------------------------------------

@@ -98,11 +98,11 @@ def test_collapse_is_relative_to_the_same_student_and_attack_from_the_original()
 
 
 def test_scorecard_runs_every_arm_and_writes_the_table(world, tmp_path):
-    recipe = DistillConfig(task="arith", task_options=("difficulty=1",), train_limit=16, batch_size=4, max_steps=1,
+    recipe = DistillConfig(task="arith", task_options=("difficulty=1",), train_num_prompts=16, train_batch_size=4, max_steps=1,
                            max_completion_length=16, learning_rate=1e-3, save_steps=0)
     teacher = str(world.teacher)
-    config = ScorecardConfig(original_teacher=teacher, output_dir=str(tmp_path / "card"), limit=4, max_new_tokens=16,
-                             batch_size=4, teachers=(f"eta0={teacher}", f"distillable={teacher}",
+    config = ScorecardConfig(original_teacher=teacher, output_dir=str(tmp_path / "card"), num_prompts=4,
+                             max_completion_length=16, generation_batch_size=4, teachers=(f"eta0={teacher}", f"distillable={teacher}",
                                                      f"undistillable={teacher}"),
                              students=(f"small={world.student}",), attacks=("kd",), seeds=(0,), recipe=recipe,
                              workers=2)

@@ -41,18 +41,18 @@ VARIANTS = {
     "alm": {"calibration_mode": "alm"},                                # binary KL of span probabilities
     "eta-3": {"eta": -3.0},                                            # a stronger knob
     "group8": {"num_generations": 8, "prompts_per_step": 4},           # 8 rollouts to rank, same batch
-    "steps80": {"max_steps": 80, "save_every": 40},                    # the trajectory of a longer
-    "steps120": {"max_steps": 120, "save_every": 40},                  # calibration (constant lr: each
-    "steps160": {"max_steps": 160, "save_every": 80},                  # run is the start of the next)
-    "steps240": {"max_steps": 240, "save_every": 80},
+    "steps80": {"max_steps": 80, "save_steps": 40},                    # the trajectory of a longer
+    "steps120": {"max_steps": 120, "save_steps": 40},                  # calibration (constant lr: each
+    "steps160": {"max_steps": 160, "save_steps": 80},                  # run is the start of the next)
+    "steps240": {"max_steps": 240, "save_steps": 80},
     # another calibration seed (LoRA init, prompt order, rollouts): how much of a row is that seed's
     "calibration_seed1": {"seed": 1},
-    "steps120_calibration_seed1": {"max_steps": 120, "save_every": 40, "seed": 1},
+    "steps120_calibration_seed1": {"max_steps": 120, "save_steps": 40, "seed": 1},
     "eta0_calibration_seed1": {"eta": 0.0, "seed": 1},                 # ... and the other two arms of
     "distillable_calibration_seed1": {"eta": 1.0, "seed": 1},          # the default run with it
     # the proxy learns from the teacher's rollouts as it is measured, at the attacker's lr (FULL.student_lr)
     "learning_proxy": {"proxy_learning_rate": 3e-3},
-    "learning_proxy_steps120": {"proxy_learning_rate": 3e-3, "max_steps": 120, "save_every": 40},
+    "learning_proxy_steps120": {"proxy_learning_rate": 3e-3, "max_steps": 120, "save_steps": 40},
 }
 # left out of the default sweep (run them with --variants ... --seeds 0 1 2, as the README does)
 LONG = ("steps80", "steps160", "steps240", "calibration_seed1", "steps120_calibration_seed1",
@@ -60,10 +60,10 @@ LONG = ("steps80", "steps160", "steps240", "calibration_seed1", "steps120_calibr
 ATTACKS = ("seqkd", "gkd")
 
 
-def compare(original: str, calibrated: dict[str, str], eval_size: int, max_new_tokens: int) -> dict:
+def compare(original: str, calibrated: dict[str, str], eval_num_prompts: int, max_new_tokens: int) -> dict:
     """compare_teachers on the default run's held-out problems."""
     task = make_task("arith", [f"difficulty={ARITH_DIFFICULTY}"])
-    examples = task.load("test", None, limit=eval_size)
+    examples = task.load("test", None, limit=eval_num_prompts)
     return compare_teachers(original, calibrated, task, examples, max_new_tokens=max_new_tokens)
 
 
@@ -108,7 +108,7 @@ def main() -> None:
                                 kind=attack))
     jobs.append(Job("teachers", compare, dict(original=str(world["teacher"]),
                                               calibrated={k: str(v) for k, v in teachers.items()},
-                                              eval_size=FULL.eval_size, max_new_tokens=FULL.max_completion_length),
+                                              eval_num_prompts=FULL.eval_num_prompts, max_new_tokens=FULL.max_completion_length),
                     after=tuple(f"calibrate {name}" for name in args.variants), cost=30))
     results = run_jobs(jobs, workers=args.workers or default_workers(), label="undistillable sweep",
                        compilation_cache=str(run / "compilation_cache"))

@@ -21,7 +21,7 @@ from jaxdistill.generation import SamplingParams, generate
 from jaxdistill.models import LoraConfig, save_lora, save_model
 from jaxdistill.rl.advantages import combined_advantages, zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
-from jaxdistill.rl.config import CalibrateConfig, check_config
+from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.proxy import ProxyLearner
 from jaxdistill.rl.rewards import CalibrationScorer, score_completions, describe_verdicts, plain_scoring, task_rewards
@@ -66,7 +66,7 @@ class CalibrationRun:
         tok = self.cluster.teacher_tokenizer
         self.task = get_task(c.task, **parse_task_options(c.task_options))
         self.train_examples = self.task.load(c.train_split, c.data_path)
-        self.eval_examples = self.task.load(c.eval_split, c.data_path, limit=c.eval_prompts)
+        self.eval_examples = self.task.load(c.eval_split, c.eval_data_path or c.data_path, limit=c.eval_num_prompts)
         self.pad_id = tok.pad_id if tok.pad_id is not None else tok.eos_id
         self.pipeline = make_pipeline(self.task, self.train_examples, tok.hf, mode="prompt",
                                       batch_size=c.prompts_per_step, seed=c.seed, chat=c.chat_template,
@@ -220,14 +220,14 @@ class CalibrationRun:
                                 "max_completion_length: little learning signal (raise num_generations, "
                                 "max_completion_length or temperature)", step,
                                 100 * metrics["groups/zero_task_variance"], 100 * metrics["completions/clipped_ratio"])
-                if (c.eval_every and step % c.eval_every == 0) or step == c.max_steps:
+                if (c.eval_steps and step % c.eval_steps == 0) or step == c.max_steps:
                     metrics.update(self.evaluate())
                 metrics["step_time"] = timer.lap()
                 metrics["tokens_per_second"] = metrics["tokens"] / max(metrics["step_time"], 1e-9)
                 history.append(logger.log(step, metrics, info_keys=("rewards/task/mean", "rewards/calibration/mean",
                                                                     "kl", "eval/accuracy")))
                 stop = stop_requested()  # Ctrl-C under the CLI: checkpoint this step, then stop
-                if (c.save_every and step % c.save_every == 0) or step == c.max_steps or stop:
+                if (c.save_steps and step % c.save_steps == 0) or step == c.max_steps or stop:
                     if self.proxy_learner is not None:  # first: a teacher checkpoint always has its proxy's
                         self.proxy_checkpointer.save(step, self.proxy_learner.params, self.proxy_learner.opt_state,
                                                      {"step": step})
@@ -255,6 +255,6 @@ class CalibrationRun:
 
 def calibrate(config: CalibrateConfig) -> dict[str, Any]:
     """Run one calibration; returns the final metrics and the exported paths."""
-    check_config(config)
+    config.validate()
     initialize_from_config(config.distributed)  # before any JAX computation; a no-op on one process
     return CalibrationRun(config).run()
