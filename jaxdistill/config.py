@@ -278,6 +278,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from None
     if typ is str:
+        if value is None:  # a YAML key without a value (``teacher:``): empty, never the text "None"
+            return ""
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)

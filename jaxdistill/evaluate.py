@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxdistill.config import ConfigError, EvalConfig, option, run_cli
+from jaxdistill.config import ConfigError, EvalConfig, error_line, option, run_cli
 from jaxdistill.distill.data import Side, TeacherSampleCache, pad_sequences, same_tokenizer
 from jaxdistill.distill.objectives import LossSettings, token_kd_per_token
 from jaxdistill.tasks import parse_task_options
@@ -416,17 +416,20 @@ Outputs: results.json/.md/.png in output_dir.
 The distillation scorecard: python -m jaxdistill.experiments.scorecard --help"""
 
 
-def run(config: EvaluateConfig, scorecard: bool = False) -> None:
-    if scorecard:
-        raise ConfigError("the scorecard is its own command now: jaxdistill-scorecard original_teacher=T "
-                          "teachers=[eta0=T0,distillable=Tp,undistillable=Tm] students=[...] (--help lists its fields)")
+def run(config: EvaluateConfig) -> None:
     evaluate(config)
     print((Path(config.output_dir) / "results.md").read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(EvaluateConfig, run, argv, prog="jaxdistill-evaluate", description=DESCRIPTION,
-                   flags=[("--scorecard", "moved to jaxdistill-scorecard (python -m jaxdistill.experiments.scorecard)")])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--scorecard" in argv:  # the flag of an earlier version
+        print(error_line(ConfigError("the scorecard is its own command now: jaxdistill-scorecard (python -m "
+                                     "jaxdistill.experiments.scorecard) original_teacher=T teachers=[eta0=T0,"
+                                     "distillable=Tp,undistillable=Tm] students=[...]; --help lists its fields")),
+              file=sys.stderr)
+        return 1
+    return run_cli(EvaluateConfig, run, argv, prog="jaxdistill-evaluate", description=DESCRIPTION)
 
 
 if __name__ == "__main__":

@@ -264,10 +264,12 @@ def distill(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None
             if config.objective == "gkd":
                 record["gkd/student_fraction"] = counts["student_sequences"] / counts["sequences"]
             logger.log(step + 1, record, info_keys=("loss", "gkd/student_fraction"))
-            stop = stop_requested() and step + 1 < config.max_steps  # Ctrl-C under the CLI: checkpoint, stop
-            if (config.save_steps and (step + 1) % config.save_steps == 0 or stop) and step + 1 < config.max_steps:
+            # stop_requested: Ctrl-C under the CLI asks for a checkpoint of this step, then a stop
+            save = (config.save_steps and (step + 1) % config.save_steps == 0 or stop_requested()) \
+                and step + 1 < config.max_steps
+            if save:
                 checkpointer.save(step + 1, learner.trainable, learner.opt_state, {"counts": counts})
-            if stop:
+            if save and stop_requested():  # (Ctrl-C during the save: stop now too)
                 raise Interrupted(f"checkpoint of step {step + 1} saved in {checkpoints_dir}; resume=true "
                                   "continues the run")
         if config.max_steps > start:

@@ -22,6 +22,7 @@ from jaxdistill.models import LoraConfig, save_lora, save_model
 from jaxdistill.rl.advantages import combined_advantages, zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
 from jaxdistill.rl.config import CalibrateConfig
+from jaxdistill.sharding import mesh_devices
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.proxy import ProxyLearner
 from jaxdistill.rl.rewards import CalibrationScorer, score_completions, describe_verdicts, plain_scoring, task_rewards
@@ -226,14 +227,14 @@ class CalibrationRun:
                 metrics["tokens_per_second"] = metrics["tokens"] / max(metrics["step_time"], 1e-9)
                 history.append(logger.log(step, metrics, info_keys=("rewards/task/mean", "rewards/calibration/mean",
                                                                     "kl", "eval/accuracy")))
-                stop = stop_requested()  # Ctrl-C under the CLI: checkpoint this step, then stop
-                if (c.save_steps and step % c.save_steps == 0) or step == c.max_steps or stop:
+                save = (c.save_steps and step % c.save_steps == 0) or step == c.max_steps or stop_requested()
+                if save:  # stop_requested: Ctrl-C under the CLI asks for a checkpoint of this step, then a stop
                     if self.proxy_learner is not None:  # first: a teacher checkpoint always has its proxy's
                         self.proxy_checkpointer.save(step, self.proxy_learner.params, self.proxy_learner.opt_state,
                                                      {"step": step})
                     self.checkpointer.save(step, self.learner.lora_state, self.learner.opt_state,
                                            {"step": step, "data_state": iterator.get_state()})
-                if stop and step < c.max_steps:
+                if save and stop_requested() and step < c.max_steps:  # (Ctrl-C during the save: stop now too)
                     raise Interrupted(f"checkpoint of step {step} saved in {self.out / 'checkpoints'}; "
                                       "resume=true continues the run")
         finally:
@@ -257,4 +258,5 @@ def calibrate(config: CalibrateConfig) -> dict[str, Any]:
     """Run one calibration; returns the final metrics and the exported paths."""
     config.validate()
     initialize_from_config(config.distributed)  # before any JAX computation; a no-op on one process
+    mesh_devices(config.mesh)  # asks for more devices than present: refused before anything is written
     return CalibrationRun(config).run()
