@@ -522,8 +522,8 @@ def _sigint_as_stop_request() -> Iterator[None]:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The errors that are the user's to fix (bad input, files, resources): one line, no traceback.
-    Others (TypeError, AttributeError, ...) are bugs and keep their traceback."""
-    errors: list[type[BaseException]] = [ValueError, OSError, KeyError, RuntimeError]
+    Others (KeyError, TypeError, AttributeError, ...) are bugs and keep their traceback."""
+    errors: list[type[BaseException]] = [ValueError, OSError, RuntimeError]
     with contextlib.suppress(ImportError):
         from safetensors import SafetensorError
 

@@ -70,7 +70,7 @@ class DistillConfig(TrainingConfig):
                                           "initialisation of its architecture (a student trained from scratch)",
                                choices=("weights", "random"))
     # data
-    task: str = option("arith", "task name: " + " | ".join(list_tasks()))
+    task: str = option("arith", "task name", choices=list_tasks())
     task_options: tuple[str, ...] = option((), "key=value options for the task constructor, e.g. [difficulty=1]")
     data_path: str = option("", "local data file or folder for the task; empty = generated (arith) or the HF hub")
     train_split: str = option("train", "split whose prompts (and gold solutions) are trained on")

@@ -35,6 +35,7 @@ from jaxdistill.distill.trainer import DistillConfig, distill
 from jaxdistill.evaluate import evaluate_models, parse_entries
 from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.rl.loop import calibrate
+from jaxdistill.tasks import list_tasks
 from jaxdistill.tasks.loading import check_split_sources
 
 log = logging.getLogger("jaxdistill.sweep")
@@ -54,7 +55,7 @@ class SweepConfig(BaseConfig):
     world_dir: str = option("runs/world", "where the tiny world is built (or reused) when teacher is empty")
     world_profile: str = option("full", "full | quick: the sizes of the tiny world built when teacher is empty",
                                 choices=("full", "quick"))
-    task: str = option("arith", "task of calibration, distillation and evaluation")
+    task: str = option("arith", "task of calibration, distillation and evaluation", choices=list_tasks())
     data_path: str = option("", "local data file or folder of the task; empty = generated (arith) or the HF hub")
     arith_data_size: int = option(0, "arith without data_path: write this many generated training problems "
                                      "(and eval_num_prompts test ones) to output_dir/data and use them in every stage; "

@@ -13,6 +13,7 @@ from pathlib import Path
 from jaxdistill.config import TrainingConfig, option
 from jaxdistill.distributed import DistributedConfig
 from jaxdistill.sharding import MeshConfig
+from jaxdistill.tasks import list_tasks
 from jaxdistill.tasks.loading import check_split_sources
 from jaxdistill.training import holds_checkpoints
 
@@ -27,7 +28,7 @@ class CalibrateConfig(TrainingConfig):
     proxy: str = option("", "HF folder of the frozen proxy student that measures distillability")
     teacher_tokenizer: str | None = option(None, "tokenizer folder of the teacher (default: the teacher folder)")
     proxy_tokenizer: str | None = option(None, "tokenizer folder of the proxy (default: the proxy folder)")
-    task: str = option("arith", "task name: gsm8k, math500, csqa, nq_open, ifeval or arith")
+    task: str = option("arith", "task name", choices=list_tasks())
     task_options: tuple[str, ...] = option((), "key=value options for the task, e.g. [difficulty=2] for arith")
     data_path: str | None = option(None, "local data folder for the task, holding a file per split (default: the "
                                          "HF hub); one file only with eval_data_path, so that the held-out "
