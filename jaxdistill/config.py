@@ -507,7 +507,10 @@ def _on_sigint(signum, frame) -> None:
 
 
 @contextlib.contextmanager
-def _sigint_as_stop_request() -> Iterator[None]:
+def ctrl_c_as_stop_request() -> Iterator[None]:
+    """Inside: Ctrl-C (SIGINT) as :func:`run_cli` handles it, a stop request to a listening training loop,
+    else KeyboardInterrupt. Used by ``run_cli``, and by job workers (which the terminal's Ctrl-C reaches
+    too) around each job. The main thread only (elsewhere: nothing changes)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -551,7 +554,7 @@ def run_cli(cls, run: Callable[..., int | None], argv: Sequence[str] | None = No
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
     configure_logging()
-    with _sigint_as_stop_request():
+    with ctrl_c_as_stop_request():
         try:
             config, switches = parse_command_line(cls, argv, prog=prog, description=description, flags=flags,
                                                   presets=presets)
@@ -570,13 +573,3 @@ def run_cli(cls, run: Callable[..., int | None], argv: Sequence[str] | None = No
             print(error_line(err), file=sys.stderr, flush=True)
             return 1
 
-
-def parse_args(cls, argv: Sequence[str] | None, *, prog: str, description: str, extra_flags=()):
-    """``(config, flags)`` from a command line, exiting with one ``error:`` line (status 1) on bad input.
-    Prefer :func:`run_cli`, which also ends the run's own errors and Ctrl-C."""
-    try:
-        return parse_command_line(cls, sys.argv[1:] if argv is None else argv, prog=prog, description=description,
-                                  flags=extra_flags)
-    except ConfigError as err:
-        print(error_line(err), file=sys.stderr)
-        raise SystemExit(1) from None
