@@ -151,9 +151,34 @@ class TrainingConfig(BaseConfig):
     progress: bool = option(True, "show a progress bar with ETA")
 
 
+@dataclasses.dataclass
+class EvalConfig(BaseConfig):
+    """What every evaluation shares: which prompts, and how completions are sampled."""
+
+    seed: int = option(0, "sampling seed")
+    dtype: str = option("float32", "parameter and compute dtype", choices=("float32", "bfloat16"))
+    chat_template: bool = option(False, "render prompts with each tokenizer's chat template")
+    split: str = option("test", "split evaluated")
+    num_prompts: int = option(200, "prompts: the first N of the split (0 = the whole split)", ge=0)
+    temperature: float = option(0.0, "sampling temperature: 0 = greedy; > 0 samples (accuracy is avg@k over "
+                                     "samples_per_prompt)", ge=0)
+    top_p: float = option(1.0, "nucleus mass when sampling", gt=0, le=1)
+    samples_per_prompt: int = option(1, "k of avg@k when sampling (greedy always uses 1)", ge=1)
+    max_completion_length: int = option(256, "new tokens per completion", ge=1)
+    generation_batch_size: int = option(64, "prompts per generation call (memory vs speed)", ge=1)
+
+
 # Renamed fields, per config class: an old name in a config file or override is an error that names the new
 # one. Filled as fields are renamed; the class is matched by name along the config's base classes.
-RENAMED: dict[str, dict[str, str]] = {}
+RENAMED: dict[str, dict[str, str]] = {
+    "CalibrateConfig": {"save_every": "save_steps", "eval_every": "eval_steps", "eval_prompts": "eval_num_prompts"},
+    "DistillConfig": {"beta": "jsd_beta", "sampling_temperature": "temperature", "batch_size": "train_batch_size",
+                      "eval_size": "eval_num_prompts", "train_limit": "train_num_prompts"},
+    "EvalConfig": {"limit": "num_prompts", "max_new_tokens": "max_completion_length",
+                   "batch_size": "generation_batch_size", "chat": "chat_template"},
+    "SweepConfig": {"eval_limit": "eval_num_prompts", "eval_max_new_tokens": "eval_max_completion_length",
+                    "eval_batch_size": "eval_generation_batch_size"},
+}
 
 
 # ---- loading ------------------------------------------------------------------------------------------
@@ -253,6 +278,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from None
     if typ is str:
+        if value is None:  # a YAML key without a value (``teacher:``): empty, never the text "None"
+            return ""
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
@@ -480,7 +507,10 @@ def _on_sigint(signum, frame) -> None:
 
 
 @contextlib.contextmanager
-def _sigint_as_stop_request() -> Iterator[None]:
+def ctrl_c_as_stop_request() -> Iterator[None]:
+    """Inside: Ctrl-C (SIGINT) as :func:`run_cli` handles it, a stop request to a listening training loop,
+    else KeyboardInterrupt. Used by ``run_cli``, and by job workers (which the terminal's Ctrl-C reaches
+    too) around each job. The main thread only (elsewhere: nothing changes)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -495,8 +525,8 @@ def _sigint_as_stop_request() -> Iterator[None]:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The errors that are the user's to fix (bad input, files, resources): one line, no traceback.
-    Others (TypeError, AttributeError, ...) are bugs and keep their traceback."""
-    errors: list[type[BaseException]] = [ValueError, OSError, KeyError, RuntimeError]
+    Others (KeyError, TypeError, AttributeError, ...) are bugs and keep their traceback."""
+    errors: list[type[BaseException]] = [ValueError, OSError, RuntimeError]
     with contextlib.suppress(ImportError):
         from safetensors import SafetensorError
 
@@ -524,7 +554,7 @@ def run_cli(cls, run: Callable[..., int | None], argv: Sequence[str] | None = No
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
     configure_logging()
-    with _sigint_as_stop_request():
+    with ctrl_c_as_stop_request():
         try:
             config, switches = parse_command_line(cls, argv, prog=prog, description=description, flags=flags,
                                                   presets=presets)
@@ -543,13 +573,3 @@ def run_cli(cls, run: Callable[..., int | None], argv: Sequence[str] | None = No
             print(error_line(err), file=sys.stderr, flush=True)
             return 1
 
-
-def parse_args(cls, argv: Sequence[str] | None, *, prog: str, description: str, extra_flags=()):
-    """``(config, flags)`` from a command line, exiting with one ``error:`` line (status 1) on bad input.
-    Prefer :func:`run_cli`, which also ends the run's own errors and Ctrl-C."""
-    try:
-        return parse_command_line(cls, sys.argv[1:] if argv is None else argv, prog=prog, description=description,
-                                  flags=extra_flags)
-    except ConfigError as err:
-        print(error_line(err), file=sys.stderr)
-        raise SystemExit(1) from None

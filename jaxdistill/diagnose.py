@@ -39,7 +39,7 @@ import numpy as np
 from jaxdistill import diagnostics as dx
 from jaxdistill.align import span_logprobs, align_retokenized
 from jaxdistill import run_folder
-from jaxdistill.config import configure_logging, option, parse_args, to_dict
+from jaxdistill.config import EvalConfig, option, run_cli, to_dict
 from jaxdistill.distill.losses import binarised_divergence
 from jaxdistill.tasks import parse_task_options
 from jaxdistill.generation import generate
@@ -57,34 +57,36 @@ SOURCES = ("teacher_samples", "student_samples")  # off-policy, on-policy
 
 
 @dataclasses.dataclass
-class DiagnoseConfig:
-    """Every option of ``python -m jaxdistill.diagnose`` (YAML keys, ``key=value`` or ``--key value``)."""
+class DiagnoseConfig(EvalConfig):
+    """Every option of ``python -m jaxdistill.diagnose`` (YAML keys or ``key=value``)."""
 
     teacher: str = option("", "HF folder of the teacher")
     student: str = option("", "HF folder of the student")
     teacher_tokenizer: str = option("", "tokenizer folder of the teacher; empty = the teacher folder")
     student_tokenizer: str = option("", "tokenizer folder of the student; empty = the student folder")
-    task: str = option("arith", "task name: " + " | ".join(list_tasks()))
+    task: str = option("arith", "task name: " + " | ".join(list_tasks()), choices=list_tasks())
     task_options: tuple[str, ...] = option((), "key=value options for the task constructor, e.g. [difficulty=1]")
     data_path: str = option("", "local data file or folder of the task; empty = generated (arith) or the HF hub")
-    split: str = option("test", "split the prompts come from")
-    num_prompts: int = option(64, "prompts (the first N of the split)")
-    samples_per_prompt: int = option(1, "completions per prompt from each model")
-    max_new_tokens: int = option(128, "token budget of each completion (hitting it counts as truncation)")
-    temperature: float = option(1.0, "sampling temperature of both models (scoring is always at temperature 1)")
-    top_p: float = option(1.0, "nucleus mass of sampling")
-    top_ks: tuple[int, ...] = option((1, 5, 20), "k values of the head/tail split of the KL (teacher's top-k)")
-    batch_size: int = option(16, "sequences per forward pass")
-    chat: bool = option(False, "render prompts with each tokenizer's chat template")
-    dtype: str = option("float32", "parameter and compute dtype: float32 | bfloat16")
-    seed: int = option(0, "sampling seed")
-    ngram: int = option(4, "n of the repeated word n-gram rate")
-    loop_period: int = option(8, "longest repeated unit (in words) that can form a loop")
-    loop_copies: int = option(3, "back-to-back copies of a unit that make a loop")
-    ece_bins: int = option(10, "bins of the expected calibration error of answer confidence")
-    confident_threshold: float = option(0.9, "answer confidence at or above which a wrong answer is 'confident'")
+    num_prompts: int = option(64, "prompts (the first N of the split)", ge=1)
+    temperature: float = option(1.0, "sampling temperature of both models (scoring is always at temperature 1)",
+                                ge=0)
+    max_completion_length: int = option(128, "token budget of each completion (hitting it counts as truncation)",
+                                        ge=1)
+    generation_batch_size: int = option(16, "sequences per sampling or scoring pass", ge=1)
+    top_ks: tuple[int, ...] = option((1, 5, 20), "k values of the head/tail split of the KL (teacher's top-k)",
+                                     ge=1)
+    ngram: int = option(4, "n of the repeated word n-gram rate", ge=1)
+    loop_period: int = option(8, "longest repeated unit (in words) that can form a loop", ge=1)
+    loop_copies: int = option(3, "back-to-back copies of a unit that make a loop", ge=2)
+    ece_bins: int = option(10, "bins of the expected calibration error of answer confidence", ge=1)
+    confident_threshold: float = option(0.9, "answer confidence at or above which a wrong answer is 'confident'",
+                                        ge=0, le=1)
     output_dir: str = option("runs/diagnose", "where diagnostics.json/.md and the plots go")
     plots: bool = option(True, "write divergence.png and symptoms.png")
+
+    def validate(self) -> None:
+        _check(self)
+        super().validate()
 
 
 # ---- models and data ----------------------------------------------------------------------------
@@ -136,16 +138,16 @@ def load_party(name: str, model_dir: str, tokenizer_dir: str, dtype: str) -> tup
 
 
 def sample(party: Party, config: DiagnoseConfig) -> Samples:
-    """``samples_per_prompt`` completions of every prompt, ``batch_size // samples_per_prompt`` prompts
+    """``samples_per_prompt`` completions of every prompt, ``generation_batch_size // samples_per_prompt`` prompts
     at a time (the last batch is padded with repeats so every call has the same shape)."""
     tok = party.tokenizer
-    per_call = max(1, config.batch_size // config.samples_per_prompt)
+    per_call = max(1, config.generation_batch_size // config.samples_per_prompt)
     ids, finished, index = [], [], []
     for start in range(0, len(party.prompt_ids), per_call):
         chunk = party.prompt_ids[start:start + per_call]
         real = len(chunk)
         chunk = chunk + [chunk[-1]] * (per_call - real)
-        out = generate(party.model, chunk, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+        out = generate(party.model, chunk, max_new_tokens=config.max_completion_length, temperature=config.temperature,
                        top_p=config.top_p, seed=config.seed * 1_000_003 + start, eos_ids=[tok.eos_id],
                        num_generations=config.samples_per_prompt, pad_id=party.pad_id, vocab_limit=tok.vocab_size)
         rows = real * config.samples_per_prompt
@@ -220,13 +222,13 @@ def score_same_tokenizer(teacher: Party, student: Party, samples: Samples, confi
                          ) -> dict[str, np.ndarray]:
     """Per-token statistics [N, C] / [N, C, K] of both models on ``samples`` (one shared tokenizer)."""
     tok = teacher.tokenizer
-    width = config.max_new_tokens
+    width = config.max_completion_length
     prompts = [teacher.prompt_ids[i] for i in samples.example_index]
     prompt_width = bucket_length(max(len(p) for p in prompts))
     tokens, mask = _pad_rows(samples.ids, width, teacher.pad_id)
     prompt_ids, prompt_mask = left_pad(prompts, prompt_width, teacher.pad_id)
     parts = []
-    for rows, real in _batches(len(samples.ids), config.batch_size):
+    for rows, real in _batches(len(samples.ids), config.generation_batch_size):
         stats = _pair_token_stats(teacher.model, student.model, jnp.asarray(prompt_ids[rows]),
                                   jnp.asarray(prompt_mask[rows]), jnp.asarray(tokens[rows]),
                                   jnp.asarray(mask[rows].astype(np.int32)), ks=tuple(config.top_ks),
@@ -262,18 +264,18 @@ def score_cross_tokenizer(sampler: Party, other: Party, samples: Samples, config
     span mask [N, S], the sampler's own token log-probs [N, C] and byte lengths [N, C], and the
     aligned byte fraction [N].
     """
-    width = config.max_new_tokens
+    width = config.max_completion_length
     alignment = align_retokenized(sampler.tokenizer, samples.ids, other.tokenizer)
     if alignment.mismatches:
         first = "\n".join(str(m) for m in alignment.mismatches[:3])
         log.warning("%d byte mismatches between the two tokenizations of %s's samples (spans around them are "
                     "left out), e.g.\n%s", len(alignment.mismatches), sampler.name, first)
     sampler_lp = _own_logprobs(sampler, [sampler.prompt_ids[i] for i in samples.example_index], samples.ids, width,
-                               config.batch_size)
+                               config.generation_batch_size)
     other_rows = [row[m].tolist() for row, m in zip(alignment.ids_b, alignment.mask_b)]
     other_width = bucket_length(max(len(r) for r in other_rows))
     other_lp = _own_logprobs(other, [other.prompt_ids[i] for i in samples.example_index], other_rows, other_width,
-                             config.batch_size)
+                             config.generation_batch_size)
     width_a = alignment.ids_a.shape[1]
     capacity = alignment.num_span_slots
     spans = alignment.spans
@@ -390,10 +392,11 @@ def answer_report(samples: Samples, own_logprobs: np.ndarray, byte_lengths: np.n
 def _check(config: DiagnoseConfig) -> None:
     missing = [name for name in ("teacher", "student") if not getattr(config, name)]
     if missing:
-        raise ValueError(f"diagnose needs {' and '.join(missing)}: --teacher HF_FOLDER --student HF_FOLDER")
+        raise ValueError(f"diagnose needs {' and '.join(missing)}: teacher=HF_FOLDER student=HF_FOLDER")
     if config.task not in list_tasks():
         raise ValueError(f"task={config.task!r} is not valid; choose one of {', '.join(list_tasks())}")
-    for name in ("num_prompts", "samples_per_prompt", "max_new_tokens", "batch_size", "ngram", "ece_bins"):
+    for name in ("num_prompts", "samples_per_prompt", "max_completion_length", "generation_batch_size", "ngram",
+                 "ece_bins"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if not config.top_ks or min(config.top_ks) < 1:
@@ -407,7 +410,7 @@ def diagnose(config: DiagnoseConfig) -> dict[str, Any]:
     """Sample, score, measure and write the report; returns the JSON dict (also in diagnostics.json).
     A folder that holds this diagnosis, finished, is read back; another one there is refused unless
     ``overwrite=true`` (``jaxdistill.run_folder``)."""
-    _check(config)
+    config.validate()
     with run_folder.open_run(config.output_dir, config, command="diagnose", resumable=False,
                              overwrite=getattr(config, "overwrite", False), input_fields=INPUT_FIELDS,
                              inputs=run_folder.inputs_of(config, INPUT_FIELDS)) as run:
@@ -424,7 +427,7 @@ def _diagnose(config: DiagnoseConfig) -> dict[str, Any]:
     parties = {}
     for name in ("teacher", "student"):
         model, tok = load_party(name, getattr(config, name), getattr(config, f"{name}_tokenizer"), config.dtype)
-        prompts = [tok.encode(prompt_text(task, ex, tok.hf, config.chat)) for ex in examples]
+        prompts = [tok.encode(prompt_text(task, ex, tok.hf, config.chat_template)) for ex in examples]
         parties[name] = Party(name, model, tok, prompts)
     teacher, student = parties["teacher"], parties["student"]
     same = same_vocabulary(teacher.tokenizer, student.tokenizer)
@@ -561,7 +564,7 @@ def markdown_report(result: Mapping[str, Any]) -> str:
              f"- teacher: `{s['teacher']}`", f"- student: `{s['student']}`",
              f"- tokenizers: {'the same (token-level KL)' if s['same_tokenizer'] else 'different (span-aligned)'}",
              f"- {s['num_examples']} prompts x {s['samples_per_prompt']} samples per model, temperature "
-             f"{s['temperature']}, at most {s['max_new_tokens']} new tokens", "",
+             f"{s['temperature']}, at most {s.get('max_completion_length', s.get('max_new_tokens'))} new tokens", "",
              "Off-policy = sequences the teacher wrote (what KD trains on); on-policy = sequences the student "
              "wrote (what it meets when it generates).", "",
              "## Traps", "",
@@ -713,44 +716,17 @@ def write_report(result: Mapping[str, Any], out: Path, *, plots: bool = True) ->
 
 # ---- CLI ---------------------------------------------------------------------------------------------
 
-def long_flags_to_overrides(cls, argv: Sequence[str]) -> list[str]:
-    """``--teacher A`` and ``--teacher=A`` -> ``teacher=A`` for the fields of ``cls`` (others untouched)."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    out, i = [], 0
-    while i < len(argv):
-        item = argv[i]
-        name = item[2:].split("=", 1)[0].replace("-", "_") if item.startswith("--") else ""
-        if name in fields:
-            if "=" in item:
-                out.append(f"{name}={item.split('=', 1)[1]}")
-            elif i + 1 < len(argv):
-                out.append(f"{name}={argv[i + 1]}")
-                i += 1
-            else:
-                raise SystemExit(f"--{name} needs a value")
-        else:
-            out.append(item)
-        i += 1
-    return out
+def run(config: DiagnoseConfig) -> None:
+    result = diagnose(config)
+    print(json.dumps(summary_numbers(result), indent=2))
+    print(f"report: {Path(config.output_dir) / 'diagnostics.md'}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_logging()
-    argv = sys.argv[1:] if argv is None else argv
-    config, _ = parse_args(DiagnoseConfig, long_flags_to_overrides(DiagnoseConfig, argv),
-                           prog="python -m jaxdistill.diagnose",
-                           description="Trap diagnostics of a teacher/student pair: KL split into head and tail, "
-                                       "off-policy drift, teacher-student gap per byte, overconfidence, "
-                                       "self-correction and local degradation. Fields can be given as "
-                                       "key=value or --key value.")
-    try:
-        result = diagnose(config)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary_numbers(result), indent=2))
-    print(f"report: {Path(config.output_dir) / 'diagnostics.md'}")
-    return 0
+    return run_cli(DiagnoseConfig, run, argv, prog="jaxdistill-diagnose",
+                   description="Trap diagnostics of a teacher/student pair: KL split into head and tail, off-policy "
+                               "drift, teacher-student gap per byte, overconfidence, self-correction and local "
+                               "degradation.")
 
 
 if __name__ == "__main__":

@@ -39,14 +39,19 @@ TRIALS = ("save", "startup", "step", "save", "startup", "step", "save", "startup
 def _argv(world, out):
     return [f"teacher={world['teacher']}", f"proxy={world['proxy']}", "task=arith", f"output_dir={out}",
             "num_generations=4", "prompts_per_step=2", f"max_steps={MAX_STEPS}", "max_completion_length=12",
-            "learning_rate=1e-2", "lora_rank=4", "lora_alpha=8", "eval_every=0", "eval_prompts=4", "save_every=1",
+            "learning_rate=1e-2", "lora_rank=4", "lora_alpha=8", "eval_steps=0", "eval_num_prompts=4", "save_steps=1",
             "progress=false", "eta=1", "mesh.num_devices=1", "resume=true"]
 
 
-def _launch(ctx, argv):
+def _calibrate_cli(argv):
+    """The command line, in a forked process: its exit status is the process's."""
     from jaxdistill.calibrate import main
 
-    proc = ctx.Process(target=main, args=(argv,))
+    sys.exit(main(argv))
+
+
+def _launch(ctx, argv):
+    proc = ctx.Process(target=_calibrate_cli, args=(argv,))
     proc.start()
     return proc
 
@@ -233,22 +238,27 @@ def test_two_runs_into_one_folder_one_is_refused_at_once(world, reference, tmp_p
     assert _weights(out) == _weights(reference[0])
 
 
-def test_evaluate_keeps_earlier_results(world, tmp_path, caplog):
+def test_evaluate_keeps_earlier_results(world, tmp_path, capsys):
     """A rerun with the same settings reads its results back; other settings are refused, naming the field
     and overwrite=true, which then moves the earlier results aside instead of writing over them."""
     from jaxdistill.evaluate import main as evaluate_main
 
     out = tmp_path / "eval"
-    argv = [f"models=[t={world['teacher']}]", "tasks=[arith]", "limit=2", "max_new_tokens=4", f"output_dir={out}"]
-    evaluate_main(argv)
+    argv = [f"models=[t={world['teacher']}]", "tasks=[arith]", "num_prompts=2", "max_completion_length=4",
+            f"output_dir={out}"]
+    more = [*argv[:2], "num_prompts=3", *argv[3:]]
+    assert evaluate_main(argv) == 0
     first = (out / "results.json").read_bytes()
     stamp = (out / "results.json").stat().st_mtime_ns
-    evaluate_main(argv)  # the same evaluation: read back, not recomputed
+    assert evaluate_main(argv) == 0  # the same evaluation: read back, not recomputed
     assert (out / "results.json").stat().st_mtime_ns == stamp
-    with pytest.raises(SystemExit, match=r"error: .*limit: 2 there, 3 now.*overwrite=true"):
-        evaluate_main([*argv[:2], "limit=3", *argv[3:]])
+    capsys.readouterr()
+    assert evaluate_main(more) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: {out} holds a finished run made with other settings (num_prompts: 2 there, "
+                            "3 now)") and "overwrite=true" in error
     assert (out / "results.json").read_bytes() == first
-    evaluate_main([*argv[:2], "limit=3", *argv[3:], "overwrite=true"])
+    assert evaluate_main([*more, "overwrite=true"]) == 0
     kept = [p for p in tmp_path.iterdir() if p.name.startswith("eval.replaced-")]
     assert len(kept) == 1 and (kept[0] / "results.json").read_bytes() == first
-    assert json.loads((out / "manifest.json").read_text())["config"]["limit"] == 3
+    assert json.loads((out / "manifest.json").read_text())["config"]["num_prompts"] == 3

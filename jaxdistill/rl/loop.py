@@ -22,7 +22,8 @@ from jaxdistill.generation import SamplingParams, generate
 from jaxdistill.models import LoraConfig, save_lora, save_model
 from jaxdistill.rl.advantages import combined_advantages, zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
-from jaxdistill.rl.config import INPUT_FIELDS, CalibrateConfig, check_config
+from jaxdistill.rl.config import INPUT_FIELDS, CalibrateConfig
+from jaxdistill.sharding import mesh_devices
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.proxy import ProxyLearner
 from jaxdistill.rl.rewards import CalibrationScorer, score_completions, describe_verdicts, plain_scoring, task_rewards
@@ -67,7 +68,7 @@ class CalibrationRun:
         tok = self.cluster.teacher_tokenizer
         self.task = get_task(c.task, **parse_task_options(c.task_options))
         self.train_examples = self.task.load(c.train_split, c.data_path)
-        self.eval_examples = self.task.load(c.eval_split, c.data_path, limit=c.eval_prompts)
+        self.eval_examples = self.task.load(c.eval_split, c.eval_data_path or c.data_path, limit=c.eval_num_prompts)
         self.pad_id = tok.pad_id if tok.pad_id is not None else tok.eos_id
         self.pipeline = make_pipeline(self.task, self.train_examples, tok.hf, mode="prompt",
                                       batch_size=c.prompts_per_step, seed=c.seed, chat=c.chat_template,
@@ -221,20 +222,20 @@ class CalibrationRun:
                                 "max_completion_length: little learning signal (raise num_generations, "
                                 "max_completion_length or temperature)", step,
                                 100 * metrics["groups/zero_task_variance"], 100 * metrics["completions/clipped_ratio"])
-                if (c.eval_every and step % c.eval_every == 0) or step == c.max_steps:
+                if (c.eval_steps and step % c.eval_steps == 0) or step == c.max_steps:
                     metrics.update(self.evaluate())
                 metrics["step_time"] = timer.lap()
                 metrics["tokens_per_second"] = metrics["tokens"] / max(metrics["step_time"], 1e-9)
                 history.append(logger.log(step, metrics, info_keys=("rewards/task/mean", "rewards/calibration/mean",
                                                                     "kl", "eval/accuracy")))
-                stop = stop_requested()  # Ctrl-C under the CLI: checkpoint this step, then stop
-                if (c.save_every and step % c.save_every == 0) or step == c.max_steps or stop:
+                save = (c.save_steps and step % c.save_steps == 0) or step == c.max_steps or stop_requested()
+                if save:  # stop_requested: Ctrl-C under the CLI asks for a checkpoint of this step, then a stop
                     if self.proxy_learner is not None:  # first: a teacher checkpoint always has its proxy's
                         self.proxy_checkpointer.save(step, self.proxy_learner.params, self.proxy_learner.opt_state,
                                                      {"step": step})
                     self.checkpointer.save(step, self.learner.lora_state, self.learner.opt_state,
                                            {"step": step, "data_state": iterator.get_state()})
-                if stop and step < c.max_steps:
+                if save and stop_requested() and step < c.max_steps:  # (Ctrl-C during the save: stop now too)
                     raise Interrupted(f"checkpoint of step {step} saved in {self.out / 'checkpoints'}; "
                                       "resume=true continues the run")
         finally:
@@ -257,8 +258,9 @@ class CalibrationRun:
 def calibrate(config: CalibrateConfig) -> dict[str, Any]:
     """Run one calibration; returns the final metrics and the exported paths. A folder that already
     holds this calibration, finished, is reported (``reused``), not recomputed (``jaxdistill.run_folder``)."""
-    check_config(config)
+    config.validate()
     initialize_from_config(config.distributed)  # before any JAX computation; a no-op on one process
+    mesh_devices(config.mesh)  # asks for more devices than present: refused before anything is written
     safe = run_folder.SAFE_RESUME_FIELDS  # more steps change a decaying schedule, not a constant one
     safe = safe if config.lr_schedule == "constant" else safe - {"max_steps"}
     with run_folder.open_run(config.output_dir, config, command="calibrate", resume=config.resume,

@@ -39,6 +39,16 @@ class _InvalidJsonLine:
         self.error = error
 
 
+def check_split_sources(data_path: str | None, eval_data_path: str | None, train_split: str,
+                        eval_split: str) -> None:
+    """A run that trains on one split and evaluates on another must not read both from one file."""
+    if data_path and Path(data_path).expanduser().is_file() and not eval_data_path:
+        raise ValueError(f"data_path={data_path} is a single file, but this run reads split {train_split!r} "
+                         f"(training) and split {eval_split!r} (held-out evaluation) from data_path, so it would "
+                         "evaluate on its training rows. Set eval_data_path to the held-out file, or point "
+                         "data_path at a folder holding one file per split")
+
+
 def load_examples(task: Task, split: str, path: str | Path | None = None, *,
                   limit: int | None = None) -> list[Example]:
     """Rows of ``split`` parsed into Examples by ``task.parse_row``; see the module docstring."""
