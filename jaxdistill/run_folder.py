@@ -57,7 +57,7 @@ BOOKKEEPING = frozenset({LOCK_FILE, OWNER_FILE, MANIFEST_FILE})
 #: reports, and where it runs (mesh, processes) -- never what a step computes. A field matches by its
 #: first dotted component (``mesh`` covers ``mesh.tensor``).
 SAFE_RESUME_FIELDS = frozenset({
-    "max_steps", "save_every", "save_steps", "eval_every", "eval_steps", "progress", "tensorboard", "logging",
+    "max_steps", "save_steps", "eval_steps", "progress", "tensorboard", "logging",
     "export", "mesh", "distributed", "workers", "resume", "overwrite", "output_dir", "debug"})
 
 #: The fields that do not enter a run's key (``run_key``): the safe ones but ``max_steps``, which does

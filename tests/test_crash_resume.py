@@ -56,19 +56,20 @@ def _launch(ctx, argv):
     return proc
 
 
-def _lines(path: Path) -> int:
-    try:
-        return path.read_text().count("\n")
-    except FileNotFoundError:
-        return 0
-
-
 def _temporary(out: Path) -> set[str]:
     """orbax's temporary checkpoint folders (one exists while a checkpoint is being written)."""
     try:
         return {p.name for p in (out / "checkpoints").iterdir() if "tmp" in p.name}
     except FileNotFoundError:
         return set()
+
+
+def _committed(out: Path) -> int:
+    """The step of the newest complete checkpoint (-1: none)."""
+    try:
+        return max((int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()), default=-1)
+    except FileNotFoundError:
+        return -1
 
 
 def _wait(proc, condition, timeout: float = 300) -> bool:
@@ -83,20 +84,19 @@ def _wait(proc, condition, timeout: float = 300) -> bool:
 
 def _kill_at(kind, proc, out, rng, timing) -> str:
     """Kill ``proc`` at a random moment of the ``kind``; returns what was under way when it died.
-    ``timing``: seconds from a launch to its first new metrics line, and of one step (both measured)."""
-    metrics = out / "metrics.jsonl"
+    ``timing``: the shortest time from a launch to its first checkpoint write, and one step's time.
+    Each kind moves the run on by at most one checkpoint, so every kill finds work still to do."""
     exported = (out / "teacher").exists()
     leftover = _temporary(out)  # left by an earlier kill (until orbax clears them): not this launch's save
     saving = lambda: bool(_temporary(out) - leftover)  # noqa: E731
-    if kind == "startup":  # uniformly within the launch's start (load, compile, first evaluation)
+    start = _committed(out)
+    if kind == "startup":  # uniformly within the launch's start (load, first evaluation, the first step)
         time.sleep(rng.uniform(0, timing["startup"]))
-    elif kind == "step":  # uniformly within the step after this launch's first new metrics line (its
-        # checkpoint is being written, then the next step runs): at most one step done per such launch
-        before = _lines(metrics)
-        if not _wait(proc, lambda: _lines(metrics) > before):
+    elif kind == "step":  # uniformly within the step after this launch's first checkpoint
+        if not _wait(proc, lambda: _committed(out) > start):
             return "finished first"
         time.sleep(rng.uniform(0, timing["step"]))
-    elif kind == "save":
+    elif kind == "save":  # the moment orbax starts writing
         if not _wait(proc, saving):
             return "finished first"
     elif kind == "export":
@@ -108,25 +108,26 @@ def _kill_at(kind, proc, out, rng, timing) -> str:
     proc.join()
     assert proc.exitcode == -signal.SIGKILL
     if saving():
-        return "checkpoint being written"
-    return "export being written" if kind == "export" else f"after {_lines(metrics)} metrics lines"
+        return f"checkpoint {_committed(out) + 1} being written"
+    return "export being written" if kind == "export" else f"after checkpoint {_committed(out)}"
 
 
-def _watch(proc, out, before, launched, timing) -> None:
-    """Until ``proc`` ends: its CPU seconds (``timing["cpu"][pid]``, for the cost report) and, once, the
-    seconds from its launch to its first new metrics line (the shortest is the startup kills' window)."""
+def _watch(proc, out, timing, launched: float | None = None) -> None:
+    """Until ``proc`` ends: its CPU seconds (``timing["cpu"][pid]``, for the cost report) and, given its
+    launch time, the seconds to its first checkpoint write (the shortest is the startup kills' window)."""
     ticks = os.sysconf("SC_CLK_TCK")
+    leftover = _temporary(out)
     while proc.is_alive():
         try:
             fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
             timing["cpu"][proc.pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
         except (OSError, IndexError):
             pass
-        if before is not None and _lines(out / "metrics.jsonl") > before:
+        if launched is not None and _temporary(out) - leftover:
             seconds = time.monotonic() - launched
             timing["startup"] = min(timing["startup"] or seconds, seconds)
-            before = None
-        time.sleep(0.05)
+            launched = None
+        time.sleep(0.01)
 
 
 def _comparable_metrics(out: Path) -> list[dict]:
@@ -169,7 +170,7 @@ def reference(forkserver, world, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "run"
     start, timing = time.monotonic(), {"cpu": {}, "startup": 0.0}
     proc = _launch(forkserver, _argv(world, out))
-    _watch(proc, out, None, start, timing)
+    _watch(proc, out, timing)
     proc.join()
     assert proc.exitcode == 0
     steps = sorted(r["step_time"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
@@ -187,9 +188,9 @@ def test_sigkill_at_random_moments_resumes_to_identical_weights_and_metrics(fork
     start = time.monotonic()
     timing = dict(timing, startup=0.0)
     for kind in [*TRIALS, "none"]:  # after the last kill, one launch runs to the end
-        launched, before = time.monotonic(), _lines(out / "metrics.jsonl")
+        launched = time.monotonic()
         proc = _launch(forkserver, _argv(world, out))
-        watcher = threading.Thread(target=_watch, args=(proc, out, before, launched, timing), daemon=True)
+        watcher = threading.Thread(target=_watch, args=(proc, out, timing, launched), daemon=True)
         watcher.start()
         if kind != "none":
             moments.append((kind, _kill_at(kind, proc, out, rng, timing)))
@@ -202,8 +203,8 @@ def test_sigkill_at_random_moments_resumes_to_identical_weights_and_metrics(fork
     print(report)
     assert last.exitcode == 0, report
     killed = [what for _, what in moments if what != "finished first"]
-    assert len(killed) >= 8, report  # (an event that never came: the run had got past it)
-    assert any(what == "checkpoint being written" for what in killed), report
+    assert len(killed) == len(TRIALS), report
+    assert any(what.endswith("being written") and what.startswith("checkpoint") for what in killed), report
     assert _weights(out).keys() == _weights(ref_out).keys() and _weights(out), report
     assert _weights(out) == _weights(ref_out), report  # bit for bit
     assert _comparable_metrics(out) == _comparable_metrics(ref_out), report
