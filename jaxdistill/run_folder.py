@@ -233,6 +233,12 @@ def arm_is_finished(folder: str | Path, key: str) -> bool:
     return is_finished(folder) and manifest.get("key") == key
 
 
+def finished_as(config: Any, input_fields: Sequence[str]) -> bool:
+    """Whether ``config.output_dir`` holds the finished run of exactly ``config`` and the inputs its
+    ``input_fields`` name: the one test of "reuse this arm" for sweeps and scorecards."""
+    return arm_is_finished(config.output_dir, key_for(config, inputs_of(config, input_fields), input_fields))
+
+
 def holds_work(folder: str | Path) -> list[str]:
     """The entries of ``folder`` besides the contract's own files and hidden ones such as a half-written
     manifest's temporary file (empty: nothing to lose)."""

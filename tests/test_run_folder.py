@@ -30,6 +30,7 @@ class Mesh:
 @dataclasses.dataclass
 class Config:
     teacher: str = ""
+    output_dir: str = ""
     eta: float = 1.0
     learning_rate: float = 1e-3
     max_steps: int = 4
@@ -249,6 +250,9 @@ def test_arms_are_reused_by_key_never_by_label(tmp_path, teacher):
     longer = run_folder.key_for(dataclasses.replace(config, max_steps=8), {"teacher": str(teacher)}, ("teacher",))
     assert same == key and other != key and longer != key
     assert arm_is_finished(arm, same) and not arm_is_finished(arm, other) and not arm_is_finished(arm, longer)
+    arm_config = dataclasses.replace(config, output_dir=str(arm))
+    assert run_folder.finished_as(arm_config, ("teacher",))
+    assert not run_folder.finished_as(dataclasses.replace(arm_config, eta=-3.0), ("teacher",))
     (teacher / "model.safetensors").write_bytes(b"recalibrated" * 100)  # the same label, another teacher
     assert not arm_is_finished(arm, run_folder.key_for(config, {"teacher": str(teacher)}, ("teacher",)))
 
