@@ -38,6 +38,7 @@ import numpy as np
 
 from jaxdistill import diagnostics as dx
 from jaxdistill.align import span_logprobs, align_retokenized
+from jaxdistill import run_folder
 from jaxdistill.config import EvalConfig, option, run_cli, to_dict
 from jaxdistill.distill.losses import binarised_divergence
 from jaxdistill.tasks import parse_task_options
@@ -402,9 +403,25 @@ def _check(config: DiagnoseConfig) -> None:
         raise ValueError(f"top_ks must be positive integers, got {config.top_ks}")
 
 
+INPUT_FIELDS = ("teacher", "student", "teacher_tokenizer", "student_tokenizer", "data_path")
+
+
 def diagnose(config: DiagnoseConfig) -> dict[str, Any]:
-    """Sample, score, measure and write the report; returns the JSON dict (also in diagnostics.json)."""
+    """Sample, score, measure and write the report; returns the JSON dict (also in diagnostics.json).
+    A folder that holds this diagnosis, finished, is read back; another one there is refused unless
+    ``overwrite=true`` (``jaxdistill.run_folder``)."""
     config.validate()
+    with run_folder.open_run(config.output_dir, config, command="diagnose", resumable=False,
+                             overwrite=getattr(config, "overwrite", False), input_fields=INPUT_FIELDS,
+                             inputs=run_folder.inputs_of(config, INPUT_FIELDS)) as run:
+        if run.finished:
+            return json.loads((Path(config.output_dir) / "diagnostics.json").read_text())
+        result = _diagnose(config)
+        run.finish(results=["diagnostics.json", "diagnostics.md"])
+    return result
+
+
+def _diagnose(config: DiagnoseConfig) -> dict[str, Any]:
     task = get_task(config.task, **parse_task_options(config.task_options))
     examples = task.load(config.split, config.data_path or None, limit=config.num_prompts)
     parties = {}

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxdistill import run_folder
 from jaxdistill.config import ConfigError, EvalConfig, error_line, option, run_cli
 from jaxdistill.distill.data import Side, TeacherSampleCache, pad_sequences, same_tokenizer
 from jaxdistill.distill.objectives import LossSettings, token_kd_per_token
@@ -381,8 +382,26 @@ def teacher_table(teachers: Mapping[str, Mapping[str, Any]]) -> str:
 
 # ---- CLI --------------------------------------------------------------------------------------------
 
+INPUT_FIELDS = ("models", "calibrated_teachers", "data_paths", "original_teacher")
+
+
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
-    """The plain evaluation of ``config.models`` (plus the teacher comparison when teachers are given)."""
+    """The plain evaluation of ``config.models`` (plus the teacher comparison when teachers are given).
+    A folder that holds this evaluation, finished, is read back, not recomputed; one that holds another
+    evaluation is refused unless ``overwrite=true`` (``jaxdistill.run_folder``: earlier results are kept)."""
+    inputs = {f"{field} {label} #{i}": path for field in INPUT_FIELDS[:3]
+              for label, paths in parse_entries(getattr(config, field), field).items() for i, path in enumerate(paths)}
+    with run_folder.open_run(config.output_dir, config, command="evaluate", resumable=False,
+                             overwrite=getattr(config, "overwrite", False), input_fields=INPUT_FIELDS,
+                             inputs={**inputs, "original_teacher": config.original_teacher}) as run:
+        if run.finished:
+            return json.loads((Path(config.output_dir) / "results.json").read_text())
+        results = _evaluate(config)
+        run.finish(results=["results.json", "results.md"])
+    return results
+
+
+def _evaluate(config: EvaluateConfig) -> dict[str, Any]:
     results = evaluate_models(
         parse_entries(config.models, "models"), config.tasks, task_options=config.task_options,
         data_paths={k: v[0] for k, v in parse_entries(config.data_paths, "data_paths").items()},

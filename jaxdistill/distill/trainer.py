@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 from flax import nnx
 
+from jaxdistill import run_folder
 from jaxdistill.config import Interrupted, TrainingConfig, option, stop_at_step_boundaries, stop_requested, to_dict
 from jaxdistill.distill.data import OBJECTIVES, BatchMaker, BatchRecipe, Side, TeacherSampleCache, same_tokenizer
 from jaxdistill.distill.learner import StudentLearner
@@ -176,9 +177,14 @@ def check_vocab(model: Qwen, side: Side, role: str) -> None:
 
 # ---- the run ------------------------------------------------------------------------------------
 
+#: The config fields that name what a distillation reads: compared by content, not by path (``run_folder``).
+INPUT_FIELDS = ("student", "teacher", "student_tokenizer", "teacher_tokenizer", "data_path")
+
+
 @stop_at_step_boundaries()
 def distill(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None = None) -> Path:
     """Train a student as ``config`` says; returns the run folder (the final model is in ``<it>/model``).
+    A folder that already holds this run, finished, is returned as it is (``jaxdistill.run_folder``).
 
     ``teacher_samples``: a cache shared by several runs of one process (the scorecard's students), so
     teacher completions that are identical across them are sampled once.
@@ -186,12 +192,22 @@ def distill(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None
     Raises ``TooManyBadSteps`` after ``max_bad_steps`` consecutive non-finite steps.
     """
     config.validate()
+    safe = run_folder.SAFE_RESUME_FIELDS if config.lr_schedule == "constant" else \
+        run_folder.SAFE_RESUME_FIELDS - {"max_steps"}
+    with run_folder.open_run(config.output_dir, config, command="distill", resume=config.resume,
+                             overwrite=getattr(config, "overwrite", False), safe_resume_fields=safe,
+                             inputs=run_folder.inputs_of(config, INPUT_FIELDS), input_fields=INPUT_FIELDS,
+                             can_continue=lambda: holds_checkpoints(Path(config.output_dir) / "checkpoints")) as run:
+        if not run.finished:
+            summary = _train(config, teacher_samples)
+            run.finish(results=["model", "summary.json"] + (["metrics.jsonl"] if config.max_steps else []),
+                       summary=summary)
+    return Path(config.output_dir)
+
+
+def _train(config: DistillConfig, teacher_samples: TeacherSampleCache | None) -> dict[str, Any]:
     out = Path(config.output_dir)
     checkpoints_dir = out / "checkpoints"
-    if not config.resume and holds_checkpoints(checkpoints_dir):
-        raise FileExistsError(f"{out} already holds checkpoints: set resume=true to continue that run, or "
-                              "choose another output_dir")
-    out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
     task = get_task(config.task, **parse_task_options(config.task_options))
@@ -293,4 +309,4 @@ def distill(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None
         summary["eval"] = score_model(student, sides["student"].tokenizer, task, held_out,
                                       max_new_tokens=config.max_completion_length, chat=config.chat_template)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return out
+    return summary

@@ -8,14 +8,12 @@ train before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from jaxdistill.config import TrainingConfig, option
 from jaxdistill.distributed import DistributedConfig
 from jaxdistill.sharding import MeshConfig
 from jaxdistill.tasks import list_tasks
 from jaxdistill.tasks.loading import check_split_sources
-from jaxdistill.training import holds_checkpoints
 
 
 @dataclasses.dataclass
@@ -111,8 +109,7 @@ def check_config(config: CalibrateConfig) -> None:
         raise ValueError(f"num_generations={config.num_generations}: GRPO normalises rewards within each prompt's "
                          "group of rollouts, so a group of one has no advantage to learn from; use 2 or more")
     check_split_sources(config.data_path, config.eval_data_path, config.train_split, config.eval_split)
-    checkpoints = Path(config.output_dir) / "checkpoints"
-    if not config.resume and holds_checkpoints(checkpoints):
-        raise FileExistsError(f"{config.output_dir} already holds checkpoints of a calibration: set resume=true to "
-                              "continue it, or choose another output_dir (starting over would overwrite its metrics)")
 
+
+#: The config fields that name what a calibration reads: compared by content, not by path (``run_folder``).
+INPUT_FIELDS = ("teacher", "proxy", "teacher_tokenizer", "proxy_tokenizer", "data_path", "eval_data_path")

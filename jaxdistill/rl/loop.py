@@ -15,13 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdistill import run_folder
 from jaxdistill.config import Interrupted, stop_at_step_boundaries, stop_requested, to_dict
 from jaxdistill.distributed import initialize_from_config, to_host
 from jaxdistill.generation import SamplingParams, generate
 from jaxdistill.models import LoraConfig, save_lora, save_model
 from jaxdistill.rl.advantages import combined_advantages, zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
-from jaxdistill.rl.config import CalibrateConfig
+from jaxdistill.rl.config import INPUT_FIELDS, CalibrateConfig
 from jaxdistill.sharding import mesh_devices
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.proxy import ProxyLearner
@@ -29,7 +30,7 @@ from jaxdistill.rl.rewards import CalibrationScorer, score_completions, describe
 from jaxdistill.tasks import get_task, parse_task_options
 from jaxdistill.tasks.pipeline import make_pipeline, prompt_text
 from jaxdistill.training import (Checkpointer, MetricsLogger, StepTimer, TooManyBadSteps, bad_step_counts,
-                                 cached_optimizer)
+                                 cached_optimizer, holds_checkpoints)
 
 log = logging.getLogger("jaxdistill.calibrate")
 
@@ -255,8 +256,22 @@ class CalibrationRun:
 
 
 def calibrate(config: CalibrateConfig) -> dict[str, Any]:
-    """Run one calibration; returns the final metrics and the exported paths."""
+    """Run one calibration; returns the final metrics and the exported paths. A folder that already
+    holds this calibration, finished, is reported (``reused``), not recomputed (``jaxdistill.run_folder``)."""
     config.validate()
     initialize_from_config(config.distributed)  # before any JAX computation; a no-op on one process
     mesh_devices(config.mesh)  # asks for more devices than present: refused before anything is written
-    return CalibrationRun(config).run()
+    safe = run_folder.SAFE_RESUME_FIELDS  # more steps change a decaying schedule, not a constant one
+    safe = safe if config.lr_schedule == "constant" else safe - {"max_steps"}
+    with run_folder.open_run(config.output_dir, config, command="calibrate", resume=config.resume,
+                             overwrite=getattr(config, "overwrite", False), safe_resume_fields=safe,
+                             inputs=run_folder.inputs_of(config, INPUT_FIELDS), input_fields=INPUT_FIELDS,
+                             can_continue=lambda: holds_checkpoints(Path(config.output_dir) / "checkpoints"),
+                             primary=jax.process_index() == 0) as run:
+        if run.finished:
+            return {**run.manifest["summary"], "reused": True}
+        result = CalibrationRun(config).run()
+        exported = [name for name in ("teacher", "adapter", "proxy") if name in result]
+        run.finish(results=["metrics.jsonl", *exported],
+                   summary={k: v for k, v in result.items() if k != "history"})
+    return result
