@@ -237,3 +237,29 @@ def test_ctrl_c_in_a_training_loop_stops_at_the_step_boundary(capsys):
     err = capsys.readouterr().err
     assert steps == [1, 2, 3] and err.strip().endswith("interrupted: checkpoint of step 3 saved")
     assert not stop_requested() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ---- what ships -------------------------------------------------------------------------------------------
+
+def test_every_console_script_is_a_run_cli_main_and_the_presets_ship():
+    """pyproject declares a console script per command, each a ``main`` whose --help comes from run_cli;
+    the --quick presets are package data, so a pip install has them."""
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    from jaxdistill.config import preset_path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    scripts = pyproject["project"]["scripts"]
+    assert {"jaxdistill-calibrate", "jaxdistill-distill", "jaxdistill-evaluate", "jaxdistill-diagnose",
+            "jaxdistill-plan", "jaxdistill-sweep", "jaxdistill-scorecard"} <= set(scripts)
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        main = getattr(importlib.import_module(module), function)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--help"])
+        assert exit_info.value.code == 0, name
+    assert "presets/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["jaxdistill"]
+    for name in ("calibrate_quick.yaml", "sweep_quick.yaml"):
+        assert preset_path(name).is_file()

@@ -178,7 +178,7 @@ def check_vocab(model: Qwen, side: Side, role: str) -> None:
 # ---- the run ------------------------------------------------------------------------------------
 
 #: The config fields that name what a distillation reads: compared by content, not by path (``run_folder``).
-INPUT_FIELDS = ("student", "teacher", "student_tokenizer", "teacher_tokenizer", "data_path")
+INPUT_FIELDS = ("student", "teacher", "student_tokenizer", "teacher_tokenizer", "data_path", "eval_data_path")
 
 
 @stop_at_step_boundaries()
