@@ -4,7 +4,7 @@
     python -m jaxdistill.calibrate --config configs/tiny.yaml eta=-1 # one calibration from a config
     python -m jaxdistill.calibrate --help                            # every field, documented
 
-One step (DESIGN.md §2):
+One step (docs/design.md §2):
 
     prompts (grain) -> G rollouts per prompt from pi_theta (teacher + LoRA)
       -> r_task: the task verifier;  r_cal: calibration reward against the proxy

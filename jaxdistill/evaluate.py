@@ -31,7 +31,7 @@ from flax import nnx
 
 from jaxdistill import run_folder
 from jaxdistill.config import ConfigError, EvalConfig, error_line, option, run_cli
-from jaxdistill.distill.data import Side, TeacherSampleCache, pad_sequences, same_tokenizer
+from jaxdistill.distill.data import Side, pad_sequences, same_tokenizer
 from jaxdistill.distill.objectives import LossSettings, token_kd_per_token
 from jaxdistill.tasks import parse_task_options
 from jaxdistill.generation import generate

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from distill_world import build_world
+from helpers import build_world
 from jaxdistill.calibrate import main as calibrate_main
 from jaxdistill.diagnose import main as diagnose_main
 from jaxdistill.distill.__main__ import main as distill_main

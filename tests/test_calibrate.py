@@ -4,33 +4,20 @@ import re
 
 import numpy as np
 import pytest
-from flax import nnx
 
+from helpers import tiny_world as build_tiny_world
 from jaxdistill.calibrate import main
-from jaxdistill.models import Qwen, QwenConfig, load_model, save_model
+from jaxdistill.models import load_model
 from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.rl.loop import calibrate
 from jaxdistill.sharding import MeshConfig
-from jaxdistill.tasks.tiny_tokenizers import train_tiny_tokenizers
-from jaxdistill.tokenizer import load_tokenizer
 from jaxdistill.training import TooManyBadSteps, read_metrics
 
 
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
     """Random tiny teacher (Qwen3) and proxy (Qwen2) with the two tiny tokenizers."""
-    root = tmp_path_factory.mktemp("world")
-    toks = train_tiny_tokenizers(root / "tokenizers", n_problems=400)
-    folders = {}
-    for name, model_type in (("teacher", "qwen3"), ("proxy", "qwen2")):
-        tok = load_tokenizer(toks[name])
-        config = QwenConfig(model_type=model_type, vocab_size=tok.vocab_size, hidden_size=32,
-                            intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                            num_key_value_heads=2, head_dim=8, qk_norm=model_type == "qwen3",
-                            qkv_bias=model_type == "qwen2", tie_word_embeddings=True,
-                            max_position_embeddings=512, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-        folders[name] = save_model(Qwen(config, rngs=nnx.Rngs(1)), root / name, tokenizer_dir=toks[name])
-    return folders
+    return build_tiny_world(tmp_path_factory.mktemp("world"))
 
 
 def _config(world, out, **overrides):
@@ -176,21 +163,3 @@ def test_settings_that_cannot_train_are_refused_before_loading(tmp_path, overrid
     with pytest.raises(ValueError, match=message):  # "t" and "p" do not exist: nothing was loaded
         calibrate(CalibrateConfig(teacher="t", proxy="p", output_dir=str(tmp_path), **override))
 
-
-def test_default_run_calibration_takes_overrides(tmp_path, monkeypatch):
-    """world.calibrate_teacher is the default run's calibration; ``overrides`` replaces named fields
-    (jaxdistill.experiments.undistillable) and a misspelt field is an error, not silently ignored."""
-    from jaxdistill.experiments import world
-
-    seen = []
-    monkeypatch.setattr("jaxdistill.rl.loop.calibrate", seen.append)
-    run = str(tmp_path / "run")
-    world.calibrate_teacher("t", "p", run, -1.0, world.FULL, 0, progress=False)
-    world.calibrate_teacher("t", "p", run, -1.0, world.FULL, 0, progress=False,
-                            overrides={"calibration_scope": "all", "beta": 0.2})
-    default, changed = seen
-    assert (default.calibration_scope, default.beta) == ("correct", 0.04)
-    assert (changed.calibration_scope, changed.beta) == ("all", 0.2)
-    assert dataclasses.replace(changed, calibration_scope="correct", beta=0.04) == default
-    with pytest.raises(TypeError, match="betta"):
-        world.calibrate_teacher("t", "p", run, -1.0, world.FULL, 0, progress=False, overrides={"betta": 0.2})

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import tiny_world
+from helpers import tiny_world
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_STEPS = 10

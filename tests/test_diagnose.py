@@ -2,13 +2,11 @@
 import json
 
 import pytest
-from flax import nnx
 
+from helpers import tiny_qwen_folder
 from jaxdistill.diagnose import (DiagnoseConfig, diagnose, load_diagnostics, main,
                                  summary_numbers)
-from jaxdistill.models import Qwen, QwenConfig, save_model
 from jaxdistill.tasks.tiny_tokenizers import train_tiny_tokenizers
-from jaxdistill.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +20,7 @@ def pair_world(tmp_path_factory):
     models = (("teacher", "teacher", "qwen3", 1), ("student_same", "teacher", "qwen3", 2),
               ("student_other", "proxy", "qwen2", 3))
     for name, tok_name, model_type, seed in models:
-        tok = load_tokenizer(toks[tok_name])
-        config = QwenConfig(model_type=model_type, vocab_size=tok.vocab_size + 3, hidden_size=32,
-                            intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                            head_dim=8, qk_norm=model_type == "qwen3", qkv_bias=model_type == "qwen2",
-                            tie_word_embeddings=True, max_position_embeddings=512, eos_token_id=tok.eos_id,
-                            pad_token_id=tok.pad_id)
-        folders[name] = save_model(Qwen(config, rngs=nnx.Rngs(seed)), root / name, tokenizer_dir=toks[tok_name])
+        folders[name] = tiny_qwen_folder(root / name, toks[tok_name], model_type=model_type, extra_rows=3, seed=seed)
     return folders
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from distill_world import SPLIT_VOCAB, build_world
+from helpers import SPLIT_VOCAB, build_world
 from jaxdistill.distill import losses
 from jaxdistill.distill.data import BatchMaker, BatchRecipe, Side, TeacherSampleCache, batch_indices
 from jaxdistill.distill.learner import StudentLearner, _loss
@@ -204,7 +204,7 @@ def test_a_model_folder_keeps_its_tokenizer_splitting(world):
 
 
 def test_seqkd_only_correct_trains_exactly_the_verified_teacher_samples():
-    from distill_world import FIXTURE_TEACHER  # a trained arith teacher (75% greedy), so samples vary
+    from helpers import FIXTURE_TEACHER  # a trained arith teacher (75% greedy), so samples vary
 
     teacher, _ = load_model(FIXTURE_TEACHER)
     side = Side.of(load_tokenizer(FIXTURE_TEACHER))

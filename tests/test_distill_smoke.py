@@ -26,12 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flax import nnx
 
-from distill_world import FIXTURE_TEACHER, tiny_config
+from helpers import DISTILL_SHAPE, FIXTURE_TEACHER, tiny_qwen_folder
 from jaxdistill.distill import DistillConfig, distill
 from jaxdistill.distill.data import TeacherSampleCache
-from jaxdistill.models import Qwen, save_model
 from jaxdistill.tasks import get_task
 from jaxdistill.training import read_metrics
 
@@ -41,9 +39,8 @@ EVAL_SIZE = 500
 
 @pytest.fixture(scope="module")
 def student_folder(tmp_path_factory) -> Path:
-    config = tiny_config(448, "qwen2", hidden=64, layers=2)
-    return save_model(Qwen(config, rngs=nnx.Rngs(0)), tmp_path_factory.mktemp("student") / "init",
-                      tokenizer_dir=FIXTURE_TEACHER)
+    return tiny_qwen_folder(tmp_path_factory.mktemp("student") / "init", FIXTURE_TEACHER, model_type="qwen2",
+                            hidden_size=64, layers=2, seed=0, **DISTILL_SHAPE)
 
 
 @pytest.fixture(scope="module")

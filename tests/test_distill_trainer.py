@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from distill_world import build_world, save_tiny
+from helpers import DISTILL_SHAPE, build_world, tiny_qwen_folder
 from jaxdistill.distill import DistillConfig, distill
 from jaxdistill.distill import learner as learner_module
 from jaxdistill.distill.__main__ import main as distill_main
@@ -86,7 +86,7 @@ def test_resume_replays_the_uninterrupted_run_exactly(world, tmp_path, monkeypat
 
 
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(world, tmp_path):
-    teacher = save_tiny(tmp_path / "nan_teacher", world.split_tokenizer, 304, "qwen3", seed=1)
+    teacher = tiny_qwen_folder(tmp_path / "nan_teacher", world.split_tokenizer, extra_rows=4, seed=1, **DISTILL_SHAPE)
     poisoned = load_file(str(teacher / "model.safetensors"))
     from safetensors.numpy import save_file
     poisoned["model.norm.weight"][:] = np.nan

@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 
 from jaxdistill import distributed
 from jaxdistill.training import read_metrics
-from tiny_models import tiny_world
+from helpers import tiny_world
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 300  # generous: the runs take ~40 s on 2 idle cores, several times that on busy ones

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from distill_world import build_world
+from helpers import build_world
 from jaxdistill.distill import DistillConfig, distill
 from jaxdistill.evaluate import EvaluateConfig, aggregate, compare_teachers, evaluate_models, make_task
 from jaxdistill.evaluate import main as evaluate_main

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_models import make_hf_model
+from helpers import make_hf_model
 from jaxdistill.generation import SamplingParams, generate, trace_count
 from jaxdistill.generation.sampler import bucket_length, sample_step
 from jaxdistill.models import LoraConfig, load_model

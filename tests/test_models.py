@@ -10,7 +10,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
-from hf_models import TINY_CONFIGS, left_padded_batch, make_hf_model, torch_logits
+from helpers import TINY_CONFIGS, left_padded_batch, make_hf_model, torch_logits
 from jaxdistill.models import LoraConfig, LoraParam, Qwen, QwenConfig, load_model, save_lora, save_model
 from jaxdistill.sharding import MeshConfig, describe_sharding, make_mesh, shard_model
 

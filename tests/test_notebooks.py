@@ -10,7 +10,7 @@ import pytest
 from nbclient import NotebookClient
 
 from jaxdistill.training import read_metrics
-from tiny_models import random_qwen_folder
+from helpers import tiny_qwen_folder
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -60,8 +60,8 @@ def test_notebooks_are_small_and_saved_without_outputs(name):
 
 
 def test_qwen3_notebook_runs_on_a_tiny_stand_in(tmp_path, monkeypatch, shared_dir):
-    stand_in = random_qwen_folder(tmp_path / "stand_in_qwen3", shared_dir / "tokenizers" / "qwen3",
-                                  model_type="qwen3", hidden_size=32, layers=1, heads=4, kv_heads=2, head_dim=8)
+    stand_in = tiny_qwen_folder(tmp_path / "stand_in_qwen3", shared_dir / "tokenizers" / "qwen3", model_type="qwen3",
+                                max_positions=1024)
     output_dir = tmp_path / "run"
     notebook = execute("02_qwen3_small.ipynb", tmp_path, monkeypatch, TEACHER=str(stand_in), PROXY=str(stand_in),
                        DOWNLOAD=False, DATA_PATH=str(shared_dir / "data" / "gsm8k"), OUTPUT_DIR=str(output_dir),
@@ -79,7 +79,7 @@ def test_quickstart_notebook_runs_the_quick_tiny_world(tmp_path, monkeypatch):
 
     One quick run serves both checks (issue 8's artefact test and the notebook), to keep the suite short.
     """
-    from default_run_checks import assert_every_artefact
+    from helpers import assert_every_artefact
 
     from jaxdistill.calibrate import main
 

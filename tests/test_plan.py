@@ -17,7 +17,7 @@ from jaxdistill.models import LoraConfig, LoraParam, load_model
 from jaxdistill.plan import PUBLISHED_CONFIGS, main, plan_memory
 from jaxdistill.sharding import MeshConfig, make_mesh
 from jaxdistill.training import make_optimizer
-from tiny_models import random_qwen_folder
+from helpers import tiny_qwen_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.15  # the acceptance bound; the exact parts should in fact agree to the byte
@@ -39,11 +39,9 @@ def tiny_models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("plan")
     toks = train_tiny_tokenizers(root / "tokenizers", n_problems=200)
-    return {"teacher": random_qwen_folder(root / "teacher", toks["teacher"], model_type="qwen3", hidden_size=64,
-                                          layers=2, heads=4, kv_heads=2, head_dim=16, intermediate_size=128,
-                                          tie=False),
-            "proxy": random_qwen_folder(root / "proxy", toks["proxy"], model_type="qwen2", hidden_size=32,
-                                        layers=1, heads=4, kv_heads=2, head_dim=8, intermediate_size=64)}
+    return {"teacher": tiny_qwen_folder(root / "teacher", toks["teacher"], model_type="qwen3", hidden_size=64,
+                                        layers=2, head_dim=16, tie=False),
+            "proxy": tiny_qwen_folder(root / "proxy", toks["proxy"], model_type="qwen2")}
 
 
 @pytest.mark.parametrize("mesh,dtype", [(MeshConfig(data=2, fsdp=2, tensor=2), "float32"),

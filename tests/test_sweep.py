@@ -3,20 +3,18 @@ import json
 import re
 
 import pytest
-from flax import nnx
 
-from jaxdistill.models import Qwen, QwenConfig, save_model
-from jaxdistill.experiments.sweep import DEFAULT_ETAS, ORIGINAL, SweepConfig, eta_label, knob_markdown, knob_table, main, \
-    plot_knob, quick_config, sweep
+from helpers import tiny_qwen_folder
+from jaxdistill.experiments.knob import ORIGINAL, SWEEP_ETAS, eta_label, knob_markdown, knob_table, plot_knob
+from jaxdistill.experiments.sweep import SweepConfig, main, quick_config, sweep
 from jaxdistill.tasks.tiny_tokenizers import train_tiny_tokenizers
-from jaxdistill.tokenizer import load_tokenizer
 
 
 def test_knob_table_means_stds_and_collapse(tmp_path):
     accuracy = {"teacher": {eta_label(-1): [0.6, 0.8], eta_label(1): [0.7, 0.7]},
                 "small": {ORIGINAL: [0.5, 0.5], eta_label(-1): [0.05, 0.1], eta_label(1): [0.6, 0.8]},
                 "zero": {ORIGINAL: [0.0], eta_label(-1): [0.0], eta_label(1): [0.1]}}
-    rows = knob_table(accuracy, [-1.0, 1.0], collapse_ratio=0.2)
+    rows = knob_table(accuracy, {eta_label(-1): -1.0, eta_label(1): 1.0}, collapse_ratio=0.2)
     assert [r["name"] for r in rows] == [ORIGINAL, "eta=-1", "eta=1"]
     assert [r["eta"] for r in rows] == [None, -1.0, 1.0]
     minus = rows[1]["accuracy"]
@@ -36,7 +34,7 @@ def test_knob_table_means_stds_and_collapse(tmp_path):
 def test_quick_profile_keeps_explicit_overrides():
     config = quick_config(["recipe.max_steps=2", "etas=[-1,1]"])
     assert config.recipe.max_steps == 2 and config.calibration.max_steps == 1
-    assert config.etas == (-1.0, 1.0) and SweepConfig().etas == DEFAULT_ETAS
+    assert config.etas == (-1.0, 1.0) and SweepConfig().etas == SWEEP_ETAS
     with pytest.raises(ValueError, match="together"):
         sweep(quick_config(["teacher=x"]))
     with pytest.raises(ValueError, match="attack='sft': choose one of seqkd | kd | gkd"):
@@ -51,25 +49,20 @@ def sweep_world(tmp_path_factory):
     folders = {}
     for name, tok_name, model_type, seed in (("teacher", "teacher", "qwen3", 1), ("proxy", "proxy", "qwen2", 2),
                                              ("student", "proxy", "qwen2", 3)):
-        tok = load_tokenizer(toks[tok_name])
-        config = QwenConfig(model_type=model_type, vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                            num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                            qk_norm=model_type == "qwen3", qkv_bias=model_type == "qwen2", tie_word_embeddings=True,
-                            max_position_embeddings=512, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-        folders[name] = save_model(Qwen(config, rngs=nnx.Rngs(seed)), root / name, tokenizer_dir=toks[tok_name])
+        folders[name] = tiny_qwen_folder(root / name, toks[tok_name], model_type=model_type, seed=seed)
     return folders
 
 
 def test_quick_sweep_writes_the_knob_curve_with_every_eta(sweep_world, tmp_path, capsys):
     out = tmp_path / "sweep"
     code = main(["--quick", f"teacher={sweep_world['teacher']}", f"proxy={sweep_world['proxy']}",
-                 f"students=[small={sweep_world['student']}]", f"output_dir={out}"])
+                 f"students=[small={sweep_world['student']}]", f"output_dir={out}", "workers=1"])
     assert code == 0
     assert (out / "knob.png").stat().st_size > 0
     result = json.loads((out / "knob.json").read_text())
     assert result["models"] == ["teacher", "small"]
     calibrated = [row for row in result["rows"] if row["eta"] is not None]
-    assert [row["eta"] for row in calibrated] == list(DEFAULT_ETAS)
+    assert [row["eta"] for row in calibrated] == list(SWEEP_ETAS)
     for row in calibrated:
         for model in ("teacher", "small"):
             assert 0 <= row["accuracy"][model]["mean"] <= 1 and len(row["accuracy"][model]["runs"]) == 1
@@ -77,11 +70,11 @@ def test_quick_sweep_writes_the_knob_curve_with_every_eta(sweep_world, tmp_path,
     original = result["rows"][0]
     assert original["name"] == ORIGINAL and set(original["accuracy"]) == {"teacher", "small"}
     markdown = (out / "knob.md").read_text()
-    for eta in DEFAULT_ETAS:
+    for eta in SWEEP_ETAS:
         assert re.search(rf"^\| {re.escape(eta_label(eta))} \| {eta:g} \| \d", markdown, re.MULTILINE), eta
     assert "knob curve" in capsys.readouterr().out
     assert "seqkd students" in markdown
     assert json.loads((out / "students" / "small" / "eta=1" / "seed0" / "summary.json").read_text())
-    for eta in DEFAULT_ETAS:
+    for eta in SWEEP_ETAS:
         assert (out / "teachers" / eta_label(eta) / "seed0" / "teacher" / "config.json").exists()
         assert (out / "students" / "small" / eta_label(eta) / "seed0" / "model" / "config.json").exists()

@@ -71,14 +71,14 @@ def test_empty_or_unusable_files_are_clear_errors(tmp_path):
         get_task("gsm8k").load("test", junk)
 
 
-def test_wrong_paths_and_splits_are_clear_errors(tmp_path, shared_dir):
+def test_wrong_paths_and_splits_are_clear_errors(tmp_path):
     missing = tmp_path / "nowhere" / "test.jsonl"
     with pytest.raises(FileNotFoundError, match=f"no file or folder at {missing}.*Fix"):
         get_task("gsm8k").load("test", missing)
     with pytest.raises(FileNotFoundError, match="expects .*test.jsonl.*Fix"):
         get_task("gsm8k").load("test", tmp_path)
     with pytest.raises(ValueError, match="unknown split 'dev'.*'test', 'train'"):
-        get_task("gsm8k").load("dev", shared_dir / "data" / "gsm8k")
+        get_task("gsm8k").load("dev", tmp_path)
     text = tmp_path / "rows.txt"
     text.write_text("x")
     with pytest.raises(ValueError, match=".jsonl, .json or .parquet"):

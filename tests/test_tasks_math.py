@@ -32,10 +32,10 @@ GSM8K_CASES = [
     ("20 + 27 = 47, then 47 * 3 = 141.", "141", 1.0, OK),
     ("12-3=9", "9", 1.0, OK),
     ("I first thought 12, then 15, finally 17.", "17", 1.0, OK),
-    # "answer is" beats the last number; the last box beats everything
+    # "answer is" beats the last number; the last statement (box, phrase, ####) wins
     ("The answer is 18. Check: 18 - 3 = 15.", "18", 1.0, OK),
     ("\\boxed{17} was wrong, so \\boxed{18}. 3 more apples.", "18", 1.0, OK),
-    ("\\boxed{18}\nThe answer is 20.", "18", 1.0, OK),
+    ("\\boxed{18}\nThe answer is 20.", "20", 1.0, OK),
     ("#### 18\nThe answer is not obvious.", "18", 1.0, OK),
     ("The answer is\n\n18 apples", "18", 1.0, OK),
     ("The answer is: **42**", "42", 1.0, OK),

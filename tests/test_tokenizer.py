@@ -1,13 +1,13 @@
 """Tokenizer loading and per-token byte lengths computed from the vocabulary."""
 
 import importlib.util
-import shutil
 import unicodedata
 
 import numpy as np
 import pytest
 
 import jaxdistill.tokenizer as tokenizer_module
+from helpers import FIXTURE_TEACHER
 from jaxdistill.tokenizer import gpt2_unicode_to_byte, load_tokenizer
 
 TEXTS = [
@@ -104,17 +104,17 @@ def test_special_ids_chat_template_and_padded_table(shared_dir):
     assert load_tokenizer(shared_dir / "tokenizers" / "gpt2") is gpt2  # cached per folder
 
 
-def test_clear_errors_for_missing_or_wrong_paths(tmp_path, shared_dir):
+def test_clear_errors_for_missing_or_wrong_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_tokenizer(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="no tokenizer files"):
         load_tokenizer(tmp_path)
     with pytest.raises(NotADirectoryError, match="folder"):
-        load_tokenizer(shared_dir / "tokenizers" / "gpt2" / "vocab.json")
+        load_tokenizer(FIXTURE_TEACHER / "tokenizer.json")
 
 
-def test_sentencepiece_without_the_package_names_the_fix(tmp_path, shared_dir, monkeypatch):
-    shutil.copy(shared_dir / "tokenizers" / "mistral" / "v1" / "tokenizer.model", tmp_path)
+def test_sentencepiece_without_the_package_names_the_fix(tmp_path, monkeypatch):
+    (tmp_path / "tokenizer.model").write_bytes(b"\x0a")  # the file's presence picks the converter; never read here
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         tokenizer_module.importlib.util,

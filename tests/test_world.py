@@ -1,8 +1,10 @@
-"""The default run's folder: it remembers its profile and refuses to mix another one into it."""
+"""The default run: its folder remembers its profile and refuses to mix another one into it; its calibration
+settings take overrides."""
 import dataclasses
 
 import pytest
 
+from jaxdistill.experiments import world
 from jaxdistill.experiments.world import FULL, QUICK, check_run_folder
 
 
@@ -33,3 +35,17 @@ def test_a_folder_from_before_profiles_were_recorded_is_refused(tmp_path):
     with pytest.raises(ValueError, match="earlier jaxdistill"):
         check_run_folder(tmp_path, FULL, 0)
     assert not (tmp_path / "profile.json").exists()
+
+
+def test_default_run_calibration_takes_overrides(tmp_path):
+    """world.calibration_config is the default run's calibration; ``overrides`` replaces named fields
+    (jaxdistill.experiments.undistillable) and a misspelt field is an error, not silently ignored."""
+    run = str(tmp_path / "run")
+    default = world.calibration_config("t", "p", run, -1.0, world.FULL, 0, progress=False)
+    changed = world.calibration_config("t", "p", run, -1.0, world.FULL, 0, progress=False,
+                                       overrides={"calibration_scope": "all", "beta": 0.2})
+    assert (default.calibration_scope, default.beta, default.eta, default.resume) == ("correct", 0.04, -1.0, True)
+    assert (changed.calibration_scope, changed.beta) == ("all", 0.2)
+    assert dataclasses.replace(changed, calibration_scope="correct", beta=0.04) == default
+    with pytest.raises(TypeError, match="betta"):
+        world.calibration_config("t", "p", run, -1.0, world.FULL, 0, progress=False, overrides={"betta": 0.2})

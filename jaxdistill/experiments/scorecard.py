@@ -1,4 +1,4 @@
-"""The distillation scorecard (DESIGN.md section 3): every student distilled from every teacher, evaluated.
+"""The distillation scorecard (docs/design.md section 3): every student distilled from every teacher, evaluated.
 
     python -m jaxdistill.experiments.scorecard original_teacher=T \\
         teachers=[eta0=T0,distillable=Tplus,undistillable=Tminus] students=[proxy_like=S1,other=S2] \\
@@ -23,12 +23,13 @@ from typing import Any, Mapping, Sequence
 
 from jaxdistill.config import EvalConfig, option, run_cli
 from jaxdistill.distill.data import TeacherSampleCache
-from jaxdistill.distill.trainer import DistillConfig, distill
-from jaxdistill.evaluate import (_model_and_tokenizer, aggregate, bar_chart, check_model_folder, compare_teachers,
-                                 make_task, parse_entries, resolve_model_dir, score_model, teacher_table)
+from jaxdistill.distill.trainer import DistillConfig
+from jaxdistill.evaluate import (aggregate, bar_chart, check_model_folder, compare_teachers, make_task, parse_entries,
+                                 resolve_model_dir, teacher_table)
+from jaxdistill.experiments import runner
 from jaxdistill.experiments.jobs import JOB_OVERHEAD_SECONDS, Job, default_workers, run_jobs
+from jaxdistill.experiments.knob import ORIGINAL
 
-ORIGINAL = "original"  # the label of the uncalibrated teacher in arms and tables
 ATTACKS = ("seqkd", "kd", "gkd")
 
 
@@ -126,7 +127,7 @@ def arm_dir(config: ScorecardConfig, student: str, arm: Mapping[str, Any], seed:
 
 
 def run_arm(config: ScorecardConfig, arm: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
-    """Train (or reuse: a run folder with ``summary.json``) and score every student of one arm and seed.
+    """Train (or reuse: ``runner.distilled_student``) and score every student of one arm and seed.
 
     The students read the same prompts and sampling seeds, so the teacher's completions are sampled once
     (``TeacherSampleCache``). Returns one row per student: {"student", "arm", "seed", **score_model(...)}.
@@ -137,16 +138,13 @@ def run_arm(config: ScorecardConfig, arm: Mapping[str, Any], seed: int) -> list[
     teacher_samples = TeacherSampleCache()
     rows = []
     for label, paths in parse_entries(config.students, "students").items():
-        run_dir = arm_dir(config, label, arm, seed)
-        if not (run_dir / "summary.json").exists():
-            run_config = dataclasses.replace(
-                recipe, student=str(resolve_model_dir(paths[0])), teacher=arm["teacher"] and
-                str(resolve_model_dir(arm["teacher"])), objective=arm["objective"], seed=seed,
-                output_dir=str(run_dir), max_steps=arm.get("steps", recipe.max_steps), resume=True,
-                student_tokenizer="", teacher_tokenizer="", eval_num_prompts=0, progress=False)
-            distill(run_config, teacher_samples=teacher_samples)
-        model, tokenizer = _model_and_tokenizer(run_dir, config.dtype)
-        result = score_model(model, tokenizer, task, examples, **decoding(config))
+        run_config = dataclasses.replace(
+            recipe, student=str(resolve_model_dir(paths[0])), teacher=arm["teacher"] and
+            str(resolve_model_dir(arm["teacher"])), objective=arm["objective"], seed=seed,
+            output_dir=str(arm_dir(config, label, arm, seed)), max_steps=arm.get("steps", recipe.max_steps),
+            resume=True, student_tokenizer="", teacher_tokenizer="", eval_num_prompts=0, progress=False)
+        student = runner.distilled_student(run_config, teacher_samples=teacher_samples)
+        result = runner.evaluated(student, task, examples, dtype=config.dtype, **decoding(config))
         rows.append({"student": label, "arm": arm["arm"], "seed": seed, **result})
     return rows
 
@@ -221,7 +219,7 @@ def assemble_scorecard(config: ScorecardConfig, results: Mapping[str, Any], seco
 def scorecard(config: ScorecardConfig) -> dict[str, Any]:
     """Run every arm for every student and seed, evaluate them, write the table (see the module docstring).
 
-    A finished run (its ``summary.json`` exists) is reused, so an interrupted scorecard resumes. The arms
+    A finished run is reused (``runner.finished``), so an interrupted scorecard resumes. The arms
     run on ``workers`` processes (``jaxdistill.experiments.jobs``); results do not depend on how many.
     Returns the JSON dict written to ``scorecard.json``.
     """

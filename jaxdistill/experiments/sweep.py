@@ -5,12 +5,13 @@
     python -m jaxdistill.sweep teacher=T proxy=P students=[small=S1,other=S2] seeds=[0,1,2] recipe.objective=kd
     python -m jaxdistill.sweep --help                 # every field, documented
 
-For every eta and seed, the same base teacher is calibrated (``jaxdistill.calibrate``), every student is
-distilled from that teacher with one recipe (``jaxdistill.distill``), and all of them are evaluated with
-identical greedy decoding (``jaxdistill.evaluate.evaluate_models``). With ``include_original`` the students
-are also distilled from the uncalibrated teacher: the reference of "collapse" (DESIGN.md section 3).
-No new training code lives here. A seed is one full replicate (calibration, distillation, evaluation);
-the error bars are the standard deviation over seeds.
+For every eta and seed, the same base teacher is calibrated, every student is distilled from that teacher
+with one recipe, and all of them are evaluated with identical greedy decoding
+(``jaxdistill.evaluate.evaluate_models``): one job graph (``jaxdistill.experiments.jobs``) of the one
+runner's calibrations and distillations (``jaxdistill.experiments.runner``) on ``workers`` processes.
+With ``include_original`` the students are also distilled from the uncalibrated teacher: the reference of
+"collapse" (docs/design.md section 3). No new training code lives here. A seed is one full replicate
+(calibration, distillation, evaluation); the error bars are the standard deviation over seeds.
 
 Outputs in ``output_dir``: ``knob.png`` (accuracy against eta), ``knob.md`` and ``knob.json`` (the table),
 ``teachers/eta=<eta>/seed<s>`` (calibration runs), ``students/<label>/<teacher>/seed<s>`` (distillation
@@ -28,20 +29,17 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
 from jaxdistill.config import BaseConfig, load_config, option, preset_path, run_cli, to_dict
-from jaxdistill.distill.trainer import DistillConfig, distill
+from jaxdistill.distill.trainer import DistillConfig
 from jaxdistill.evaluate import evaluate_models, parse_entries
+from jaxdistill.experiments import runner
+from jaxdistill.experiments.jobs import JOB_OVERHEAD_SECONDS, Job, default_workers, run_jobs
+from jaxdistill.experiments.knob import ORIGINAL, SWEEP_ETAS, eta_label, knob_markdown, knob_table, plot_knob
 from jaxdistill.rl.config import CalibrateConfig
-from jaxdistill.rl.loop import calibrate
 from jaxdistill.tasks import list_tasks
 from jaxdistill.tasks.loading import check_split_sources
 
 log = logging.getLogger("jaxdistill.sweep")
-
-DEFAULT_ETAS = (-1.0, -0.5, 0.0, 0.5, 1.0)
-ORIGINAL = "original"  # the label of the uncalibrated teacher in tables and run folders
 
 
 @dataclasses.dataclass
@@ -60,7 +58,7 @@ class SweepConfig(BaseConfig):
     arith_data_size: int = option(0, "arith without data_path: write this many generated training problems "
                                      "(and eval_num_prompts test ones) to output_dir/data and use them in every stage; "
                                      "0 = the task's own generated splits")
-    etas: tuple[float, ...] = option(DEFAULT_ETAS, "calibration weights: > 0 distillable, < 0 undistillable")
+    etas: tuple[float, ...] = option(SWEEP_ETAS, "calibration weights: > 0 distillable, < 0 undistillable")
     seeds: tuple[int, ...] = option((0,), "replicates; each one calibrates, distills and evaluates afresh")
     include_original: bool = option(True, "also distill from the uncalibrated teacher (the collapse reference)")
     collapse_ratio: float = option(0.2, "a student collapses when its accuracy <= this x that of the same "
@@ -75,6 +73,8 @@ class SweepConfig(BaseConfig):
     eval_max_completion_length: int = option(128, "completion budget of evaluation", ge=1)
     eval_generation_batch_size: int = option(64, "prompts per generation call in evaluation", ge=1)
     output_dir: str = option("runs/sweep", "where runs, knob.png, knob.md and knob.json go")
+    workers: int = option(0, "processes running calibrations and distillations at once (0: one per CPU core "
+                             "on a CPU host, 1 on an accelerator)", ge=0)
 
 
     def validate(self) -> None:
@@ -94,106 +94,6 @@ def quick_config(overrides: Sequence[str] = ()) -> SweepConfig:
     return load_config(SweepConfig, None, list(overrides), presets=[preset_path(QUICK)])
 
 
-# ---- the pure part: table, collapse, plot ---------------------------------------------------------
-
-def eta_label(eta: float) -> str:
-    """``-0.5 -> "eta=-0.5"``, ``1.0 -> "eta=1"``: the name of a calibrated teacher."""
-    return f"eta={eta:g}"
-
-
-def knob_table(accuracy: Mapping[str, Mapping[str, Sequence[float]]], etas: Sequence[float],
-               collapse_ratio: float = 0.2) -> list[dict[str, Any]]:
-    """Rows of the knob curve from per-seed accuracies.
-
-    Args:
-      accuracy: ``{model: {teacher: [accuracy per seed]}}`` where ``model`` is "teacher" or a student
-        label and ``teacher`` is :func:`eta_label` of an eta or ``"original"``.
-      etas: the row order (the original teacher, when present, comes first with ``eta`` None).
-      collapse_ratio: see :class:`SweepConfig`.
-
-    Returns:
-      one row per teacher: ``{"name", "eta", "accuracy": {model: {"mean", "std", "runs"}}}``; each
-      student's entry also holds ``relative_to_original`` and ``collapse`` when the original teacher's
-      students were evaluated. The std is the sample std over seeds (0 for one seed).
-    """
-    teachers = ([ORIGINAL] if any(ORIGINAL in runs for runs in accuracy.values()) else [])
-    teachers += [eta_label(eta) for eta in etas]
-    rows = []
-    for teacher in teachers:
-        row: dict[str, Any] = {"name": teacher, "accuracy": {},
-                               "eta": None if teacher == ORIGINAL else float(teacher.split("=", 1)[1])}
-        for model, per_teacher in accuracy.items():
-            if teacher not in per_teacher:
-                continue
-            runs = [float(a) for a in per_teacher[teacher]]
-            entry = {"mean": float(np.mean(runs)), "std": float(np.std(runs, ddof=1)) if len(runs) > 1 else 0.0,
-                     "runs": runs}
-            original = per_teacher.get(ORIGINAL)
-            if model != "teacher" and original:  # undefined (None) when the reference student scores 0
-                base = float(np.mean(original))
-                entry["relative_to_original"] = entry["mean"] / base if base > 0 else None
-                entry["collapse"] = bool(entry["mean"] <= collapse_ratio * base) if base > 0 else None
-            row["accuracy"][model] = entry
-        rows.append(row)
-    return rows
-
-
-def knob_markdown(rows: Sequence[Mapping[str, Any]], models: Sequence[str], *, title: str) -> str:
-    """The table as markdown: one row per teacher, accuracy % (mean ± std over seeds) per model."""
-    lines = [f"# {title}", "",
-             "Accuracy % (mean ± std over seeds), greedy decoding. The teacher column is the calibrated teacher "
-             "itself; each student is distilled from that row's teacher. **collapse**: accuracy at most "
-             "collapse_ratio x that of the same student distilled from the original teacher.", "",
-             "| teacher | eta | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
-    for row in rows:
-        cells = []
-        for model in models:
-            entry = row["accuracy"].get(model)
-            if entry is None:
-                cells.append("")
-                continue
-            cell = f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
-            if entry.get("collapse"):
-                cell += " **collapse**"
-            cells.append(cell)
-        eta = "" if row["eta"] is None else f"{row['eta']:g}"
-        lines.append(f"| {row['name']} | {eta} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_knob(rows: Sequence[Mapping[str, Any]], models: Sequence[str], path: Path, *, title: str) -> Path:
-    """Accuracy against eta with std-over-seeds error bars; the original teacher's models as dashed lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    calibrated = [r for r in rows if r["eta"] is not None]
-    original = next((r for r in rows if r["eta"] is None), None)
-    for i, model in enumerate(models):
-        color = "black" if model == "teacher" else f"C{i}"
-        points = [(r["eta"], r["accuracy"][model]["mean"], r["accuracy"][model]["std"])
-                  for r in calibrated if model in r["accuracy"]]
-        if points:
-            x, mean, std = map(np.asarray, zip(*points))
-            ax.errorbar(x, 100 * mean, yerr=100 * std, marker="o", capsize=4, color=color,
-                        linewidth=2.5 if model == "teacher" else 1.8, label=model)
-        if original is not None and model in original["accuracy"]:
-            ax.axhline(100 * original["accuracy"][model]["mean"], color=color, linestyle="--", linewidth=1, alpha=0.7)
-    ax.set_xlabel("eta (calibration weight: < 0 undistillable, > 0 distillable)")
-    ax.set_ylabel("accuracy %")
-    ax.set_ylim(-2, 102)
-    ax.set_title(title + ("\n(dashed: from the original teacher)" if original is not None else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 # ---- the run -----------------------------------------------------------------------------------------
 
 def resolve_models(config: SweepConfig) -> tuple[str, str, dict[str, str]]:
@@ -207,7 +107,8 @@ def resolve_models(config: SweepConfig) -> tuple[str, str, dict[str, str]]:
 
     if config.world_profile not in ("full", "quick"):
         raise ValueError(f"world_profile={config.world_profile!r}: choose full or quick")
-    world = build_world(config.world_dir, QUICK if config.world_profile == "quick" else FULL)
+    world = build_world(config.world_dir, QUICK if config.world_profile == "quick" else FULL,
+                        workers=config.workers or default_workers())
     return str(world["teacher"]), str(world["proxy"]), {"student_proxy_like": str(world["student_proxy_like"]),
                                                         "student_other": str(world["student_other"])}
 
@@ -235,29 +136,61 @@ def resolve_data(config: SweepConfig) -> SweepConfig:
     return dataclasses.replace(config, data_path=str(folder))
 
 
-def calibrated_teacher(config: SweepConfig, teacher: str, proxy: str, eta: float, seed: int) -> Path:
-    """The teacher calibrated at ``eta`` with ``seed`` (reused when its export exists)."""
+def calibration_config(config: SweepConfig, teacher: str, proxy: str, eta: float, seed: int) -> CalibrateConfig:
+    """The calibration of ``teacher`` at ``eta`` with ``seed``: ``config.calibration`` with the run's fields."""
     out = Path(config.output_dir) / "teachers" / eta_label(eta) / f"seed{seed}"
-    exported = out / "teacher"
-    if (exported / "config.json").exists():
-        return exported
-    run = dataclasses.replace(config.calibration, teacher=teacher, proxy=proxy, eta=float(eta), seed=seed,
-                              task=config.task, data_path=config.data_path or None, output_dir=str(out),
-                              export=True, resume=(out / "checkpoints").exists())
-    return Path(calibrate(run)["teacher"])
+    return dataclasses.replace(config.calibration, teacher=teacher, proxy=proxy, eta=float(eta), seed=seed,
+                               task=config.task, data_path=config.data_path or None, output_dir=str(out),
+                               export=True, resume=True)
 
 
-def distilled_student(config: SweepConfig, label: str, student: str, teacher: Path, teacher_name: str,
-                      seed: int) -> Path:
-    """``student`` distilled from ``teacher`` with the recipe and ``seed`` (reused when finished)."""
+def distillation_config(config: SweepConfig, label: str, student: str, teacher: str, teacher_name: str,
+                        seed: int) -> DistillConfig:
+    """``student`` distilled from ``teacher`` (named ``teacher_name``) with the recipe and ``seed``."""
     out = Path(config.output_dir) / "students" / label / teacher_name / f"seed{seed}"
-    if (out / "summary.json").exists():
-        return out / "model"
-    run = dataclasses.replace(config.recipe, objective=config.attack, student=student, teacher=str(teacher),
-                              seed=seed, task=config.task,
-                              data_path=config.data_path, output_dir=str(out), student_tokenizer="",
-                              teacher_tokenizer="", resume=True)
-    return Path(distill(run)) / "model"
+    return dataclasses.replace(config.recipe, objective=config.attack, student=student, teacher=teacher, seed=seed,
+                               task=config.task, data_path=config.data_path, output_dir=str(out),
+                               student_tokenizer="", teacher_tokenizer="", resume=True)
+
+
+# Expected seconds per step on one core (tiny models): they order the jobs and drive the ETA, nothing else.
+STEP_SECONDS = {"calibrate": 1.5, "distill": 0.3}
+EVALUATE_JOB = "evaluate"
+
+
+def sweep_jobs(config: SweepConfig, teacher: str, proxy: str, students: Mapping[str, str]) -> list[Job]:
+    """The sweep as one graph: ``calibrate <eta> seed <s>`` per eta and seed, ``distill <student> from
+    <teacher> seed <s>`` per student, teacher and seed (each waiting on its teacher's calibration), then
+    ``evaluate`` (every teacher and student with one decoding: ``evaluate_models``)."""
+    jobs, teachers = [], {}  # teacher name -> seed -> (folder, the job that writes it)
+    if config.include_original:
+        teachers[ORIGINAL] = {seed: (teacher, None) for seed in config.seeds}
+    for eta in config.etas:
+        for seed in config.seeds:
+            run = calibration_config(config, teacher, proxy, eta, seed)
+            name = f"calibrate {eta_label(eta)} seed {seed}"
+            jobs.append(Job(name, runner.calibrated_teacher, {"config": run}, kind="calibrate",
+                            cost=JOB_OVERHEAD_SECONDS + run.max_steps * STEP_SECONDS["calibrate"]))
+            teachers.setdefault(eta_label(eta), {})[seed] = (str(Path(run.output_dir) / "teacher"), name)
+    to_evaluate = {f"teacher@{name}": [folder for folder, _ in per_seed.values()]
+                   for name, per_seed in teachers.items() if name != ORIGINAL}
+    to_evaluate[f"teacher@{ORIGINAL}"] = [teacher]
+    for label, start in students.items():
+        for name, per_seed in teachers.items():
+            for seed, (folder, producer) in per_seed.items():
+                run = distillation_config(config, label, start, folder, name, seed)
+                jobs.append(Job(f"distill {label} from {name} seed {seed}", runner.distilled_student,
+                                {"config": run}, after=(producer,) if producer else (), kind=config.attack,
+                                cost=JOB_OVERHEAD_SECONDS + run.max_steps * STEP_SECONDS["distill"]))
+                to_evaluate.setdefault(f"{label}@{name}", []).append(str(Path(run.output_dir) / "model"))
+    jobs.append(Job(EVALUATE_JOB, evaluate_models, dict(
+        models=to_evaluate, tasks=(config.task,), task_options=config.recipe.task_options,
+        data_paths={config.task: config.data_path} if config.data_path else None, limit=config.eval_num_prompts,
+        max_new_tokens=config.eval_max_completion_length, batch_size=config.eval_generation_batch_size,
+        dtype=config.calibration.dtype, output_dir=str(Path(config.output_dir) / "evaluation")),
+        after=tuple(job.name for job in jobs),
+        cost=JOB_OVERHEAD_SECONDS + 0.05 * config.eval_num_prompts * sum(map(len, to_evaluate.values()))))
+    return jobs
 
 
 def sweep(config: SweepConfig) -> dict[str, Any]:
@@ -266,38 +199,14 @@ def sweep(config: SweepConfig) -> dict[str, Any]:
     started = time.perf_counter()
     teacher, proxy, students = resolve_models(config)
     config = resolve_data(config)
-    teachers: dict[str, dict[int, Path]] = {}  # teacher name -> seed -> folder
-    if config.include_original:
-        teachers[ORIGINAL] = {seed: Path(teacher) for seed in config.seeds}
-    for eta in config.etas:
-        for seed in config.seeds:
-            log.info("calibrating %s, seed %d", eta_label(eta), seed)
-            teachers.setdefault(eta_label(eta), {})[seed] = calibrated_teacher(config, teacher, proxy, eta, seed)
-    runs: dict[str, dict[str, dict[int, Path]]] = {}  # student label -> teacher name -> seed -> model
-    for label, student in students.items():
-        for name, per_seed in teachers.items():
-            for seed, folder in per_seed.items():
-                log.info("distilling %s from the %s teacher, seed %d", label, name, seed)
-                runs.setdefault(label, {}).setdefault(name, {})[seed] = distilled_student(
-                    config, label, student, folder, name, seed)
-
-    to_evaluate = {f"teacher@{name}": [str(p) for p in per_seed.values()] for name, per_seed in teachers.items()
-                   if name != ORIGINAL}
-    to_evaluate[f"teacher@{ORIGINAL}"] = [teacher]
-    for label, per_teacher in runs.items():
-        for name, per_seed in per_teacher.items():
-            to_evaluate[f"{label}@{name}"] = [str(p) for p in per_seed.values()]
-    evaluation = evaluate_models(to_evaluate, (config.task,), task_options=config.recipe.task_options,
-                                 data_paths={config.task: config.data_path} if config.data_path else None,
-                                 limit=config.eval_num_prompts, max_new_tokens=config.eval_max_completion_length,
-                                 batch_size=config.eval_generation_batch_size, dtype=config.calibration.dtype,
-                                 output_dir=Path(config.output_dir) / "evaluation")
+    results = run_jobs(sweep_jobs(config, teacher, proxy, students), workers=config.workers or default_workers(),
+                       label="sweep", compilation_cache=str(Path(config.output_dir) / "compilation_cache"))
     accuracy: dict[str, dict[str, list[float]]] = {}
-    for key, entry in evaluation["models"].items():
+    for key, entry in results[EVALUATE_JOB]["models"].items():
         model, name = key.rsplit("@", 1)
         accuracy.setdefault(model, {})[name] = [run[config.task]["accuracy"] for run in entry["runs"]]
     models = ["teacher", *students]
-    rows = knob_table(accuracy, config.etas, config.collapse_ratio)
+    rows = knob_table(accuracy, {eta_label(eta): eta for eta in config.etas}, config.collapse_ratio)
     result = {"settings": {**to_dict(config), "teacher": teacher, "proxy": proxy, "students": students},
               "models": models, "rows": rows, "seconds": time.perf_counter() - started}
     write_knob(result, Path(config.output_dir))

@@ -28,12 +28,15 @@ import numpy as np
 
 from jaxdistill.config import BaseConfig, option, run_cli
 from jaxdistill.evaluate import compare_teachers, make_task
+from jaxdistill.experiments import runner
 from jaxdistill.experiments.jobs import Job, default_workers, run_jobs
+from jaxdistill.experiments.knob import DEFAULT_RUN_ETAS
 from jaxdistill.experiments.scorecard import run_arm
+from jaxdistill.experiments.world import (ARITH_DIFFICULTY, FULL, STEP_SECONDS, calibration_config, scorecard_config,
+                                          world_paths)
 from jaxdistill.training import read_metrics
-from jaxdistill.experiments.world import ARITH_DIFFICULTY, ETAS, FULL, STEP_SECONDS, calibrate_teacher, scorecard_config, world_paths
 
-# name -> CalibrateConfig fields that replace the default run's (world.calibrate_teacher): span mode,
+# name -> CalibrateConfig fields that replace the default run's (world.calibration_config): span mode,
 # calibration_scope=correct, beta 0.04, 8 prompts x 4 rollouts, 60 steps, LoRA r8, lr 1e-3.
 VARIANTS = {
     "default": {},                                                     # the default run's eta = -1
@@ -104,13 +107,13 @@ def sweep_variants(args: UndistillableConfig) -> None:
     for name in args.variants:
         teachers[name] = out / name / "calibrate" / "teacher"
         overrides = dict(VARIANTS[name])
-        eta = overrides.pop("eta", ETAS["undistillable"])
-        jobs.append(Job(f"calibrate {name}", calibrate_teacher, dict(
-            teacher=str(world["teacher"]), proxy=str(world["proxy"]), run=str(out / name / "calibrate"), eta=eta,
-            profile=FULL, seed=0, progress=False, overrides=overrides),
-            cost=overrides.get("max_steps", FULL.calibrate_steps) * STEP_SECONDS["calibrate"], kind="calibrate"))
-        config = scorecard_config(world, {"eta0": "", "distillable": "", "undistillable": teachers[name]},
-                                  out / name / "students", FULL, seeds=tuple(args.seeds), workers=1)
+        eta = overrides.pop("eta", DEFAULT_RUN_ETAS["undistillable"])
+        calibration = calibration_config(str(world["teacher"]), str(world["proxy"]), str(out / name / "calibrate"),
+                                         eta, FULL, 0, progress=False, overrides=overrides)
+        jobs.append(Job(f"calibrate {name}", runner.calibrated_teacher, dict(config=calibration),
+                        cost=calibration.max_steps * STEP_SECONDS["calibrate"], kind="calibrate"))
+        config = scorecard_config(world, {"undistillable": teachers[name]}, out / name / "students", FULL,
+                                  seeds=tuple(args.seeds), workers=1)
         for attack in ATTACKS:
             arm = {"arm": f"{attack}/undistillable", "objective": attack, "teacher": str(teachers[name])}
             for seed in args.seeds:

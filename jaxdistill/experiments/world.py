@@ -10,9 +10,10 @@
                             from it in family and tokenizer -- evaluate every arm, and write
                             runs/<name>/report.md and knob.png
 
-Every stage is a job of one graph (``jaxdistill.experiments.jobs``) run on one worker process per CPU core: the
-teacher's SFT trains next to the proxy's and the other student's, the calibrations next to the
-scorecard arms of the original teacher, and so on (XLA keeps about one core busy per tiny model).
+Every stage is a job of one graph (``jaxdistill.experiments.jobs``) run by ``experiments.runner`` on one
+worker process per CPU core: the teacher's SFT trains next to the proxy's and the other student's, the
+calibrations next to the scorecard arms of the original teacher, and so on (XLA keeps about one core
+busy per tiny model).
 Every stage runs the same code paths as a real Qwen run (HF folders in and out, the sampler, the
 aligner, GRPO, the distillation objectives). ``quick=True`` shrinks every stage to a few steps (for
 tests); the figures then mean nothing.
@@ -32,8 +33,14 @@ from typing import Any, Mapping
 
 from flax import nnx
 
+from jaxdistill.distill.trainer import DistillConfig
+from jaxdistill.experiments import runner
 from jaxdistill.experiments.jobs import JOB_OVERHEAD_SECONDS, Job, available_cores, default_workers, run_jobs
+from jaxdistill.experiments.knob import DEFAULT_RUN_ETAS, knob_table, plot_knob, scorecard_accuracy
+from jaxdistill.experiments.scorecard import ScorecardConfig, assemble_scorecard, check_scorecard, scorecard_jobs
 from jaxdistill.models import Qwen, QwenConfig, save_model
+from jaxdistill.rl.config import CalibrateConfig
+from jaxdistill.sharding import MeshConfig
 from jaxdistill.tokenizer import load_tokenizer
 
 log = logging.getLogger("jaxdistill.world")
@@ -76,7 +83,7 @@ QUICK = Profile(teacher_sft_steps=4, proxy_sft_steps=2, student_warmup_steps=2, 
 STEP_SECONDS = {"teacher": 0.33, "proxy": 0.15, "student_other": 0.2,
                 "student": 0.15, "calibrate": 1.5}
 
-# Architectures (DESIGN.md §6): a tiny Qwen3 teacher, a tinier Qwen2 proxy, and two students: the proxy
+# Architectures (docs/design.md §4): a tiny Qwen3 teacher, a tinier Qwen2 proxy, and two students: the proxy
 # itself (proxy_like), and one that differs from the proxy in family and tokenizer (Qwen3 with the
 # teacher's tokenizer) at the proxy's size. Sizes are set by the time budget on two CPU cores: a
 # teacher SFT step costs ~0.3 s at batch 32, a proxy-sized one ~0.12 s.
@@ -99,21 +106,16 @@ def init_model_folder(folder: Path, shape: dict[str, Any], tokenizer_dir: Path, 
 def train_from_scratch(shape: dict[str, Any], tokenizer_dir: str, init_dir: str, output_dir: str, steps: int,
                        learning_rate: float, profile: Profile, seed: int, progress: bool = True) -> str:
     """Initialise a model of ``shape`` and train it on gold chain-of-thought (sft); returns its HF folder.
-    A finished run is reused; an interrupted one continues from its checkpoint."""
-    from jaxdistill.distill.trainer import DistillConfig, distill
-
-    model = Path(output_dir) / "model"
-    if (Path(output_dir) / "summary.json").exists() and (model / "config.json").exists():
-        return str(model)
-    if not (Path(init_dir) / "config.json").exists():
-        init_model_folder(Path(init_dir), shape, Path(tokenizer_dir), seed)
+    A finished run is reused; an interrupted one continues from its checkpoint (``runner``)."""
     config = DistillConfig(student=init_dir, objective="sft", task="arith",
                            task_options=(f"difficulty={ARITH_DIFFICULTY}",), max_steps=steps,
                            train_batch_size=profile.sft_batch, learning_rate=learning_rate, lr_schedule="cosine",
                            warmup_steps=min(50, steps // 10), seed=seed, output_dir=output_dir,
                            eval_num_prompts=profile.eval_num_prompts, save_steps=max(steps // 4, 1), resume=True,
                            max_completion_length=profile.max_completion_length, progress=progress)
-    return str(Path(distill(config)) / "model")
+    if not runner.finished(config) and not (Path(init_dir) / "config.json").exists():
+        init_model_folder(Path(init_dir), shape, Path(tokenizer_dir), seed)
+    return runner.distilled_student(config)
 
 
 # The models of the world: name -> (shape, which tokenizer, seed offset, steps and learning rate from the
@@ -166,21 +168,11 @@ def build_world(folder: str | Path, profile: Profile = FULL, seed: int = 0, *, w
     return paths
 
 
-ETAS = {"distillable": 1.0, "undistillable": -1.0, "eta0": 0.0}
-
-
-def calibrate_teacher(teacher: str, proxy: str, run: str, eta: float, profile: Profile, seed: int,
-                      progress: bool = True, overrides: Mapping[str, Any] | None = None) -> str:
-    """One calibrated teacher of the default run (GRPO from the base teacher); a finished run is reused,
-    an interrupted one resumes. ``overrides``: CalibrateConfig fields that replace the default run's
-    settings (``jaxdistill.experiments.undistillable``). Returns the exported HF folder."""
-    from jaxdistill.rl.config import CalibrateConfig
-    from jaxdistill.rl.loop import calibrate
-    from jaxdistill.sharding import MeshConfig
-
-    exported = Path(run) / "teacher"
-    if (exported / "config.json").exists():
-        return str(exported)
+def calibration_config(teacher: str, proxy: str, run: str, eta: float, profile: Profile, seed: int,
+                       progress: bool = True, overrides: Mapping[str, Any] | None = None) -> CalibrateConfig:
+    """The default run's calibration of ``teacher`` at ``eta`` (GRPO from the base teacher) into ``run``.
+    ``overrides``: CalibrateConfig fields that replace the default run's settings
+    (``jaxdistill.experiments.undistillable``); a misspelt one is a TypeError."""
     config = CalibrateConfig(
         teacher=teacher, proxy=proxy, task="arith", task_options=(f"difficulty={ARITH_DIFFICULTY}",),
         output_dir=run, eta=eta, num_generations=profile.num_generations, prompts_per_step=profile.prompts_per_step,
@@ -192,56 +184,33 @@ def calibrate_teacher(teacher: str, proxy: str, run: str, eta: float, profile: P
         eval_num_prompts=profile.eval_num_prompts, save_steps=max(profile.calibrate_steps // 3, 1), seed=seed,
         resume=True,  # an interrupted default run continues its calibrations exactly
         progress=progress, mesh=MeshConfig(num_devices=1))
-    calibrate(dataclasses.replace(config, **(overrides or {})))
-    return str(exported)
+    return dataclasses.replace(config, **(overrides or {}))
 
 
 def calibration_jobs(world: Mapping[str, Path], out: Path, profile: Profile, seed: int, *,
                      progress: bool = True) -> list[Job]:
-    """``calibrate <name>`` for eta = +1, -1, 0, each waiting on the world's teacher and proxy."""
-    return [Job(f"calibrate {name}", calibrate_teacher, dict(
-        teacher=str(world["teacher"]), proxy=str(world["proxy"]), run=str(out / "calibrate" / name), eta=eta,
-        profile=profile, seed=seed, progress=progress), after=("world teacher", "world proxy"),
+    """``calibrate <name>`` for eta = +1, -1, 0 (``runner.calibrated_teacher``), each waiting on the world's
+    teacher and proxy."""
+    return [Job(f"calibrate {name}", runner.calibrated_teacher, dict(config=calibration_config(
+        str(world["teacher"]), str(world["proxy"]), str(out / "calibrate" / name), eta, profile, seed,
+        progress=progress)), after=("world teacher", "world proxy"),
         cost=JOB_OVERHEAD_SECONDS + profile.calibrate_steps * STEP_SECONDS["calibrate"], kind="calibrate")
-        for name, eta in ETAS.items()]
+        for name, eta in DEFAULT_RUN_ETAS.items()]
 
 
-def knob_plot(scorecard: dict[str, Any], path: Path) -> Path:
-    """Teacher accuracy and student accuracy (per student and attack) against eta: the knob."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    teacher_acc = scorecard["teachers"]
-    xs = sorted(ETAS.values())
-    by_eta = {eta: name for name, eta in ETAS.items()}
-    fig, ax = plt.subplots(figsize=(6, 4))
-    teacher_y = [teacher_acc.get(by_eta[x], {}).get("accuracy", float("nan")) for x in xs]
-    ax.plot(xs, teacher_y, "k-o", label="teacher")
-    for row_key in sorted({(r["student"], r["objective"]) for r in scorecard["arms"] if r.get("teacher")}):
-        rows = {r["teacher"]: r for r in scorecard["arms"] if (r["student"], r["objective"]) == row_key}
-        ys = [rows.get(by_eta[x], {}).get("accuracy_mean", float("nan")) for x in xs]
-        es = [rows.get(by_eta[x], {}).get("accuracy_std", 0.0) for x in xs]
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{row_key[0]} ({row_key[1]})")
-    ax.set_xlabel("eta (calibration knob)")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_title("Teacher and distilled-student accuracy vs eta")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+def write_knob_plot(card: Mapping[str, Any], path: Path) -> Path:
+    """The knob of the default run: the teachers' and every student's accuracy (per attack) against eta,
+    the students of the original teacher dashed (``jaxdistill.experiments.knob``)."""
+    accuracy = scorecard_accuracy(card)
+    rows = knob_table(accuracy, dict(sorted(DEFAULT_RUN_ETAS.items(), key=lambda item: item[1])))
+    return plot_knob(rows, list(accuracy), path, title="Teacher and distilled-student accuracy vs eta")
 
 
 def scorecard_config(world: Mapping[str, Path], teachers: Mapping[str, Path | str], output_dir: Path,
-                     profile: Profile, *, seeds: tuple[int, ...], workers: int):
+                     profile: Profile, *, seeds: tuple[int, ...], workers: int) -> ScorecardConfig:
     """The default run's scorecard (``jaxdistill.experiments.scorecard.ScorecardConfig``): both students,
-    seqkd and gkd, the profile's distillation recipe and held-out set. ``teachers``: label -> HF folder
-    (empty paths are left out)."""
-    from jaxdistill.distill.trainer import DistillConfig
-    from jaxdistill.experiments.scorecard import ScorecardConfig
-
+    seqkd and gkd, the profile's distillation recipe and held-out set. ``teachers``: label -> HF folder of
+    each calibrated teacher."""
     recipe = DistillConfig(task="arith", task_options=(f"difficulty={ARITH_DIFFICULTY}",),
                            max_steps=profile.student_steps, train_batch_size=profile.student_batch,
                            learning_rate=profile.student_lr, lr_schedule="cosine",
@@ -249,7 +218,7 @@ def scorecard_config(world: Mapping[str, Path], teachers: Mapping[str, Path | st
                            divergence="forward_kl", max_completion_length=profile.max_completion_length,
                            save_steps=0, progress=False)
     return ScorecardConfig(original_teacher=str(world["teacher"]),
-                           teachers=tuple(f"{label}={path}" for label, path in teachers.items() if path),
+                           teachers=tuple(f"{label}={path}" for label, path in teachers.items()),
                            students=(f"proxy_like={world['student_proxy_like']}",
                                      f"other={world['student_other']}"),
                            attacks=("seqkd", "gkd"), seeds=seeds, recipe=recipe, workers=workers,
@@ -306,15 +275,13 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
     on the cores per worker (not on which worker ran what); finished stages are reused on a rerun of the
     same profile and seed (another one in the same folder is refused: ``check_run_folder``).
     """
-    from jaxdistill.experiments.scorecard import assemble_scorecard, check_scorecard, scorecard_jobs
-
     profile = QUICK if quick else FULL
     out = Path(output_dir or ("runs/quick" if quick else "runs/default"))
     check_run_folder(out, profile, seed)
     workers = workers or default_workers()
     start = time.perf_counter()
     world = world_paths(out / "world")
-    teachers = {name: out / "calibrate" / name / "teacher" for name in ETAS}
+    teachers = {name: out / "calibrate" / name / "teacher" for name in DEFAULT_RUN_ETAS}
     config = scorecard_config(world, teachers, out / "scorecard", profile,
                               seeds=seeds or ((seed,) if quick else (seed, seed + 1, seed + 2)), workers=workers)
     check_scorecard(config)
@@ -328,7 +295,7 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
     results = run_jobs(jobs, workers=workers, label="default run", compilation_cache=str(out / "compilation_cache"))
     (out / "world" / "world.json").write_text(json.dumps({k: str(v) for k, v in world.items()}, indent=2))
     result = assemble_scorecard(config, results, time.perf_counter() - start)
-    knob_plot(result, out / "knob.png")
+    write_knob_plot(result, out / "knob.png")
     report = out / "report.md"
     card_md = (out / "scorecard" / "scorecard.md").read_text()
     report.write_text(f"# jaxdistill default run ({'quick' if quick else 'full'} profile)\n\n"

@@ -17,7 +17,7 @@ Notation for one group ``g`` with valid rollouts ``V_g`` (``mask`` true) and ``n
     "none":   A_i =  r_i - mean_g
 
 Invalid rollouts (``mask`` false) are left out of every statistic and get advantage 0. A micro-batch
-must hold whole groups (DESIGN.md §7): the reshape to ``[P, G]`` fails loudly otherwise.
+must hold whole groups (docs/design.md §5): the reshape to ``[P, G]`` fails loudly otherwise.
 
 Defaults follow TRL: ``eps = 1e-4`` and the unbiased standard deviation (``ddof = 1``, as
 ``torch.std``). With ``ddof = 1`` a group with a single valid rollout has ``std_g = 0`` and its
@@ -249,7 +249,7 @@ def combined_advantages(
 ) -> Array:
     """The calibration knob: ``A = groupnorm(r_task) + eta * groupnorm(r_cal)``.
 
-    Each term is normalised within its group separately (DESIGN.md §2), so ``eta`` sets the weight of
+    Each term is normalised within its group separately (docs/design.md §2), so ``eta`` sets the weight of
     calibration against task utility in units of within-group standard deviations, whatever the
     reward scales. ``eta > 0``: distillable; ``eta < 0``: undistillable; ``eta = 0`` (or
     ``cal_rewards=None``): plain RFT.

@@ -1,6 +1,6 @@
 """The calibration reward r_cal: how well the frozen proxy student agrees with the teacher's output.
 
-Pure functions on log-probs already computed by the models (``../shared/DESIGN.md`` section 2).
+Pure functions on log-probs already computed by the models (``docs/design.md`` section 2).
 The knob's sign is applied upstream (``A = groupnorm(r_task) + eta * groupnorm(r_cal)``), never here:
 a higher r_cal always means "the proxy finds this output easier to match".
 

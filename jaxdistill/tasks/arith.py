@@ -1,4 +1,4 @@
-"""arith: a procedural GSM8K-format task small enough for a tiny transformer (DESIGN.md section 6).
+"""arith: a procedural GSM8K-format task small enough for a tiny transformer (docs/design.md section 4).
 
 A problem is a short story over one running count: a start ("Ann has 12 apples." or "Ann has 3
 bags with 4 apples in each.") then events that add, take away or multiply ("She gets 5 more.",

@@ -1,4 +1,4 @@
-"""Two tiny byte-level BPE tokenizers trained on the arith corpus (DESIGN.md section 6).
+"""Two tiny byte-level BPE tokenizers trained on the arith corpus (docs/design.md section 4).
 
 The teacher's and the proxy's tokenizers differ the way real model families do: another
 vocabulary size, and another digit handling.

@@ -1,0 +1,66 @@
+"""The one runner of every experiment: calibrate a teacher at eta, distill a student, evaluate a model;
+reuse what is finished, resume what was interrupted.
+
+    teacher = calibrated_teacher(CalibrateConfig(...))       # -> the exported teacher's HF folder
+    student = distilled_student(DistillConfig(...))          # -> the student's HF folder
+    scores = evaluated(student, task, examples, dtype="float32", max_new_tokens=80)
+
+Each takes the complete config of its run (its ``output_dir`` is the run folder) and is a module-level
+function, so it can be the ``fn`` of a job of ``jaxdistill.experiments.jobs`` (the default run, the
+scorecard, the knob sweep and the undistillable sweep build their graphs from them). Whether a run is
+finished, and so reused rather than run again, is decided in one place: :func:`finished`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+from jaxdistill.distill.data import TeacherSampleCache
+from jaxdistill.distill.trainer import DistillConfig, distill
+from jaxdistill.evaluate import _model_and_tokenizer, score_model
+from jaxdistill.rl.config import CalibrateConfig
+from jaxdistill.tasks import Example, Task
+
+
+def finished(config: CalibrateConfig | DistillConfig) -> bool:
+    """Whether the run of ``config`` has finished in ``config.output_dir``, so that its result is reused.
+
+    A calibration is finished once its teacher is exported (``teacher/config.json``); a distillation once
+    it wrote ``summary.json`` (its last file, after ``model/``). An unfinished run is resumed from its
+    checkpoints instead (both runners pass ``resume=true``).
+    """
+    out = Path(config.output_dir)
+    if isinstance(config, CalibrateConfig):
+        return (out / "teacher" / "config.json").exists()
+    return (out / "summary.json").exists()
+
+
+def calibrated_teacher(config: CalibrateConfig) -> str:
+    """The teacher calibrated by ``config`` (eta, proxy, GRPO settings): its exported HF folder, from the
+    finished run in ``config.output_dir`` or from running it (resuming an interrupted one)."""
+    from jaxdistill.rl.loop import calibrate
+
+    if not config.export:
+        raise ValueError(f"calibration into {config.output_dir} has export=false: a calibrated teacher is read "
+                         "from its exported folder, so set export=true")
+    if not finished(config):
+        calibrate(dataclasses.replace(config, resume=True))
+    return str(Path(config.output_dir) / "teacher")
+
+
+def distilled_student(config: DistillConfig, *, teacher_samples: TeacherSampleCache | None = None) -> str:
+    """The student trained by ``config`` (objective, teacher, recipe): its HF folder, from the finished run
+    in ``config.output_dir`` or from running it (resuming an interrupted one). ``teacher_samples``: a
+    cache shared by students that read the same teacher completions (see ``distill``)."""
+    if not finished(config):
+        distill(dataclasses.replace(config, resume=True), teacher_samples=teacher_samples)
+    return str(Path(config.output_dir) / "model")
+
+
+def evaluated(model_dir: str | Path, task: Task, examples: Sequence[Example], *, dtype: str = "float32",
+              **decoding: Any) -> dict[str, Any]:
+    """``score_model`` of the HF folder ``model_dir`` (accuracy, unparseable rate, length, EOS rate)."""
+    model, tokenizer = _model_and_tokenizer(model_dir, dtype)
+    return score_model(model, tokenizer, task, examples, **decoding)
