@@ -143,9 +143,10 @@ def run_arm(config: ScorecardConfig, arm: Mapping[str, Any], seed: int) -> list[
             str(resolve_model_dir(arm["teacher"])), objective=arm["objective"], seed=seed,
             output_dir=str(arm_dir(config, label, arm, seed)), max_steps=arm.get("steps", recipe.max_steps),
             resume=True, student_tokenizer="", teacher_tokenizer="", eval_num_prompts=0, progress=False)
+        reused = runner.finished(run_config)
         student = runner.distilled_student(run_config, teacher_samples=teacher_samples)
         result = runner.evaluated(student, task, examples, dtype=config.dtype, **decoding(config))
-        rows.append({"student": label, "arm": arm["arm"], "seed": seed, **result})
+        rows.append({"student": label, "arm": arm["arm"], "seed": seed, **result, "reused": reused})
     return rows
 
 
@@ -268,6 +269,10 @@ def write_scorecard(result: Mapping[str, Any], out: Path) -> None:
         accuracy = f"{100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f}"
         lines.append(f"| {row['student']} | {row['arm']} | {accuracy} | {100 * row['unparseable_rate_mean']:.1f} | "
                      f"{row['mean_length_mean']:.1f} | {relative} | {collapse} |")
+    runs = [run for row in result["arms"] for run in row.get("runs", [])]
+    reused = sum(bool(run.get("reused")) for run in runs)
+    lines += ["", f"Student runs reused from this folder (finished earlier with the same settings and inputs): "
+                  f"{reused} of {len(runs)}; the others were trained now."]
     text = "\n".join(lines) + "\n"
     if result.get("teachers"):
         text += "\n" + teacher_table(result["teachers"])
