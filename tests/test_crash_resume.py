@@ -106,7 +106,9 @@ def _kill_at(kind, proc, out, rng, timing) -> str:
         return "finished first"
     proc.kill()  # SIGKILL
     proc.join()
-    assert proc.exitcode == -signal.SIGKILL
+    # -9; or 255, multiprocessing's "status lost" when the fork server's status pipe closes first (seen
+    # once under heavy load, the kill having landed mid-save): either way the process did not exit itself
+    assert proc.exitcode in (-signal.SIGKILL, 255), proc.exitcode
     if saving():
         return f"checkpoint {_committed(out) + 1} being written"
     return "export being written" if kind == "export" else f"after checkpoint {_committed(out)}"
