@@ -78,7 +78,7 @@ def run(shape: str, *, steps: int, tokenizer: str | None, dtype: str, remat: str
     proxy = random_folder(work / "proxy", shape, proxy_tok, dtype, seed=2)
     config = CalibrateConfig(teacher=str(teacher), proxy=str(proxy), task="arith", output_dir=str(work / "run"),
                              dtype=dtype, num_generations=generations, prompts_per_step=prompts, max_steps=steps,
-                             max_completion_length=new_tokens, eval_every=0, eval_prompts=prompts, save_every=0,
+                             max_completion_length=new_tokens, eval_steps=0, eval_num_prompts=prompts, save_steps=0,
                              export=False, progress=False, remat=remat, beta=0.04, eta=1.0,
                              mesh=MeshConfig(num_devices=1) if shape == "tiny" else MeshConfig())
     calibrate(config)

@@ -21,41 +21,80 @@ teacher is exported with LoRA merged to ``<output_dir>/teacher`` and the adapter
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
-import jax
-
-from jaxdistill.compilation import use_compilation_cache
-from jaxdistill.config import configure_logging, parse_args
+from jaxdistill.config import ConfigError, option, run_cli, to_dict
 from jaxdistill.rl.config import CalibrateConfig
+
+QUICK = "calibrate_quick.yaml"  # --quick: the default run's quick profile
+DEFAULT_RUN_FIELDS = ("output_dir", "seed", "world_profile")  # the settings the default run takes
+
+
+@dataclasses.dataclass
+class CalibrateCommand(CalibrateConfig):
+    """The command's fields: one calibration's (``CalibrateConfig``), and the default run's profile."""
+
+    world_profile: str = option("full", "with no teacher and no proxy, the tiny-world default run: full, or quick "
+                                        "(a few steps per stage; --quick)", choices=("full", "quick"))
+
+    def validate(self) -> None:
+        if self.is_default_run():
+            super(CalibrateConfig, self).validate()  # ranges and output_dir; there is no teacher to check
+        else:
+            super().validate()
+
+    def is_default_run(self) -> bool:
+        return not self.teacher and not self.proxy
+
+    def calibration(self) -> CalibrateConfig:
+        return CalibrateConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(CalibrateConfig)})
+
+
+def check_default_run(command: CalibrateCommand, config_file: str | None) -> None:
+    """The default run takes only ``DEFAULT_RUN_FIELDS``: a config file or a calibration setting without a
+    teacher is a mistake (a missing teacher line), not a request for the tiny world."""
+    if config_file is not None:
+        raise ConfigError(f"--config {config_file} sets no teacher and no proxy: calibrate needs both (teacher=PATH "
+                          "proxy=PATH). The tiny-world default run takes no config file: run with no arguments "
+                          "(or only output_dir, seed, --quick)")
+    defaults, given = to_dict(CalibrateCommand()), to_dict(command)
+    ignored = [key for key in given if key not in DEFAULT_RUN_FIELDS and given[key] != defaults[key]]
+    if ignored:
+        raise ConfigError(f"{', '.join(ignored)} set without a teacher: calibrate needs teacher=PATH and proxy=PATH. "
+                          f"The tiny-world default run (no teacher) takes only {', '.join(DEFAULT_RUN_FIELDS)} and "
+                          "--quick")
+
+
+def run(command: CalibrateCommand, config_file: str | None = None) -> None:
+    import jax
+
+    if command.is_default_run():
+        from jaxdistill.experiments.world import default_run
+
+        check_default_run(command, config_file)
+        quick = command.world_profile == "quick"
+        default_run(quick=quick, output_dir=None if command.output_dir == CalibrateConfig().output_dir
+                    else command.output_dir, seed=command.seed)
+        return
+    from jaxdistill.rl.loop import calibrate  # the training stack, loaded only when it runs
+
+    result = calibrate(command.calibration())
+    if jax.process_index() == 0:
+        print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str))
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_logging()
-    argv = sys.argv[1:] if argv is None else argv
-    config, flags = parse_args(
-        CalibrateConfig, argv, prog="python -m jaxdistill.calibrate",
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config_file = next((argv[i + 1] if a == "--config" and i + 1 < len(argv) else a.split("=", 1)[1]
+                        for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")), None)
+    return run_cli(
+        CalibrateCommand, lambda command: run(command, config_file), argv, prog="jaxdistill-calibrate",
         description="Calibrate a teacher's distillability with GRPO (eta > 0 distillable, eta < 0 "
-                    "undistillable). With no --config and no teacher: the tiny-world default run "
+                    "undistillable). With no arguments (no teacher and no proxy): the tiny-world default run "
                     "(builds teacher, proxy and students, calibrates eta = +1, -1, 0, distills, evaluates).",
-        extra_flags=[("--quick", "tiny-world default run with few steps (for tests)")])
-    use_compilation_cache(config.compilation_cache_dir)  # programs compiled by an earlier run are loaded
-    if not config.teacher and not config.proxy:
-        from jaxdistill.experiments.world import default_run
-
-        default_run(quick=flags["quick"], output_dir=None if config.output_dir == "runs/calibrate"
-                    else config.output_dir, seed=config.seed)
-        return 0
-    from jaxdistill.rl.loop import calibrate  # the training stack, loaded only when it runs
-
-    try:
-        result = calibrate(config)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:  # bad input: the reason, no traceback
-        sys.exit(f"error: {err}")
-    if jax.process_index() == 0:
-        print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str))
-    return 0
+        presets={"--quick": (QUICK, "the tiny-world default run with few steps (for tests)")})
 
 
 if __name__ == "__main__":

@@ -50,12 +50,12 @@ class DistributedConfig:
     mode: str = option("auto", "auto (detect TPU pod / SLURM / Open MPI, or use the explicit fields when set), "
                                "off (single process) or explicit (coordinator_address, num_processes, process_id)")
     coordinator_address: str | None = option(None, "host:port of process 0 (env JAX_COORDINATOR_ADDRESS)")
-    num_processes: int | None = option(None, "number of processes in the run (env JAX_NUM_PROCESSES)")
-    process_id: int | None = option(None, "this process's rank, 0 .. num_processes - 1 (env JAX_PROCESS_ID)")
+    num_processes: int | None = option(None, "number of processes in the run (env JAX_NUM_PROCESSES)", ge=1)
+    process_id: int | None = option(None, "this process's rank, 0 .. num_processes - 1 (env JAX_PROCESS_ID)", ge=0)
     local_device_ids: tuple[int, ...] | None = option(
         None, "accelerators this process drives (default: JAX's; SLURM on GPUs: one per task, so a "
               "one-process-per-node launch lists them all, e.g. [0,1,2,3,4,5,6,7])")
-    initialization_timeout: int = option(300, "seconds to wait for every process to join")
+    initialization_timeout: int = option(300, "seconds to wait for every process to join", gt=0)
 
     def __post_init__(self):
         # YAML 1.1 reads a bare `off` as false, which the config loader then turns into "False".

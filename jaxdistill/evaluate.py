@@ -29,8 +29,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxdistill.compilation import use_compilation_cache
-from jaxdistill.config import configure_logging, option, parse_args
+from jaxdistill import run_folder
+from jaxdistill.config import ConfigError, EvalConfig, error_line, option, run_cli
 from jaxdistill.distill.data import pad_sequences, same_tokenizer
 from jaxdistill.distill.objectives import LossSettings, token_kd_per_token
 from jaxdistill.tasks import parse_task_options
@@ -38,6 +38,7 @@ from jaxdistill.generation import batched
 from jaxdistill.generation.batched import sample_batched
 from jaxdistill.generation.tokenized_model import TokenizedModel
 from jaxdistill.models import Qwen, load_model
+from jaxdistill.models.hf_io import read_config
 from jaxdistill.tasks import Example, Task, get_task, list_tasks
 from jaxdistill.token_maths import masked_mean
 from jaxdistill.tokenizer import Tokenizer, load_tokenizer
@@ -48,32 +49,31 @@ log = logging.getLogger(__name__)
 # ---- configs ------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class EvaluateConfig:
+class EvaluateConfig(EvalConfig):
     """Every option of ``python -m jaxdistill.evaluate`` (YAML keys or ``key=value`` overrides)."""
 
     models: tuple[str, ...] = option((), "label=path entries (HF or run folders); a repeated label = seeds "
                                          "of one arm; a bare path is labelled by its folder name")
-    tasks: tuple[str, ...] = option(("arith",), "tasks to evaluate on: " + " | ".join(list_tasks()))
+    tasks: tuple[str, ...] = option(("arith",), "tasks to evaluate on: " + " | ".join(list_tasks()),
+                                    choices=list_tasks())
     task_options: tuple[str, ...] = option((), "key=value (every task) or task:key=value options for the task "
                                                "constructors, e.g. [arith:difficulty=1]")
     data_paths: tuple[str, ...] = option((), "task=path entries: local data per task (default: generated or hub)")
-    split: str = option("test", "split evaluated")
-    limit: int = option(200, "examples per task (0 = the whole split)")
-    temperature: float = option(0.0, "0 = greedy; > 0 samples (accuracy is avg@k over samples_per_prompt)")
-    samples_per_prompt: int = option(1, "k of avg@k when sampling (greedy always uses 1)")
-    top_p: float = option(1.0, "nucleus mass when sampling")
-    max_new_tokens: int = option(256, "completion budget")
-    batch_size: int = option(64, "prompts per generation call")
-    seed: int = option(0, "sampling seed")
-    chat_template: bool = option(False, "render prompts with each tokenizer's chat template")
-    dtype: str = option("float32", "float32 | bfloat16")
     original_teacher: str = option("", "HF folder of the original teacher (the teacher comparison)")
     calibrated_teachers: tuple[str, ...] = option((), "label=path entries compared with original_teacher: "
                                                       "accuracy, KL to the original, response length")
     output_dir: str = option("runs/evaluate", "where results are written")
-    compilation_cache_dir: str = option("default", "folder of JAX's persistent compilation cache, so a rerun or "
-                                        "resume skips compiling (default: $JAXDISTILL_CACHE, else "
-                                        "~/.cache/jaxdistill/jax; off: no cache)")
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ConfigError("no models to evaluate: give models=[label=path, ...]")
+        super().validate()
+        for entries, field in ((self.models, "models"), (self.calibrated_teachers, "calibrated_teachers")):
+            for label, paths in parse_entries(entries, field).items():
+                for path in paths:
+                    check_model_folder(path, f"{field} entry {label}={path}")
+        if self.original_teacher:
+            check_model_folder(self.original_teacher, f"original_teacher={self.original_teacher}")
 
 
 # ---- models and tasks ---------------------------------------------------------------------------
@@ -119,13 +119,37 @@ def make_task(name: str, options: Sequence[str] = ()) -> Task:
     return get_task(name, **parse_task_options(tuple(mine)))
 
 
-def _model_and_tokenizer(path: str | Path, dtype: str) -> tuple[Qwen, Any]:
-    folder = resolve_model_dir(path)
+def _tokenizer_of(folder: Path):
     if not (folder / "tokenizer.json").exists() and not (folder / "tokenizer_config.json").exists():
         raise FileNotFoundError(f"{folder} has no tokenizer files; export models with "
                                 "save_model(..., tokenizer_dir=...) so each folder carries its tokenizer")
+    return load_tokenizer(folder)
+
+
+def check_vocab_fits(tokenizer, embedding_rows: int, folder: Path) -> None:
+    """Every id the tokenizer can produce has an embedding row (else that id indexes nothing)."""
+    if tokenizer.vocab_size > embedding_rows:
+        raise ValueError(f"{folder}: its tokenizer has {tokenizer.vocab_size} ids but the model only "
+                         f"{embedding_rows} embedding rows (vocab_size in config.json), so the tokenizer does not "
+                         "belong to this model; put the tokenizer the model was trained with in the folder")
+
+
+def check_model_folder(path: str | Path, what: str) -> None:
+    """Before anything is loaded: ``path`` holds a model, its tokenizer, and an embedding row for every id."""
+    try:
+        folder = resolve_model_dir(path)
+        _, hf = read_config(folder)
+        check_vocab_fits(_tokenizer_of(folder), int(hf.get("vocab_size", 0)), folder)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"{what}: {err}") from None
+
+
+def _model_and_tokenizer(path: str | Path, dtype: str) -> tuple[Qwen, Any]:
+    folder = resolve_model_dir(path)
+    tokenizer = _tokenizer_of(folder)
     model, _ = load_model(folder, dtype)
-    return model, load_tokenizer(folder)
+    check_vocab_fits(tokenizer, model.config.vocab_size, folder)
+    return model, tokenizer
 
 
 # ---- scoring one model ----------------------------------------------------------------------------
@@ -320,23 +344,42 @@ def teacher_table(teachers: Mapping[str, Mapping[str, Any]]) -> str:
 
 # ---- CLI --------------------------------------------------------------------------------------------
 
+INPUT_FIELDS = ("models", "calibrated_teachers", "data_paths", "original_teacher")
+
+
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
-    """The plain evaluation of ``config.models`` (plus the teacher comparison when teachers are given)."""
+    """The plain evaluation of ``config.models`` (plus the teacher comparison when teachers are given).
+    A folder that holds this evaluation, finished, is read back, not recomputed; one that holds another
+    evaluation is refused unless ``overwrite=true`` (``jaxdistill.run_folder``: earlier results are kept)."""
+    inputs = {f"{field} {label} #{i}": path for field in INPUT_FIELDS[:3]
+              for label, paths in parse_entries(getattr(config, field), field).items() for i, path in enumerate(paths)}
+    with run_folder.open_run(config.output_dir, config, command="evaluate", resumable=False,
+                             overwrite=getattr(config, "overwrite", False), input_fields=INPUT_FIELDS,
+                             inputs={**inputs, "original_teacher": config.original_teacher}) as run:
+        if run.finished:
+            return json.loads((Path(config.output_dir) / "results.json").read_text())
+        results = _evaluate(config)
+        run.finish(results=["results.json", "results.md"])
+    return results
+
+
+def _evaluate(config: EvaluateConfig) -> dict[str, Any]:
     results = evaluate_models(
         parse_entries(config.models, "models"), config.tasks, task_options=config.task_options,
         data_paths={k: v[0] for k, v in parse_entries(config.data_paths, "data_paths").items()},
-        split=config.split, limit=config.limit, temperature=config.temperature,
-        samples_per_prompt=config.samples_per_prompt, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
-        batch_size=config.batch_size, seed=config.seed, chat=config.chat_template, dtype=config.dtype)
+        split=config.split, limit=config.num_prompts, temperature=config.temperature,
+        samples_per_prompt=config.samples_per_prompt, top_p=config.top_p,
+        max_new_tokens=config.max_completion_length, batch_size=config.generation_batch_size, seed=config.seed,
+        chat=config.chat_template, dtype=config.dtype)
     if config.original_teacher:
         task = make_task(config.tasks[0], config.task_options)
         data = parse_entries(config.data_paths, "data_paths").get(task.name, [None])[0]
-        examples = task.load(config.split, data, limit=config.limit or None)
+        examples = task.load(config.split, data, limit=config.num_prompts or None)
         calibrated = {k: v[0] for k, v in parse_entries(config.calibrated_teachers, "calibrated_teachers").items()}
         results["teachers"] = compare_teachers(
-            config.original_teacher, calibrated, task, examples, max_new_tokens=config.max_new_tokens,
+            config.original_teacher, calibrated, task, examples, max_new_tokens=config.max_completion_length,
             temperature=config.temperature, samples_per_prompt=config.samples_per_prompt, top_p=config.top_p,
-            seed=config.seed, batch_size=config.batch_size, chat=config.chat_template, dtype=config.dtype)
+            seed=config.seed, batch_size=config.generation_batch_size, chat=config.chat_template, dtype=config.dtype)
     write_results(results, list(config.tasks), Path(config.output_dir))
     return results
 
@@ -347,30 +390,28 @@ tasks: {', '.join(list_tasks())}
 
 examples:
   python -m jaxdistill.evaluate models=[teacher=runs/tiny/teacher,kd=runs/kd/seed0,kd=runs/kd/seed1] \\
-      tasks=[arith] limit=200
+      tasks=[arith] num_prompts=200
   python -m jaxdistill.evaluate original_teacher=runs/tiny/teacher \\
       calibrated_teachers=[plus=runs/cal/plus,minus=runs/cal/minus] models=[...]
 Outputs: results.json/.md/.png in output_dir.
 The distillation scorecard: python -m jaxdistill.experiments.scorecard --help"""
 
 
-def main(argv: list[str] | None = None) -> None:
-    configure_logging()
-    config, flags = parse_args(EvaluateConfig, argv, prog="python -m jaxdistill.evaluate", description=DESCRIPTION,
-                               extra_flags=[("--scorecard", "moved to python -m jaxdistill.experiments.scorecard")])
-    use_compilation_cache(config.compilation_cache_dir)  # programs compiled by an earlier run are loaded
-    if flags["scorecard"]:
-        sys.exit("error: the scorecard is its own command now: python -m jaxdistill.experiments.scorecard "
-                 "original_teacher=T teachers=[eta0=T0,distillable=Tp,undistillable=Tm] students=[...] "
-                 "(the scorecard.* fields without the prefix; --help lists them)")
-    try:
-        if not config.models:
-            raise ValueError("no models to evaluate: give models=[label=path, ...]")
-        evaluate(config)
-        print((Path(config.output_dir) / "results.md").read_text())
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        sys.exit(f"error: {err}")
+def run(config: EvaluateConfig) -> None:
+    evaluate(config)
+    print((Path(config.output_dir) / "results.md").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--scorecard" in argv:  # the flag of an earlier version
+        print(error_line(ConfigError("the scorecard is its own command now: jaxdistill-scorecard (python -m "
+                                     "jaxdistill.experiments.scorecard) original_teacher=T teachers=[eta0=T0,"
+                                     "distillable=Tp,undistillable=Tm] students=[...]; --help lists its fields")),
+              file=sys.stderr)
+        return 1
+    return run_cli(EvaluateConfig, run, argv, prog="jaxdistill-evaluate", description=DESCRIPTION)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """``python -m jaxdistill.plan --config FILE``: device memory a calibration run needs, per device, before launching.
 
     python -m jaxdistill.plan --config configs/qwen3_8b_gsm8k.yaml
-    python -m jaxdistill.plan --config configs/qwen3_8b_gsm8k.yaml --devices 16 --device-memory-gib 95
+    python -m jaxdistill.plan --config configs/qwen3_8b_gsm8k.yaml devices=16 device_memory_gib=95
     python -m jaxdistill.plan --config configs/qwen3_8b_gsm8k.yaml mesh.tensor=4 prompts_per_step=32
 
 Only the models' ``config.json`` files are read (a local folder, the Hugging Face cache, or a
@@ -29,7 +29,6 @@ programs come on top, so leave 10-20% headroom.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -42,11 +41,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AbstractMesh
 
-from jaxdistill.config import ConfigError, load_config
+from jaxdistill.config import ConfigError, check_ranges, option, run_cli
 from jaxdistill.generation.sampler import bucket_length
 from jaxdistill.models.config import LoraConfig, QwenConfig, as_dtype
 from jaxdistill.models.lora import LoraParam
 from jaxdistill.models.qwen import KVCache, Qwen
+from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.sharding import MESH_AXES, LOGICAL_RULES, logical_to_spec, mesh_axis_sizes
 
 GIB = 1024 ** 3
@@ -241,7 +241,7 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
 
     # -- generation: the teacher's KV cache --
     rollout_rows = config.prompts_per_step * config.num_generations
-    eval_rows = min(config.eval_prompts, 64)  # greedy_accuracy generates 64 prompts at a time
+    eval_rows = min(config.eval_num_prompts, 64)  # greedy_accuracy generates 64 prompts at a time
     rows = max(rollout_rows, eval_rows)
     rows_padded = math.ceil(rows / batch_shards) * batch_shards  # generate() pads rows to divide
     # prompts are left-padded to a bucket of 16, 24, 32, 48, 64, ... tokens (at most max_prompt_length for
@@ -318,39 +318,35 @@ def _activation_bytes(cfg: QwenConfig, lora: LoraConfig | None, rows: int, lengt
 
 # ---- CLI ------------------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    from jaxdistill.rl.config import CalibrateConfig
+@dataclasses.dataclass
+class PlanConfig(CalibrateConfig):
+    """A calibration's config (``--config`` takes the same file) and the slice it is planned for."""
 
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxdistill.plan",
-        description="Per-device memory plan of a calibration run (reads config.json files only). "
-                    "Config fields are set as in jaxdistill.calibrate: --config FILE plus key=value overrides.")
-    parser.add_argument("--config", help="YAML config of jaxdistill.calibrate")
-    parser.add_argument("--devices", type=int, default=None,
-                        help="devices in the target slice (default: mesh.num_devices, the product of the mesh "
-                             "axes when none is -1, else this machine's devices)")
-    parser.add_argument("--device-memory-gib", type=float, default=None,
-                        help="memory of one device (e.g. 16 for TPU v5e, 95 for v5p, 80 for H100) to say if it fits")
-    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(CalibrateConfig, args.config, args.overrides)
-    except ConfigError as err:
-        parser.error(str(err))
-    if not config.teacher or not config.proxy:
-        parser.error("the plan needs teacher and proxy (in the YAML config or as teacher=... proxy=...)")
-    try:
-        plan = plan_memory(config, args.devices)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
-    if args.json:
+    devices: int | None = option(None, "devices in the target slice (default: mesh.num_devices, the product of "
+                                       "the mesh axes when none is -1, else this machine's devices)", ge=1)
+    device_memory_gib: float | None = option(None, "memory of one device (e.g. 16 for TPU v5e, 95 for v5p, 80 for "
+                                                   "H100) to say if the plan fits", gt=0)
+
+    def validate(self) -> None:
+        check_ranges(self)
+        if not self.teacher or not self.proxy:
+            raise ConfigError("the plan needs teacher and proxy (in the YAML config or as teacher=... proxy=...)")
+
+
+def run(config: PlanConfig, **flags: bool) -> None:
+    plan = plan_memory(config, config.devices)
+    if flags["json"]:
         print(json.dumps({"mesh": plan.mesh, "sources": plan.sources, "peak_bytes": plan.peak_bytes,
-                          "items": [dataclasses.asdict(i) for i in plan.items]}, indent=2))
+                           "items": [dataclasses.asdict(i) for i in plan.items]}, indent=2))
     else:
-        print(plan.table(args.device_memory_gib))
-    return 0
+        print(plan.table(config.device_memory_gib))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(PlanConfig, run, argv, prog="jaxdistill-plan",
+                   description="Per-device memory plan of a calibration run (reads config.json files only). Config "
+                               "fields are those of jaxdistill-calibrate, plus devices and device_memory_gib.",
+                   flags=[("--json", "print the plan as JSON")])
 
 
 if __name__ == "__main__":

@@ -46,10 +46,10 @@ LOGICAL_RULES: dict[str, Any] = {
 class MeshConfig:
     """Shape of the device mesh; one axis may be -1 to take all remaining devices."""
 
-    data: int = option(1, "data-parallel replicas (batch rows; parameters replicated)")
-    fsdp: int = option(-1, "parameter + batch sharding (-1: all devices not used by data and tensor)")
-    tensor: int = option(1, "tensor-parallel width (attention heads, MLP width, vocabulary)")
-    num_devices: int = option(-1, "use the first N devices (-1: all)")
+    data: int = option(1, "data-parallel replicas (batch rows; parameters replicated)", ge=-1)
+    fsdp: int = option(-1, "parameter + batch sharding (-1: all devices not used by data and tensor)", ge=-1)
+    tensor: int = option(1, "tensor-parallel width (attention heads, MLP width, vocabulary)", ge=-1)
+    num_devices: int = option(-1, "use the first N devices (-1: all)", ge=-1)
 
 
 def mesh_axis_sizes(config: MeshConfig, num_devices: int) -> tuple[int, int, int]:
@@ -70,12 +70,23 @@ def mesh_axis_sizes(config: MeshConfig, num_devices: int) -> tuple[int, int, int
     return sizes[0], sizes[1], sizes[2]
 
 
+def mesh_devices(config: MeshConfig) -> list:
+    """The devices a mesh of ``config`` spans (all, or the first ``num_devices``); ValueError naming the field
+    when it asks for more devices than are present or its axes do not fit them. Cheap: a run calls it before
+    loading anything (after ``jax.distributed`` is initialised)."""
+    present = jax.devices()
+    if config.num_devices > len(present) or config.num_devices == 0 or config.num_devices < -1:
+        raise ValueError(f"mesh.num_devices={config.num_devices}, but {len(present)} device(s) are present: "
+                         f"use 1 .. {len(present)}, or -1 for all")
+    devices = present if config.num_devices == -1 else present[:config.num_devices]
+    mesh_axis_sizes(config, len(devices))
+    return devices
+
+
 def make_mesh(config: MeshConfig | None = None, devices=None) -> Mesh:
-    """A ``Mesh`` with axes (data, fsdp, tensor) over ``devices`` (default: all, or the first num_devices)."""
+    """A ``Mesh`` with axes (data, fsdp, tensor) over ``devices`` (default: ``mesh_devices(config)``)."""
     config = config or MeshConfig()
-    if devices is None:
-        devices = jax.devices() if config.num_devices == -1 else jax.devices()[:config.num_devices]
-    devices = np.asarray(devices)
+    devices = np.asarray(mesh_devices(config) if devices is None else devices)
     return Mesh(devices.reshape(mesh_axis_sizes(config, devices.size)), MESH_AXES)
 
 

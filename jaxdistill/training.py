@@ -195,7 +195,7 @@ def holds_checkpoints(directory: str | Path) -> bool:
 
 
 class Checkpointer:
-    """orbax checkpoints of (trainable params, optimizer state, JSON extras) every ``save_every`` steps."""
+    """orbax checkpoints of (trainable params, optimizer state, JSON extras) every ``save_steps`` steps."""
 
     def __init__(self, directory: str | Path, *, max_to_keep: int = 2):
         self.directory = Path(directory).absolute()

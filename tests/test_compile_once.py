@@ -24,8 +24,8 @@ def world(tmp_path_factory):
 def _config(world, out, **overrides):
     base = dict(teacher=str(world["teacher"]), proxy=str(world["proxy"]), task="arith", output_dir=str(out),
                 num_generations=2, prompts_per_step=2, max_steps=20, max_completion_length=8,
-                learning_rate=1e-2, lora_rank=4, lora_alpha=8.0, eval_every=0, eval_prompts=2,
-                save_every=10, progress=False, eta=1.0, beta=0.04, proxy_learning_rate=1e-3,
+                learning_rate=1e-2, lora_rank=4, lora_alpha=8.0, eval_steps=0, eval_num_prompts=2,
+                save_steps=10, progress=False, eta=1.0, beta=0.04, proxy_learning_rate=1e-3,
                 mesh=MeshConfig(num_devices=1))
     base.update(overrides)
     return CalibrateConfig(**base)

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from helpers import tiny_qwen_folder
-from jaxdistill.diagnose import (DiagnoseConfig, diagnose, load_diagnostics, long_flags_to_overrides, main,
+from jaxdistill.diagnose import (DiagnoseConfig, diagnose, load_diagnostics, main,
                                  summary_numbers)
 from jaxdistill.tasks.tiny_tokenizers import train_tiny_tokenizers
 
@@ -24,7 +24,7 @@ def pair_world(tmp_path_factory):
     return folders
 
 
-SMALL = ["task=arith", "num_prompts=6", "samples_per_prompt=1", "max_new_tokens=16", "batch_size=8",
+SMALL = ["task=arith", "num_prompts=6", "samples_per_prompt=1", "max_completion_length=16", "generation_batch_size=8",
          "top_ks=[1,4,16]"]
 
 
@@ -38,8 +38,8 @@ def _check_outputs(out):
 
 def test_same_tokenizer_end_to_end(pair_world, tmp_path, capsys):
     out = tmp_path / "same"
-    code = main(["--teacher", str(pair_world["teacher"]), "--student", str(pair_world["student_same"]),
-                 "--task", "arith", f"--output_dir={out}", *SMALL[1:]])
+    code = main([f"teacher={pair_world['teacher']}", f"student={pair_world['student_same']}",
+                 "task=arith", f"output_dir={out}", *SMALL[1:]])
     assert code == 0
     assert "gap_per_byte" in capsys.readouterr().out
     result = _check_outputs(out)
@@ -67,7 +67,7 @@ def test_same_tokenizer_end_to_end(pair_world, tmp_path, capsys):
 
 def test_a_model_against_itself_has_no_gap(pair_world, tmp_path):
     teacher = str(pair_world["teacher"])
-    result = diagnose(DiagnoseConfig(teacher=teacher, student=teacher, num_prompts=6, max_new_tokens=16, batch_size=8,
+    result = diagnose(DiagnoseConfig(teacher=teacher, student=teacher, num_prompts=6, max_completion_length=16, generation_batch_size=8,
                                      top_ks=(1, 4, 16), output_dir=str(tmp_path), plots=False))
     for source in ("teacher_samples", "student_samples"):
         token, likelihood = result[source]["token"], result[source]["likelihood"]
@@ -85,7 +85,7 @@ def test_a_model_against_itself_has_no_gap(pair_world, tmp_path):
 def test_different_tokenizers_end_to_end(pair_world, tmp_path):
     out = tmp_path / "cross"
     config = DiagnoseConfig(teacher=str(pair_world["teacher"]), student=str(pair_world["student_other"]),
-                            task="arith", num_prompts=6, max_new_tokens=16, batch_size=8, output_dir=str(out))
+                            task="arith", num_prompts=6, max_completion_length=16, generation_batch_size=8, output_dir=str(out))
     result = diagnose(config)
     assert _check_outputs(out) == result
     assert result["settings"]["same_tokenizer"] is False
@@ -104,12 +104,11 @@ def test_different_tokenizers_end_to_end(pair_world, tmp_path):
 
 
 def test_cli_errors(pair_world, tmp_path, capsys):
-    assert long_flags_to_overrides(DiagnoseConfig, ["--teacher", "a", "--task=gsm8k", "x=1"]) == \
-        ["teacher=a", "task=gsm8k", "x=1"]
     with pytest.raises(ValueError, match="diagnose needs student"):
         diagnose(DiagnoseConfig(teacher="a"))
-    assert main(["--teacher", str(tmp_path), "--student", str(tmp_path)]) == 2
+    assert main([f"teacher={tmp_path}", f"student={tmp_path}", f"output_dir={tmp_path / 'out'}"]) == 1
     assert "not an HF model folder" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--teacher", "a", "num_prompt=3"])
+    assert main(["teacher=a", "num_prompt=3"]) == 1
     assert "did you mean 'num_prompts'" in capsys.readouterr().err
+    assert main(["--teacher", "a"]) == 1  # fields are key=value, as in every command
+    assert "--teacher: config fields are set as key=value" in capsys.readouterr().err

@@ -66,9 +66,9 @@ def run(objective: str, student: Path, out: Path, steps: int,
         teacher_samples: TeacherSampleCache | None = None) -> dict:
     folder = distill(DistillConfig(
         student=str(student), teacher=str(FIXTURE_TEACHER), student_init="random", objective=objective,
-        divergence="forward_kl", task="arith", task_options=("difficulty=1",), batch_size=32, max_steps=steps,
+        divergence="forward_kl", task="arith", task_options=("difficulty=1",), train_batch_size=32, max_steps=steps,
         learning_rate=1e-2, lr_schedule="cosine", warmup_steps=20, max_completion_length=64,
-        lmbda=0.25, eval_size=EVAL_SIZE, save_steps=0, progress=False, output_dir=str(out)),
+        lmbda=0.25, eval_num_prompts=EVAL_SIZE, save_steps=0, progress=False, output_dir=str(out)),
         teacher_samples=teacher_samples)
     return {"losses": [r["loss"] for r in read_metrics(folder)] if steps else [],
             "accuracy": json.loads((folder / "summary.json").read_text())["eval"]["accuracy"]}

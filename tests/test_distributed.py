@@ -69,7 +69,7 @@ def two_runs(tmp_path_factory):
     config.write_text(yaml.safe_dump(dict(
         teacher=str(world["teacher"]), proxy=str(world["proxy"]), task="arith", num_generations=4,
         prompts_per_step=2, max_steps=2, max_completion_length=12, learning_rate=1e-2, lora_rank=4,
-        lora_alpha=8.0, eval_every=0, eval_prompts=4, save_every=2, progress=False, eta=1.0, beta=0.04,
+        lora_alpha=8.0, eval_steps=0, eval_num_prompts=4, save_steps=2, progress=False, eta=1.0, beta=0.04,
         mesh={"data": 1, "fsdp": 4, "tensor": 1})))
     one, two = root / "one", root / "two"
     port = _free_loopback_port()

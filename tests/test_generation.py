@@ -191,7 +191,7 @@ def test_eos_stops_rows_and_reports_reason(tiny):
     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
     (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
     (dict(temperature=-0.1), "temperature must be >= 0"),
-    (dict(prompts=[list(range(3, 40))], max_prompt_length=32), "cache holds 32 prompt tokens"),
+    (dict(prompts=[list(range(3, 40))], max_prompt_length=32), "max_prompt_length is 32; raise max_prompt_length"),
 ])
 def test_bad_input_is_clear(tiny, kwargs, match):
     model, _ = load_model(tiny["qwen2_tied"][0])

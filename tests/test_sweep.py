@@ -37,7 +37,7 @@ def test_quick_profile_keeps_explicit_overrides():
     assert config.etas == (-1.0, 1.0) and SweepConfig().etas == SWEEP_ETAS
     with pytest.raises(ValueError, match="together"):
         sweep(quick_config(["teacher=x"]))
-    with pytest.raises(ValueError, match="attack='sft' is not valid"):
+    with pytest.raises(ValueError, match="attack='sft': choose one of seqkd | kd | gkd"):
         sweep(quick_config(["attack=sft"]))
 
 

@@ -6,7 +6,7 @@
 """
 
 from jaxdistill.diagnose.report import load_diagnostics, summary_numbers, write_report
-from jaxdistill.diagnose.run import DiagnoseConfig, diagnose, long_flags_to_overrides, main
+from jaxdistill.diagnose.run import DiagnoseConfig, diagnose, main
 
-__all__ = ["DiagnoseConfig", "diagnose", "load_diagnostics", "long_flags_to_overrides", "main", "summary_numbers",
+__all__ = ["DiagnoseConfig", "diagnose", "load_diagnostics", "main", "summary_numbers",
            "write_report"]

@@ -85,7 +85,7 @@ def markdown_report(result: Mapping[str, Any]) -> str:
              f"- teacher: `{s['teacher']}`", f"- student: `{s['student']}`",
              f"- tokenizers: {'the same (token-level KL)' if s['same_tokenizer'] else 'different (span-aligned)'}",
              f"- {s['num_examples']} prompts x {s['samples_per_prompt']} samples per model, temperature "
-             f"{s['temperature']}, at most {s['max_new_tokens']} new tokens", "",
+             f"{s['temperature']}, at most {s.get('max_completion_length', s.get('max_new_tokens'))} new tokens", "",
              "Off-policy = sequences the teacher wrote (what KD trains on); on-policy = sequences the student "
              "wrote (what it meets when it generates).", "",
              "## Traps", "",

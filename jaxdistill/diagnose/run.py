@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.align import align_retokenized, span_logprobs
-from jaxdistill.compilation import use_compilation_cache
-from jaxdistill.config import configure_logging, option, parse_args, to_dict
+from jaxdistill import run_folder
+from jaxdistill.config import EvalConfig, option, run_cli, to_dict
 import jaxdistill.diagnose.metrics as dx
 from jaxdistill.diagnose.metrics import likelihood_report, token_level_report
 from jaxdistill.diagnose.report import json_safe, summary_numbers, write_report
@@ -56,37 +55,36 @@ SOURCES = ("teacher_samples", "student_samples")  # off-policy, on-policy
 
 
 @dataclasses.dataclass
-class DiagnoseConfig:
-    """Every option of ``python -m jaxdistill.diagnose`` (YAML keys, ``key=value`` or ``--key value``)."""
+class DiagnoseConfig(EvalConfig):
+    """Every option of ``python -m jaxdistill.diagnose`` (YAML keys or ``key=value``)."""
 
     teacher: str = option("", "HF folder of the teacher")
     student: str = option("", "HF folder of the student")
     teacher_tokenizer: str = option("", "tokenizer folder of the teacher; empty = the teacher folder")
     student_tokenizer: str = option("", "tokenizer folder of the student; empty = the student folder")
-    task: str = option("arith", "task name: " + " | ".join(list_tasks()))
+    task: str = option("arith", "task name: " + " | ".join(list_tasks()), choices=list_tasks())
     task_options: tuple[str, ...] = option((), "key=value options for the task constructor, e.g. [difficulty=1]")
     data_path: str = option("", "local data file or folder of the task; empty = generated (arith) or the HF hub")
-    split: str = option("test", "split the prompts come from")
-    num_prompts: int = option(64, "prompts (the first N of the split)")
-    samples_per_prompt: int = option(1, "completions per prompt from each model")
-    max_new_tokens: int = option(128, "token budget of each completion (hitting it counts as truncation)")
-    temperature: float = option(1.0, "sampling temperature of both models (scoring is always at temperature 1)")
-    top_p: float = option(1.0, "nucleus mass of sampling")
-    top_ks: tuple[int, ...] = option((1, 5, 20), "k values of the head/tail split of the KL (teacher's top-k)")
-    batch_size: int = option(16, "sequences per forward pass")
-    chat: bool = option(False, "render prompts with each tokenizer's chat template")
-    dtype: str = option("float32", "parameter and compute dtype: float32 | bfloat16")
-    seed: int = option(0, "sampling seed")
-    ngram: int = option(4, "n of the repeated word n-gram rate")
-    loop_period: int = option(8, "longest repeated unit (in words) that can form a loop")
-    loop_copies: int = option(3, "back-to-back copies of a unit that make a loop")
-    ece_bins: int = option(10, "bins of the expected calibration error of answer confidence")
-    confident_threshold: float = option(0.9, "answer confidence at or above which a wrong answer is 'confident'")
+    num_prompts: int = option(64, "prompts (the first N of the split)", ge=1)
+    temperature: float = option(1.0, "sampling temperature of both models (scoring is always at temperature 1)",
+                                ge=0)
+    max_completion_length: int = option(128, "token budget of each completion (hitting it counts as truncation)",
+                                        ge=1)
+    generation_batch_size: int = option(16, "sequences per sampling or scoring pass", ge=1)
+    top_ks: tuple[int, ...] = option((1, 5, 20), "k values of the head/tail split of the KL (teacher's top-k)",
+                                     ge=1)
+    ngram: int = option(4, "n of the repeated word n-gram rate", ge=1)
+    loop_period: int = option(8, "longest repeated unit (in words) that can form a loop", ge=1)
+    loop_copies: int = option(3, "back-to-back copies of a unit that make a loop", ge=2)
+    ece_bins: int = option(10, "bins of the expected calibration error of answer confidence", ge=1)
+    confident_threshold: float = option(0.9, "answer confidence at or above which a wrong answer is 'confident'",
+                                        ge=0, le=1)
     output_dir: str = option("runs/diagnose", "where diagnostics.json/.md and the plots go")
-    compilation_cache_dir: str = option("default", "folder of JAX's persistent compilation cache, so a rerun or "
-                                        "resume skips compiling (default: $JAXDISTILL_CACHE, else "
-                                        "~/.cache/jaxdistill/jax; off: no cache)")
     plots: bool = option(True, "write divergence.png and symptoms.png")
+
+    def validate(self) -> None:
+        _check(self)
+        super().validate()
 
 
 # ---- models and data ----------------------------------------------------------------------------
@@ -108,10 +106,10 @@ def load_side(role: str, model_dir: str, tokenizer_dir: str, dtype: str, chat: b
 
 
 def sample(lm: TokenizedModel, prompts: Sequence[Sequence[int]], config: DiagnoseConfig) -> Samples:
-    """``samples_per_prompt`` completions of every prompt, ``batch_size // samples_per_prompt`` prompts
+    """``samples_per_prompt`` completions of every prompt, ``generation_batch_size // samples_per_prompt`` prompts
     at a time at most (``jaxdistill.generation.batched.sample_batched``)."""
-    return sample_batched(lm, prompts, batch_size=max(1, config.batch_size // config.samples_per_prompt),
-                          max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+    return sample_batched(lm, prompts, batch_size=max(1, config.generation_batch_size // config.samples_per_prompt),
+                          max_new_tokens=config.max_completion_length, temperature=config.temperature, top_p=config.top_p,
                           num_generations=config.samples_per_prompt, seed=config.seed)
 
 
@@ -160,13 +158,13 @@ def score_same_tokenizer(teacher: TokenizedModel, student: TokenizedModel, promp
     """Per-token statistics [N, C] / [N, C, K] of both models on ``samples`` of ``prompts`` (one shared
     tokenizer)."""
     tok = teacher.tokenizer
-    width = config.max_new_tokens
+    width = config.max_completion_length
     prompts = [prompts[i] for i in samples.prompt_index]
     prompt_width = bucket_length(max(len(p) for p in prompts))
     tokens, mask = right_pad(samples.ids, width, teacher.pad_id)
     prompt_ids, prompt_mask = left_pad(prompts, prompt_width, teacher.pad_id)
     parts = []
-    for rows, real in even_batches(len(samples.ids), config.batch_size):
+    for rows, real in even_batches(len(samples.ids), config.generation_batch_size):
         stats = _pair_token_stats(teacher.model, student.model, jnp.asarray(prompt_ids[rows]),
                                   jnp.asarray(prompt_mask[rows]), jnp.asarray(tokens[rows]),
                                   jnp.asarray(mask[rows].astype(np.int32)), ks=tuple(config.top_ks),
@@ -191,18 +189,18 @@ def score_cross_tokenizer(names: tuple[str, str], sides: Sequence[TokenizedModel
     aligned byte fraction [N].
     """
     (sampler, other), (sampler_prompts, other_prompts) = sides, prompts
-    width = config.max_new_tokens
+    width = config.max_completion_length
     alignment = align_retokenized(sampler.tokenizer, samples.ids, other.tokenizer)
     if alignment.mismatches:
         first = "\n".join(str(m) for m in alignment.mismatches[:3])
         log.warning("%d byte mismatches between the two tokenizations of %s's samples (spans around them are "
                     "left out), e.g.\n%s", len(alignment.mismatches), names[0], first)
     sampler_lp = logprobs_batched(sampler, [sampler_prompts[i] for i in samples.prompt_index], samples.ids, width,
-                                  batch_size=config.batch_size)
+                                  batch_size=config.generation_batch_size)
     other_rows = [row[m].tolist() for row, m in zip(alignment.ids_b, alignment.mask_b)]
     other_width = bucket_length(max(len(r) for r in other_rows))
     other_lp = logprobs_batched(other, [other_prompts[i] for i in samples.prompt_index], other_rows, other_width,
-                                batch_size=config.batch_size)
+                                batch_size=config.generation_batch_size)
     width_a = alignment.ids_a.shape[1]
     capacity = alignment.num_span_slots
     spans = alignment.spans
@@ -240,23 +238,40 @@ def answer_report(samples: Samples, texts: Sequence[str], own_logprobs: np.ndarr
 def _check(config: DiagnoseConfig) -> None:
     missing = [name for name in ("teacher", "student") if not getattr(config, name)]
     if missing:
-        raise ValueError(f"diagnose needs {' and '.join(missing)}: --teacher HF_FOLDER --student HF_FOLDER")
+        raise ValueError(f"diagnose needs {' and '.join(missing)}: teacher=HF_FOLDER student=HF_FOLDER")
     if config.task not in list_tasks():
         raise ValueError(f"task={config.task!r} is not valid; choose one of {', '.join(list_tasks())}")
-    for name in ("num_prompts", "samples_per_prompt", "max_new_tokens", "batch_size", "ngram", "ece_bins"):
+    for name in ("num_prompts", "samples_per_prompt", "max_completion_length", "generation_batch_size", "ngram",
+                 "ece_bins"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     if not config.top_ks or min(config.top_ks) < 1:
         raise ValueError(f"top_ks must be positive integers, got {config.top_ks}")
 
 
+INPUT_FIELDS = ("teacher", "student", "teacher_tokenizer", "student_tokenizer", "data_path")
+
+
 def diagnose(config: DiagnoseConfig) -> dict[str, Any]:
-    """Sample, score, measure and write the report; returns the JSON dict (also in diagnostics.json)."""
-    _check(config)
+    """Sample, score, measure and write the report; returns the JSON dict (also in diagnostics.json).
+    A folder that holds this diagnosis, finished, is read back; another one there is refused unless
+    ``overwrite=true`` (``jaxdistill.run_folder``)."""
+    config.validate()
+    with run_folder.open_run(config.output_dir, config, command="diagnose", resumable=False,
+                             overwrite=getattr(config, "overwrite", False), input_fields=INPUT_FIELDS,
+                             inputs=run_folder.inputs_of(config, INPUT_FIELDS)) as run:
+        if run.finished:
+            return json.loads((Path(config.output_dir) / "diagnostics.json").read_text())
+        result = _diagnose(config)
+        run.finish(results=["diagnostics.json", "diagnostics.md"])
+    return result
+
+
+def _diagnose(config: DiagnoseConfig) -> dict[str, Any]:
     task = get_task(config.task, **parse_task_options(config.task_options))
     examples = task.load(config.split, config.data_path or None, limit=config.num_prompts)
     sides = {name: load_side(name, getattr(config, name), getattr(config, f"{name}_tokenizer"), config.dtype,
-                             config.chat) for name in ("teacher", "student")}
+                             config.chat_template) for name in ("teacher", "student")}
     prompts = {name: [lm.prompt(task, ex) for ex in examples] for name, lm in sides.items()}
     teacher, student = sides["teacher"], sides["student"]
     same = same_vocabulary(teacher.tokenizer, student.tokenizer)
@@ -323,43 +338,14 @@ def _subtract(a: float | None, b: float | None) -> float | None:
 
 # ---- CLI ---------------------------------------------------------------------------------------------
 
-def long_flags_to_overrides(cls, argv: Sequence[str]) -> list[str]:
-    """``--teacher A`` and ``--teacher=A`` -> ``teacher=A`` for the fields of ``cls`` (others untouched)."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    out, i = [], 0
-    while i < len(argv):
-        item = argv[i]
-        name = item[2:].split("=", 1)[0].replace("-", "_") if item.startswith("--") else ""
-        if name in fields:
-            if "=" in item:
-                out.append(f"{name}={item.split('=', 1)[1]}")
-            elif i + 1 < len(argv):
-                out.append(f"{name}={argv[i + 1]}")
-                i += 1
-            else:
-                raise SystemExit(f"--{name} needs a value")
-        else:
-            out.append(item)
-        i += 1
-    return out
+def run(config: DiagnoseConfig) -> None:
+    result = diagnose(config)
+    print(json.dumps(summary_numbers(result), indent=2))
+    print(f"report: {Path(config.output_dir) / 'diagnostics.md'}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_logging()
-    argv = sys.argv[1:] if argv is None else argv
-    config, _ = parse_args(DiagnoseConfig, long_flags_to_overrides(DiagnoseConfig, argv),
-                           prog="python -m jaxdistill.diagnose",
-                           description="Trap diagnostics of a teacher/student pair: KL split into head and tail, "
-                                       "off-policy drift, teacher-student gap per byte, overconfidence, "
-                                       "self-correction and local degradation. Fields can be given as "
-                                       "key=value or --key value.")
-    try:
-        use_compilation_cache(config.compilation_cache_dir)  # programs compiled by an earlier run are loaded
-        result = diagnose(config)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary_numbers(result), indent=2))
-    print(f"report: {Path(config.output_dir) / 'diagnostics.md'}")
-    return 0
-
+    return run_cli(DiagnoseConfig, run, argv, prog="jaxdistill-diagnose",
+                   description="Trap diagnostics of a teacher/student pair: KL split into head and tail, off-policy "
+                               "drift, teacher-student gap per byte, overconfidence, self-correction and local "
+                               "degradation.")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from jaxdistill.compilation import use_compilation_cache
-from jaxdistill.config import configure_logging, parse_args
+from jaxdistill.config import run_cli
 from jaxdistill.distill.trainer import DistillConfig, distill
 
 DESCRIPTION = """Distill a student from a teacher (or train it on gold solutions).
@@ -25,16 +24,14 @@ The run folder gets metrics.jsonl, checkpoints/ (resume=true continues exactly),
 student as an HF folder with its tokenizer) and summary.json."""
 
 
-def main(argv: list[str] | None = None) -> None:
-    configure_logging()
-    config, _ = parse_args(DistillConfig, argv, prog="python -m jaxdistill.distill", description=DESCRIPTION)
-    use_compilation_cache(config.compilation_cache_dir)  # programs compiled by an earlier run are loaded
-    try:
-        out = distill(config)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
-        sys.exit(f"error: {err}")
+def run(config: DistillConfig) -> None:
+    out = distill(config)
     print(f"student written to {out / 'model'}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(DistillConfig, run, argv, prog="python -m jaxdistill.distill", description=DESCRIPTION)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -39,12 +39,13 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import signal
 import os
 import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from jaxdistill.config import configure_logging
+from jaxdistill.config import Interrupted, configure_logging, ctrl_c_as_stop_request
 
 log = logging.getLogger("jaxdistill.jobs")
 
@@ -222,6 +223,7 @@ def _init_worker(compilation_cache: str | None, cores: Any) -> None:
     """Dies with the parent, takes its share of the cores (``cores``: a queue of core lists, or None)
     before JAX starts, quiet logs, and compiled programs shared through JAX's persistent cache."""
     _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # idle, a worker leaves Ctrl-C to the command (see below)
     if cores is not None:
         os.sched_setaffinity(0, cores.get())
     configure_logging()
@@ -254,7 +256,8 @@ def _run_in_worker(fn: Callable[..., Any], kwargs: Mapping[str, Any], kind: str)
             except (OSError, AttributeError):
                 pass
     _worker_kind = kind or _worker_kind
-    return fn(**kwargs)
+    with ctrl_c_as_stop_request():  # Ctrl-C: a training job checkpoints and stops; the command says "interrupted"
+        return fn(**kwargs)
 
 
 class _Progress:
@@ -304,6 +307,8 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 1, label: str = "jobs",
             t = time.perf_counter()
             try:
                 finished[name] = by_name[name].fn(**by_name[name].kwargs)
+            except Interrupted:  # Ctrl-C: the command ends with "interrupted", not a failed job
+                raise
             except Exception as e:
                 raise JobFailed(f"job {name!r} failed: {e}") from e
             progress.finished(by_name[name], time.perf_counter() - t)
@@ -334,12 +339,17 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 1, label: str = "jobs",
             for future in done:
                 name, t = running.pop(future)
                 error = future.exception()
+                if isinstance(error, (Interrupted, KeyboardInterrupt)):  # Ctrl-C reached the workers too
+                    failure = failure or (name, error)
+                    continue
                 if error is not None:
                     print(f"[{label}] {name} failed: {error!r}", file=sys.stderr, flush=True)
                     failure = failure or (name, error)
                     continue
                 finished[name] = future.result()
                 progress.finished(by_name[name], time.perf_counter() - t)
+    if failure is not None and isinstance(failure[1], (Interrupted, KeyboardInterrupt)):
+        raise failure[1]
     if failure is not None:
         raise JobFailed(f"job {failure[0]!r} failed: {failure[1]}") from failure[1]
     return finished

@@ -14,27 +14,31 @@ finished, and so reused rather than run again, is decided in one place: :func:`f
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from jaxdistill import run_folder
 from jaxdistill.distill.data import TeacherSampleCache
+from jaxdistill.distill.trainer import INPUT_FIELDS as DISTILLATION_INPUTS
 from jaxdistill.distill.trainer import DistillConfig, distill
 from jaxdistill.evaluate import _model_and_tokenizer, score_model
+from jaxdistill.rl.config import INPUT_FIELDS as CALIBRATION_INPUTS
 from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.tasks import Example, Task
 
+log = logging.getLogger(__name__)
+
 
 def finished(config: CalibrateConfig | DistillConfig) -> bool:
-    """Whether the run of ``config`` has finished in ``config.output_dir``, so that its result is reused.
-
-    A calibration is finished once its teacher is exported (``teacher/config.json``); a distillation once
-    it wrote ``summary.json`` (its last file, after ``model/``). An unfinished run is resumed from its
-    checkpoints instead (both runners pass ``resume=true``).
+    """Whether ``config.output_dir`` holds the finished run of exactly ``config``, so that its result is
+    reused: the same settings and the same inputs by content (the teacher a student reads, the data),
+    recorded in the run folder's manifest (``jaxdistill.run_folder``), never because the folder's name
+    or label matches. A folder holding another run is run again: the runners pass ``overwrite=true``,
+    which moves the old run aside; an unfinished run of the same settings is resumed (``resume=true``).
     """
-    out = Path(config.output_dir)
-    if isinstance(config, CalibrateConfig):
-        return (out / "teacher" / "config.json").exists()
-    return (out / "summary.json").exists()
+    fields = CALIBRATION_INPUTS if isinstance(config, CalibrateConfig) else DISTILLATION_INPUTS
+    return run_folder.finished_as(config, fields)
 
 
 def calibrated_teacher(config: CalibrateConfig) -> str:
@@ -45,8 +49,10 @@ def calibrated_teacher(config: CalibrateConfig) -> str:
     if not config.export:
         raise ValueError(f"calibration into {config.output_dir} has export=false: a calibrated teacher is read "
                          "from its exported folder, so set export=true")
-    if not finished(config):
-        calibrate(dataclasses.replace(config, resume=True))
+    if finished(config):
+        log.info("reused %s: finished there with the same settings and inputs", config.output_dir)
+    else:
+        calibrate(dataclasses.replace(config, resume=True, overwrite=True))
     return str(Path(config.output_dir) / "teacher")
 
 
@@ -54,8 +60,10 @@ def distilled_student(config: DistillConfig, *, teacher_samples: TeacherSampleCa
     """The student trained by ``config`` (objective, teacher, recipe): its HF folder, from the finished run
     in ``config.output_dir`` or from running it (resuming an interrupted one). ``teacher_samples``: a
     cache shared by students that read the same teacher completions (see ``distill``)."""
-    if not finished(config):
-        distill(dataclasses.replace(config, resume=True), teacher_samples=teacher_samples)
+    if finished(config):
+        log.info("reused %s: finished there with the same settings and inputs", config.output_dir)
+    else:
+        distill(dataclasses.replace(config, resume=True, overwrite=True), teacher_samples=teacher_samples)
     return str(Path(config.output_dir) / "model")
 
 

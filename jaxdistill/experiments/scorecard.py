@@ -2,7 +2,7 @@
 
     python -m jaxdistill.experiments.scorecard original_teacher=T \\
         teachers=[eta0=T0,distillable=Tplus,undistillable=Tminus] students=[proxy_like=S1,other=S2] \\
-        attacks=[seqkd,gkd] seeds=[0,1,2] recipe.max_steps=200 limit=200 output_dir=runs/scorecard
+        attacks=[seqkd,gkd] seeds=[0,1,2] recipe.max_steps=200 num_prompts=200 output_dir=runs/scorecard
 
 Arms: the student before distillation; SFT on gold; then for each attack, distillation from the original
 teacher and from every calibrated teacher (``teachers``, ``label=path`` entries, in the order given). All
@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from jaxdistill.compilation import use_compilation_cache
-from jaxdistill.config import configure_logging, option, parse_args
+from jaxdistill.config import EvalConfig, option, run_cli
 from jaxdistill.distill.data import TeacherSampleCache
 from jaxdistill.distill.trainer import DistillConfig
-from jaxdistill.evaluate import (aggregate, bar_chart, compare_teachers, make_task, parse_entries, resolve_model_dir,
-                                 teacher_table)
+from jaxdistill.evaluate import (aggregate, bar_chart, check_model_folder, compare_teachers, make_task, parse_entries,
+                                 resolve_model_dir, teacher_table)
 from jaxdistill.experiments import runner
 from jaxdistill.experiments.jobs import JOB_OVERHEAD_SECONDS, Job, default_workers, run_jobs
 from jaxdistill.experiments.knob import ORIGINAL
@@ -35,7 +34,7 @@ ATTACKS = ("seqkd", "kd", "gkd")
 
 
 @dataclasses.dataclass
-class ScorecardConfig:
+class ScorecardConfig(EvalConfig):
     """Every option of ``python -m jaxdistill.experiments.scorecard`` (YAML keys or ``key=value``)."""
 
     original_teacher: str = option("", "HF folder of the teacher before calibration (the collapse reference)")
@@ -43,35 +42,35 @@ class ScorecardConfig:
                                            "[eta0=T0,distillable=Tplus,undistillable=Tminus]")
     students: tuple[str, ...] = option((), "label=path entries: each student's starting HF folder (its tokenizer "
                                            "inside); include one that differs from the proxy")
-    attacks: tuple[str, ...] = option(("kd",), "objectives run against every teacher: kd | seqkd | gkd")
+    attacks: tuple[str, ...] = option(("kd",), "objectives run against every teacher: kd | seqkd | gkd",
+                                      choices=("seqkd", "kd", "gkd"))
     seeds: tuple[int, ...] = option((0, 1, 2), "training seeds of every arm (mean +- std over them)")
     workers: int = option(0, "processes running arms at once (0: one per CPU core on a CPU host, 1 on an "
-                             "accelerator); the results do not depend on it")
+                             "accelerator); the results do not depend on it", ge=0)
     collapse_ratio: float = option(0.2, "an arm collapses when its accuracy <= this x the accuracy of the same "
-                                        "student and attack from the original teacher")
+                                        "student and attack from the original teacher", ge=0)
     recipe: DistillConfig = option(DistillConfig(), "the shared distillation recipe (student, teacher, "
                                                     "objective, seed and output_dir are set per arm)")
-    split: str = option("test", "split evaluated")
-    limit: int = option(200, "held-out examples (0 = the whole split)")
-    temperature: float = option(0.0, "0 = greedy; > 0 samples (accuracy is avg@k over samples_per_prompt)")
-    samples_per_prompt: int = option(1, "k of avg@k when sampling (greedy always uses 1)")
-    top_p: float = option(1.0, "nucleus mass when sampling")
-    max_new_tokens: int = option(256, "completion budget of evaluation")
-    batch_size: int = option(64, "prompts per generation call")
-    seed: int = option(0, "sampling seed of evaluation")
-    chat_template: bool = option(False, "render prompts with each tokenizer's chat template")
-    dtype: str = option("float32", "float32 | bfloat16")
     output_dir: str = option("runs/scorecard", "where scorecard.json/.md/.png and the student runs go")
-    compilation_cache_dir: str = option("default", "folder of JAX's persistent compilation cache, so a rerun or "
-                                        "resume skips compiling (default: $JAXDISTILL_CACHE, else "
-                                        "~/.cache/jaxdistill/jax; off: no cache)")
+
+    def validate(self) -> None:
+        """Every setting and every model folder (with its tokenizer), before any arm runs."""
+        super().validate()
+        students = check_scorecard(self)
+        check_model_folder(self.original_teacher, f"original_teacher={self.original_teacher}")
+        for label, path in calibrated_teachers(self).items():
+            check_model_folder(path, f"teachers entry {label}={path}")
+        for label, paths in students.items():
+            for path in paths:
+                check_model_folder(path, f"students entry {label}={path}")
+        make_task(self.recipe.task, self.recipe.task_options)
 
 
 def decoding(config: ScorecardConfig) -> dict[str, Any]:
     """The evaluation settings every arm and teacher is scored with (``score_model`` keywords)."""
-    return dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+    return dict(max_new_tokens=config.max_completion_length, temperature=config.temperature,
                 samples_per_prompt=config.samples_per_prompt, top_p=config.top_p, seed=config.seed,
-                batch_size=config.batch_size, chat=config.chat_template)
+                batch_size=config.generation_batch_size, chat=config.chat_template)
 
 
 def calibrated_teachers(config: ScorecardConfig) -> dict[str, str]:
@@ -135,7 +134,7 @@ def run_arm(config: ScorecardConfig, arm: Mapping[str, Any], seed: int) -> list[
     """
     recipe = config.recipe
     task = make_task(recipe.task, recipe.task_options)
-    examples = task.load(config.split, recipe.data_path or None, limit=config.limit or None)
+    examples = task.load(config.split, recipe.data_path or None, limit=config.num_prompts or None)
     teacher_samples = TeacherSampleCache()
     rows = []
     for label, paths in parse_entries(config.students, "students").items():
@@ -143,10 +142,11 @@ def run_arm(config: ScorecardConfig, arm: Mapping[str, Any], seed: int) -> list[
             recipe, student=str(resolve_model_dir(paths[0])), teacher=arm["teacher"] and
             str(resolve_model_dir(arm["teacher"])), objective=arm["objective"], seed=seed,
             output_dir=str(arm_dir(config, label, arm, seed)), max_steps=arm.get("steps", recipe.max_steps),
-            resume=True, student_tokenizer="", teacher_tokenizer="", eval_size=0, progress=False)
+            resume=True, student_tokenizer="", teacher_tokenizer="", eval_num_prompts=0, progress=False)
+        reused = runner.finished(run_config)
         student = runner.distilled_student(run_config, teacher_samples=teacher_samples)
         result = runner.evaluated(student, task, examples, dtype=config.dtype, **decoding(config))
-        rows.append({"student": label, "arm": arm["arm"], "seed": seed, **result})
+        rows.append({"student": label, "arm": arm["arm"], "seed": seed, **result, "reused": reused})
     return rows
 
 
@@ -154,7 +154,7 @@ def compare_scorecard_teachers(config: ScorecardConfig) -> dict[str, Any]:
     """``compare_teachers`` for the scorecard's original and calibrated teachers."""
     recipe = config.recipe
     task = make_task(recipe.task, recipe.task_options)
-    examples = task.load(config.split, recipe.data_path or None, limit=config.limit or None)
+    examples = task.load(config.split, recipe.data_path or None, limit=config.num_prompts or None)
     return compare_teachers(config.original_teacher, calibrated_teachers(config), task, examples,
                             dtype=config.dtype, **decoding(config))
 
@@ -184,7 +184,7 @@ def scorecard_jobs(config: ScorecardConfig, *, producers: Mapping[str, str] | No
             jobs.append(Job(arm_job(arm, seed), run_arm, {"config": config, "arm": arm, "seed": seed},
                             after=after, cost=cost, kind="" if steps == 0 else arm["objective"]))
     teachers = (config.original_teacher, *calibrated_teachers(config).values())
-    problems = config.limit or 500  # greedy decoding, ~0.05 s per problem and teacher; a whole split counts 500
+    problems = config.num_prompts or 500  # greedy decoding, ~0.05 s per problem and teacher; a whole split counts 500
     jobs.append(Job(TEACHERS_JOB, compare_scorecard_teachers, {"config": config},
                     after=tuple(producers[t] for t in teachers if t in producers),
                     cost=JOB_OVERHEAD_SECONDS + 0.05 * problems * len(teachers)))
@@ -209,7 +209,7 @@ def assemble_scorecard(config: ScorecardConfig, results: Mapping[str, Any], seco
                           "teacher": arm.get("teacher_key", ""), **aggregate(runs), "runs": runs})
     flag_collapse(table, config.collapse_ratio)
     recipe = config.recipe
-    result = {"settings": {"task": recipe.task, "split": config.split, "limit": config.limit,
+    result = {"settings": {"task": recipe.task, "split": config.split, "num_prompts": config.num_prompts,
                            "seeds": list(config.seeds), "collapse_ratio": config.collapse_ratio,
                            "decoding": decoding(config), "recipe": dataclasses.asdict(recipe)},
               "arms": table, "seconds": seconds, "teachers": results[TEACHERS_JOB]}
@@ -224,11 +224,7 @@ def scorecard(config: ScorecardConfig) -> dict[str, Any]:
     run on ``workers`` processes (``jaxdistill.experiments.jobs``); results do not depend on how many.
     Returns the JSON dict written to ``scorecard.json``.
     """
-    students = check_scorecard(config)
-    for path in filter(None, [config.original_teacher, *calibrated_teachers(config).values()]
-                       + [p for ps in students.values() for p in ps]):
-        resolve_model_dir(path)
-    make_task(config.recipe.task, config.recipe.task_options)
+    config.validate()
     started = time.perf_counter()
     results = run_jobs(scorecard_jobs(config), workers=config.workers or default_workers(), label="scorecard",
                        compilation_cache=str(Path(config.output_dir) / "compilation_cache"))
@@ -262,7 +258,7 @@ def write_scorecard(result: Mapping[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "scorecard.json").write_text(json.dumps(result, indent=2))
     s = result["settings"]
-    lines = [f"# Scorecard: {s['task']} ({s['split']}, {s['limit'] or 'all'} examples, seeds {s['seeds']})", "",
+    lines = [f"# Scorecard: {s['task']} ({s['split']}, {s['num_prompts'] or 'all'} examples, seeds {s['seeds']})", "",
              f"Student accuracy % (mean ± std over seeds). collapse = accuracy <= {s['collapse_ratio']:g} x "
              "the same student and attack distilled from the original teacher.", "",
              "| student | arm | accuracy % | unparseable % | length | vs original | collapse |",
@@ -273,6 +269,10 @@ def write_scorecard(result: Mapping[str, Any], out: Path) -> None:
         accuracy = f"{100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f}"
         lines.append(f"| {row['student']} | {row['arm']} | {accuracy} | {100 * row['unparseable_rate_mean']:.1f} | "
                      f"{row['mean_length_mean']:.1f} | {relative} | {collapse} |")
+    runs = [run for row in result["arms"] for run in row.get("runs", [])]
+    reused = sum(bool(run.get("reused")) for run in runs)
+    lines += ["", f"Student runs reused from this folder (finished earlier with the same settings and inputs): "
+                  f"{reused} of {len(runs)}; the others were trained now."]
     text = "\n".join(lines) + "\n"
     if result.get("teachers"):
         text += "\n" + teacher_table(result["teachers"])
@@ -294,17 +294,13 @@ example:
 Outputs: scorecard.json/.md/.png and runs/ in output_dir."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    configure_logging()
-    config, _ = parse_args(ScorecardConfig, argv, prog="python -m jaxdistill.experiments.scorecard",
-                           description=DESCRIPTION)
-    use_compilation_cache(config.compilation_cache_dir)  # programs compiled by an earlier run are loaded
-    try:
-        scorecard(config)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        sys.exit(f"error: {err}")
+def run(config: ScorecardConfig) -> None:
+    scorecard(config)
     print((Path(config.output_dir) / "scorecard.md").read_text())
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(ScorecardConfig, run, argv, prog="jaxdistill-scorecard", description=DESCRIPTION)
 
 
 if __name__ == "__main__":

@@ -29,20 +29,21 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from jaxdistill.compilation import use_compilation_cache
-from jaxdistill.config import configure_logging, load_config, option, parse_args, to_dict
+from jaxdistill.config import BaseConfig, load_config, option, preset_path, run_cli, to_dict
 from jaxdistill.distill.trainer import DistillConfig
 from jaxdistill.evaluate import evaluate_models, parse_entries
 from jaxdistill.experiments import runner
 from jaxdistill.experiments.jobs import JOB_OVERHEAD_SECONDS, Job, default_workers, run_jobs
 from jaxdistill.experiments.knob import ORIGINAL, SWEEP_ETAS, eta_label, knob_markdown, knob_table, plot_knob
 from jaxdistill.rl.config import CalibrateConfig
+from jaxdistill.tasks import list_tasks
+from jaxdistill.tasks.loading import check_split_sources
 
 log = logging.getLogger("jaxdistill.sweep")
 
 
 @dataclasses.dataclass
-class SweepConfig:
+class SweepConfig(BaseConfig):
     """Every option of ``python -m jaxdistill.sweep`` (YAML keys, ``key=value``; nested with dots)."""
 
     teacher: str = option("", "HF folder of the base teacher calibrated at every eta; empty = the tiny world's")
@@ -50,11 +51,12 @@ class SweepConfig:
     students: tuple[str, ...] = option((), "label=path entries: the starting students distilled from every "
                                            "teacher; empty = the tiny world's two students")
     world_dir: str = option("runs/world", "where the tiny world is built (or reused) when teacher is empty")
-    world_profile: str = option("full", "full | quick: the sizes of the tiny world built when teacher is empty")
-    task: str = option("arith", "task of calibration, distillation and evaluation")
+    world_profile: str = option("full", "full | quick: the sizes of the tiny world built when teacher is empty",
+                                choices=("full", "quick"))
+    task: str = option("arith", "task of calibration, distillation and evaluation", choices=list_tasks())
     data_path: str = option("", "local data file or folder of the task; empty = generated (arith) or the HF hub")
     arith_data_size: int = option(0, "arith without data_path: write this many generated training problems "
-                                     "(and eval_limit test ones) to output_dir/data and use them in every stage; "
+                                     "(and eval_num_prompts test ones) to output_dir/data and use them in every stage; "
                                      "0 = the task's own generated splits")
     etas: tuple[float, ...] = option(SWEEP_ETAS, "calibration weights: > 0 distillable, < 0 undistillable")
     seeds: tuple[int, ...] = option((0,), "replicates; each one calibrates, distills and evaluates afresh")
@@ -62,38 +64,34 @@ class SweepConfig:
     collapse_ratio: float = option(0.2, "a student collapses when its accuracy <= this x that of the same "
                                         "student distilled from the original teacher")
     attack: str = option("seqkd", "distillation objective of every student: seqkd | kd | gkd (the "
-                                  "recipe's objective)")
+                                  "recipe's objective)", choices=("seqkd", "kd", "gkd"))
     calibration: CalibrateConfig = option(CalibrateConfig(), "calibration settings of every eta (teacher, proxy, "
                                                              "eta, seed, task and output_dir are set per run)")
     recipe: DistillConfig = option(DistillConfig(), "distillation recipe of every student (objective = attack; "
                                                     "student, teacher, seed, task and output_dir are set per run)")
-    eval_limit: int = option(200, "held-out examples of every evaluation (greedy decoding)")
-    eval_max_new_tokens: int = option(128, "completion budget of evaluation")
-    eval_batch_size: int = option(64, "prompts per generation call in evaluation")
+    eval_num_prompts: int = option(200, "held-out examples of every evaluation (greedy decoding)", ge=1)
+    eval_max_completion_length: int = option(128, "completion budget of evaluation", ge=1)
+    eval_generation_batch_size: int = option(64, "prompts per generation call in evaluation", ge=1)
     output_dir: str = option("runs/sweep", "where runs, knob.png, knob.md and knob.json go")
-    compilation_cache_dir: str = option("default", "folder of JAX's persistent compilation cache, so a rerun or "
-                                        "resume skips compiling (default: $JAXDISTILL_CACHE, else "
-                                        "~/.cache/jaxdistill/jax; off: no cache)")
     workers: int = option(0, "processes running calibrations and distillations at once (0: one per CPU core "
-                             "on a CPU host, 1 on an accelerator)")
+                             "on a CPU host, 1 on an accelerator)", ge=0)
 
 
-# A few steps per stage, tiny batches: every code path runs, in seconds per stage. For tests.
-QUICK_OVERRIDES = (
-    "world_profile=quick", "arith_data_size=64",
-    "calibration.max_steps=1", "calibration.prompts_per_step=2", "calibration.num_generations=2",
-    "calibration.max_completion_length=16", "calibration.eval_every=0", "calibration.eval_prompts=2",
-    "calibration.save_every=1", "calibration.lora_rank=4", "calibration.lora_alpha=8",
-    "calibration.progress=false", "calibration.mesh.num_devices=1",
-    "recipe.max_steps=1", "recipe.batch_size=2", "recipe.max_completion_length=16", "recipe.save_steps=0",
-    "recipe.eval_size=0", "recipe.progress=false",
-    "eval_limit=4", "eval_max_new_tokens=16", "eval_batch_size=8",
-)
+    def validate(self) -> None:
+        super().validate()
+        if not self.etas:
+            raise ValueError("etas is empty: give at least one eta, e.g. etas=[-1,0,1]")
+        if not self.seeds:
+            raise ValueError("seeds is empty: give at least one seed, e.g. seeds=[0]")
+        check_split_sources(self.data_path, None, self.calibration.train_split, self.calibration.eval_split)
+
+
+QUICK = "sweep_quick.yaml"  # a few steps per stage, tiny batches: every code path runs, in seconds per stage
 
 
 def quick_config(overrides: Sequence[str] = ()) -> SweepConfig:
-    """The quick profile, then ``overrides`` (``key=value`` strings) on top."""
-    return load_config(SweepConfig, None, [*QUICK_OVERRIDES, *overrides])
+    """The quick profile (``--quick``: the shipped preset), then ``overrides`` (``key=value`` strings) on top."""
+    return load_config(SweepConfig, None, list(overrides), presets=[preset_path(QUICK)])
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -134,7 +132,7 @@ def resolve_data(config: SweepConfig) -> SweepConfig:
         return config
     if config.task != "arith":
         raise ValueError(f"arith_data_size only applies to task=arith (got task={config.task!r}); use data_path")
-    folder = write_arith_data(Path(config.output_dir) / "data", config.arith_data_size, config.eval_limit)
+    folder = write_arith_data(Path(config.output_dir) / "data", config.arith_data_size, config.eval_num_prompts)
     return dataclasses.replace(config, data_path=str(folder))
 
 
@@ -187,24 +185,17 @@ def sweep_jobs(config: SweepConfig, teacher: str, proxy: str, students: Mapping[
                 to_evaluate.setdefault(f"{label}@{name}", []).append(str(Path(run.output_dir) / "model"))
     jobs.append(Job(EVALUATE_JOB, evaluate_models, dict(
         models=to_evaluate, tasks=(config.task,), task_options=config.recipe.task_options,
-        data_paths={config.task: config.data_path} if config.data_path else None, limit=config.eval_limit,
-        max_new_tokens=config.eval_max_new_tokens, batch_size=config.eval_batch_size,
+        data_paths={config.task: config.data_path} if config.data_path else None, limit=config.eval_num_prompts,
+        max_new_tokens=config.eval_max_completion_length, batch_size=config.eval_generation_batch_size,
         dtype=config.calibration.dtype, output_dir=str(Path(config.output_dir) / "evaluation")),
         after=tuple(job.name for job in jobs),
-        cost=JOB_OVERHEAD_SECONDS + 0.05 * config.eval_limit * sum(map(len, to_evaluate.values()))))
+        cost=JOB_OVERHEAD_SECONDS + 0.05 * config.eval_num_prompts * sum(map(len, to_evaluate.values()))))
     return jobs
 
 
 def sweep(config: SweepConfig) -> dict[str, Any]:
     """Calibrate, distill, evaluate; write knob.png, knob.md and knob.json. Returns the JSON dict."""
-    if not config.etas:
-        raise ValueError("etas is empty: give at least one eta, e.g. etas=[-1,0,1]")
-    if not config.seeds:
-        raise ValueError("seeds is empty: give at least one seed, e.g. seeds=[0]")
-    if config.attack not in ("seqkd", "kd", "gkd"):
-        raise ValueError(f"attack={config.attack!r} is not valid; choose seqkd, kd or gkd (sft ignores the teacher)")
-    if config.workers < 0:
-        raise ValueError(f"workers={config.workers}: give 0 (one per CPU core) or a positive count")
+    config.validate()
     started = time.perf_counter()
     teacher, proxy, students = resolve_models(config)
     config = resolve_data(config)
@@ -233,28 +224,17 @@ def write_knob(result: Mapping[str, Any], out: Path) -> None:
     plot_knob(result["rows"], result["models"], out / "knob.png", title=title)
 
 
-def main(argv: list[str] | None = None) -> int:
-    configure_logging()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--quick" in argv:  # the quick profile goes before the user's overrides, so that theirs win
-        rest = [a for a in argv if a != "--quick"]
-        front = []
-        for i, item in enumerate(rest):
-            if item == "--config" or item.startswith("--config="):
-                front = rest[i:i + (1 if "=" in item else 2)]
-                del rest[i:i + len(front)]
-                break
-        argv = [*front, *QUICK_OVERRIDES, *rest]
-    config, _ = parse_args(SweepConfig, argv, prog="python -m jaxdistill.experiments.sweep",
-                           description="The knob curve: calibrate a teacher at several eta, distill the same "
-                                       "students from each, evaluate, and plot accuracy against eta. With no "
-                                       "teacher: the tiny world.",
-                           extra_flags=[("--quick", "a few steps per stage and a quick tiny world (for tests)")])
-    use_compilation_cache(config.compilation_cache_dir)  # programs compiled by an earlier run are loaded
+def run(config: SweepConfig) -> None:
     result = sweep(config)
     print((Path(config.output_dir) / "knob.md").read_text())
     print(f"knob curve: {Path(config.output_dir) / 'knob.png'} ({result['seconds']:.0f} s)")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(SweepConfig, run, argv, prog="jaxdistill-sweep",
+                   description="The knob curve: calibrate a teacher at several eta, distill the same students from "
+                               "each, evaluate, and plot accuracy against eta. With no teacher: the tiny world.",
+                   presets={"--quick": (QUICK, "a few steps per stage and a quick tiny world (for tests)")})
 
 
 if __name__ == "__main__":

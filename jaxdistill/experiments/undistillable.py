@@ -1,14 +1,14 @@
 """The undistillable arm under other calibration settings: does any of them make the students collapse?
 
     python -m jaxdistill.calibrate                                   # the default run (its world and references)
-    python -m jaxdistill.experiments.undistillable [--run runs/default] [--out runs/undistillable_sweep]
-                                                   [--variants scope_all eta-3 ...] [--seeds 0 1 2]
+    python -m jaxdistill.experiments.undistillable [run_dir=runs/default] [output_dir=runs/undistillable_sweep]
+                                                   [variants=[scope_all,eta-3,...]] [seeds=[0,1,2]]
 
 For every variant (``VARIANTS``: calibration settings that replace the default run's), the default run's
 base teacher is calibrated again against its proxy (eta = -1 unless the variant sets it), both students
 are distilled from the result with seqkd and gkd exactly as in the default run's scorecard, and the
 teacher is compared with the original (greedy accuracy, token KL, length). Runs on the default run's
-job graph (one worker per core), reusing finished runs in ``--out``.
+job graph (one worker per core), reusing finished runs in ``output_dir``.
 
 Prints one markdown table: per variant, the teacher's accuracy, KL to the original, completion length
 and calibration reward (mean of the first and last five steps), then every student/attack as accuracy
@@ -19,12 +19,14 @@ and every ratio <= 0.2.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from jaxdistill.config import BaseConfig, option, run_cli
 from jaxdistill.evaluate import compare_teachers, make_task
 from jaxdistill.experiments import runner
 from jaxdistill.experiments.jobs import Job, default_workers, run_jobs
@@ -44,18 +46,18 @@ VARIANTS = {
     "alm": {"calibration_mode": "alm"},                                # binary KL of span probabilities
     "eta-3": {"eta": -3.0},                                            # a stronger knob
     "group8": {"num_generations": 8, "prompts_per_step": 4},           # 8 rollouts to rank, same batch
-    "steps80": {"max_steps": 80, "save_every": 40},                    # the trajectory of a longer
-    "steps120": {"max_steps": 120, "save_every": 40},                  # calibration (constant lr: each
-    "steps160": {"max_steps": 160, "save_every": 80},                  # run is the start of the next)
-    "steps240": {"max_steps": 240, "save_every": 80},
+    "steps80": {"max_steps": 80, "save_steps": 40},                    # the trajectory of a longer
+    "steps120": {"max_steps": 120, "save_steps": 40},                  # calibration (constant lr: each
+    "steps160": {"max_steps": 160, "save_steps": 80},                  # run is the start of the next)
+    "steps240": {"max_steps": 240, "save_steps": 80},
     # another calibration seed (LoRA init, prompt order, rollouts): how much of a row is that seed's
     "calibration_seed1": {"seed": 1},
-    "steps120_calibration_seed1": {"max_steps": 120, "save_every": 40, "seed": 1},
+    "steps120_calibration_seed1": {"max_steps": 120, "save_steps": 40, "seed": 1},
     "eta0_calibration_seed1": {"eta": 0.0, "seed": 1},                 # ... and the other two arms of
     "distillable_calibration_seed1": {"eta": 1.0, "seed": 1},          # the default run with it
     # the proxy learns from the teacher's rollouts as it is measured, at the attacker's lr (FULL.student_lr)
     "learning_proxy": {"proxy_learning_rate": 3e-3},
-    "learning_proxy_steps120": {"proxy_learning_rate": 3e-3, "max_steps": 120, "save_every": 40},
+    "learning_proxy_steps120": {"proxy_learning_rate": 3e-3, "max_steps": 120, "save_steps": 40},
 }
 # left out of the default sweep (run them with --variants ... --seeds 0 1 2, as the README does)
 LONG = ("steps80", "steps160", "steps240", "calibration_seed1", "steps120_calibration_seed1",
@@ -63,10 +65,10 @@ LONG = ("steps80", "steps160", "steps240", "calibration_seed1", "steps120_calibr
 ATTACKS = ("seqkd", "gkd")
 
 
-def compare(original: str, calibrated: dict[str, str], eval_size: int, max_new_tokens: int) -> dict:
+def compare(original: str, calibrated: dict[str, str], eval_num_prompts: int, max_new_tokens: int) -> dict:
     """compare_teachers on the default run's held-out problems."""
     task = make_task("arith", [f"difficulty={ARITH_DIFFICULTY}"])
-    examples = task.load("test", None, limit=eval_size)
+    examples = task.load("test", None, limit=eval_num_prompts)
     return compare_teachers(original, calibrated, task, examples, max_new_tokens=max_new_tokens)
 
 
@@ -76,22 +78,31 @@ def calibration_reward(run: Path) -> tuple[float, float]:
     return float(np.mean(values[:5])), float(np.mean(values[-5:]))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", default="runs/default", help="a finished default run (world and scorecard)")
-    parser.add_argument("--out", default="runs/undistillable_sweep")
-    parser.add_argument("--variants", nargs="*", default=[v for v in VARIANTS if v not in LONG],
-                        choices=list(VARIANTS), help=f"default: all but {', '.join(LONG)} (~3 worker-minutes each: "
-                             "the first eight took 13.6 min on 2 cores)")
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0], help="student seeds of every variant")
-    parser.add_argument("--workers", type=int, default=0, help="0 = one per CPU core")
-    args = parser.parse_args()
+@dataclasses.dataclass
+class UndistillableConfig(BaseConfig):
+    """The undistillable sweep's settings (``key=value`` or YAML)."""
 
-    run, out = Path(args.run), Path(args.out)
+    run_dir: str = option("runs/default", "a finished default run (its world and scorecard)")
+    output_dir: str = option("runs/undistillable_sweep", "where every variant's runs and table.md go")
+    variants: tuple[str, ...] = option(tuple(v for v in VARIANTS if v not in LONG),
+                                       f"calibration variants (default: all but {', '.join(LONG)}; ~3 worker-minutes "
+                                       "each: the first eight took 13.6 min on 2 cores)", choices=tuple(VARIANTS))
+    seeds: tuple[int, ...] = option((0,), "student seeds of every variant")
+    workers: int = option(0, "processes running jobs at once (0 = one per CPU core)", ge=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(UndistillableConfig, sweep_variants, argv, prog="python -m jaxdistill.experiments.undistillable",
+                   description=__doc__.split("\n\n")[0])
+
+
+def sweep_variants(args: UndistillableConfig) -> None:
+    run, out = Path(args.run_dir), Path(args.output_dir)
     world = world_paths(run / "world")
     reference = json.loads((run / "scorecard" / "scorecard.json").read_text())
     if not world["teacher"].exists() or not reference.get("arms"):
-        raise SystemExit(f"{run} is not a finished default run: run `python -m jaxdistill.calibrate` first")
+        raise FileNotFoundError(f"run_dir={run} is not a finished default run: run `python -m jaxdistill.calibrate` "
+                                "first")
     jobs, teachers = [], {}
     for name in args.variants:
         teachers[name] = out / name / "calibrate" / "teacher"
@@ -111,7 +122,7 @@ def main() -> None:
                                 kind=attack))
     jobs.append(Job("teachers", compare, dict(original=str(world["teacher"]),
                                               calibrated={k: str(v) for k, v in teachers.items()},
-                                              eval_size=FULL.eval_size, max_new_tokens=FULL.max_completion_length),
+                                              eval_num_prompts=FULL.eval_num_prompts, max_new_tokens=FULL.max_completion_length),
                     after=tuple(f"calibrate {name}" for name in args.variants), cost=30))
     results = run_jobs(jobs, workers=args.workers or default_workers(), label="undistillable sweep",
                        compilation_cache=str(run / "compilation_cache"))
@@ -144,4 +155,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

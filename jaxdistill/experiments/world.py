@@ -69,13 +69,13 @@ class Profile:
     student_steps: int = 100  # per arm, from the warmed-up student
     student_batch: int = 32
     student_lr: float = 3e-3
-    eval_size: int = 100
+    eval_num_prompts: int = 100
     max_completion_length: int = 80  # gold solutions of difficulty 1 take up to 78 teacher tokens
 
 
 FULL = Profile()
 QUICK = Profile(teacher_sft_steps=4, proxy_sft_steps=2, student_warmup_steps=2, sft_batch=8, calibrate_steps=2,
-                prompts_per_step=2, num_generations=2, student_steps=2, student_batch=4, eval_size=4,
+                prompts_per_step=2, num_generations=2, student_steps=2, student_batch=4, eval_num_prompts=4,
                 max_completion_length=24)
 
 # Expected seconds per step on one core (measured on a 2-core x86 at batch 32): they order the jobs of
@@ -109,9 +109,9 @@ def train_from_scratch(shape: dict[str, Any], tokenizer_dir: str, init_dir: str,
     A finished run is reused; an interrupted one continues from its checkpoint (``runner``)."""
     config = DistillConfig(student=init_dir, objective="sft", task="arith",
                            task_options=(f"difficulty={ARITH_DIFFICULTY}",), max_steps=steps,
-                           batch_size=profile.sft_batch, learning_rate=learning_rate, lr_schedule="cosine",
+                           train_batch_size=profile.sft_batch, learning_rate=learning_rate, lr_schedule="cosine",
                            warmup_steps=min(50, steps // 10), seed=seed, output_dir=output_dir,
-                           eval_size=profile.eval_size, save_steps=max(steps // 4, 1), resume=True,
+                           eval_num_prompts=profile.eval_num_prompts, save_steps=max(steps // 4, 1), resume=True,
                            max_completion_length=profile.max_completion_length, progress=progress)
     if not runner.finished(config) and not (Path(init_dir) / "config.json").exists():
         init_model_folder(Path(init_dir), shape, Path(tokenizer_dir), seed)
@@ -177,11 +177,11 @@ def calibration_config(teacher: str, proxy: str, run: str, eta: float, profile: 
         teacher=teacher, proxy=proxy, task="arith", task_options=(f"difficulty={ARITH_DIFFICULTY}",),
         output_dir=run, eta=eta, num_generations=profile.num_generations, prompts_per_step=profile.prompts_per_step,
         max_steps=profile.calibrate_steps, learning_rate=1e-3, lora_rank=8, lora_alpha=16.0,
-        beta=0.04, max_completion_length=profile.max_completion_length, eval_every=0,
+        beta=0.04, max_completion_length=profile.max_completion_length, eval_steps=0,
         # only correct rollouts earn calibration reward: with "all", eta = -1 taught the teacher to
         # break its answers (accuracy 0.40 -> 0.10 in 30 steps of the first full run)
         calibration_scope="correct",
-        eval_prompts=profile.eval_size, save_every=max(profile.calibrate_steps // 3, 1), seed=seed,
+        eval_num_prompts=profile.eval_num_prompts, save_steps=max(profile.calibrate_steps // 3, 1), seed=seed,
         resume=True,  # an interrupted default run continues its calibrations exactly
         progress=progress, mesh=MeshConfig(num_devices=1))
     return dataclasses.replace(config, **(overrides or {}))
@@ -212,7 +212,7 @@ def scorecard_config(world: Mapping[str, Path], teachers: Mapping[str, Path | st
     seqkd and gkd, the profile's distillation recipe and held-out set. ``teachers``: label -> HF folder of
     each calibrated teacher."""
     recipe = DistillConfig(task="arith", task_options=(f"difficulty={ARITH_DIFFICULTY}",),
-                           max_steps=profile.student_steps, batch_size=profile.student_batch,
+                           max_steps=profile.student_steps, train_batch_size=profile.student_batch,
                            learning_rate=profile.student_lr, lr_schedule="cosine",
                            # gkd's JSD(0.5) does not learn from random weights; forward KL does (docs/distill.md)
                            divergence="forward_kl", max_completion_length=profile.max_completion_length,
@@ -222,7 +222,7 @@ def scorecard_config(world: Mapping[str, Path], teachers: Mapping[str, Path | st
                            students=(f"proxy_like={world['student_proxy_like']}",
                                      f"other={world['student_other']}"),
                            attacks=("seqkd", "gkd"), seeds=seeds, recipe=recipe, workers=workers,
-                           limit=profile.eval_size, max_new_tokens=profile.max_completion_length,
+                           num_prompts=profile.eval_num_prompts, max_completion_length=profile.max_completion_length,
                            output_dir=str(output_dir))
 
 

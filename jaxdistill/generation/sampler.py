@@ -329,6 +329,10 @@ def generate(model: Qwen, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
         raise ValueError(f"num_generations must be >= 1, got {num_generations}")
     context = max_prompt_length if max_prompt_length is not None else config.max_position_embeddings - max_new_tokens
     longest = max(len(p) for p in prompts)
+    if longest > context and max_prompt_length is not None:
+        raise ValueError(f"a prompt has {longest} tokens but max_prompt_length is {max_prompt_length}; raise "
+                         f"max_prompt_length (with max_completion_length={max_new_tokens} it must fit the model's "
+                         f"max_position_embeddings={config.max_position_embeddings}) or shorten the prompts")
     if longest > context:
         raise ValueError(f"a prompt has {longest} tokens but the cache holds {context} prompt tokens "
                          f"(max_position_embeddings={config.max_position_embeddings} minus max_new_tokens="

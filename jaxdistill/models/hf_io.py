@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from jaxdistill.distributed import is_main_process, to_host
@@ -79,6 +79,34 @@ def _checkpoint_files(folder: Path) -> list[Path]:
     raise FileNotFoundError(f"{folder} has no *.safetensors weights (and no model.safetensors.index.json)")
 
 
+class _SafetensorsFile:
+    """``safe_open`` whose read errors (a truncated or corrupt file) name the file and the tensor."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        try:
+            self.handle = safe_open(str(file), framework="numpy")
+        except SafetensorError as err:
+            raise ValueError(f"{file}: not a readable safetensors file ({err}); is it truncated? "
+                             "Re-export or re-download it") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle = None
+
+    def keys(self):
+        return self.handle.keys()
+
+    def get_tensor(self, name: str) -> np.ndarray:
+        try:
+            return self.handle.get_tensor(name)
+        except SafetensorError as err:
+            raise ValueError(f"{self.file}: cannot read tensor {name!r} ({err}); is the file truncated? "
+                             "Re-export or re-download it") from None
+
+
 def read_config(path: str | Path) -> tuple[Path, dict]:
     """The checkpoint folder and its parsed ``config.json`` (with clear errors)."""
     folder = Path(path).expanduser()
@@ -124,7 +152,7 @@ def load_model(path: str | Path, dtype: str = "float32", mesh: Mesh | None = Non
     tied_head = None
     embed_source = None
     for file in _checkpoint_files(folder):
-        with safe_open(str(file), framework="numpy") as f:
+        with _SafetensorsFile(file) as f:
             for name in f.keys():
                 if name == "lm_head.weight" and config.tie_word_embeddings:
                     tied_head = (file, name)  # checked against the embedding below
@@ -149,9 +177,9 @@ def load_model(path: str | Path, dtype: str = "float32", mesh: Mesh | None = Non
                          f"({len(missing)} in all) for this config.json")
     if tied_head is not None:
         # Compared on the host copies from the files: the loaded embedding may be spread over processes.
-        with safe_open(str(tied_head[0]), framework="numpy") as f:
+        with _SafetensorsFile(tied_head[0]) as f:
             head = f.get_tensor(tied_head[1])
-        with safe_open(str(embed_source[0]), framework="numpy") as f:
+        with _SafetensorsFile(embed_source[0]) as f:
             embed = f.get_tensor(embed_source[1])
         if not np.allclose(head.astype(np.float32), embed.astype(np.float32)):
             raise ValueError("config.json sets tie_word_embeddings=true but lm_head.weight differs from "

@@ -8,35 +8,35 @@ train before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-from jaxdistill.config import option
+from jaxdistill.config import TrainingConfig, option
 from jaxdistill.distributed import DistributedConfig
 from jaxdistill.rl.registry import ADVANTAGE_FUNCTIONS
 from jaxdistill.sharding import MeshConfig
-from jaxdistill.training import holds_checkpoints
+from jaxdistill.tasks import list_tasks
+from jaxdistill.tasks.loading import check_split_sources
 
 
 @dataclasses.dataclass
-class CalibrateConfig:
-    """A calibration run. Field names follow TRL's GRPOConfig where one exists."""
+class CalibrateConfig(TrainingConfig):
+    """A calibration run. Field names follow TRL's GRPOConfig where one exists (``beta``: the KL weight;
+    ``temperature``: the sampling temperature)."""
 
     # -- models and data --
     teacher: str = option("", "HF folder of the teacher to calibrate (config.json + safetensors)")
     proxy: str = option("", "HF folder of the frozen proxy student that measures distillability")
     teacher_tokenizer: str | None = option(None, "tokenizer folder of the teacher (default: the teacher folder)")
     proxy_tokenizer: str | None = option(None, "tokenizer folder of the proxy (default: the proxy folder)")
-    task: str = option("arith", "task name: gsm8k, math500, csqa, nq_open, ifeval or arith")
+    task: str = option("arith", "task name", choices=list_tasks())
     task_options: tuple[str, ...] = option((), "key=value options for the task, e.g. [difficulty=2] for arith")
-    data_path: str | None = option(None, "local JSONL/parquet file or folder for the task (default: the HF hub)")
+    data_path: str | None = option(None, "local data folder for the task, holding a file per split (default: the "
+                                         "HF hub); one file only with eval_data_path, so that the held-out "
+                                         "split is never the training data")
+    eval_data_path: str | None = option(None, "local file or folder of the held-out split (default: data_path)")
     train_split: str = option("train", "split the prompts are drawn from")
     eval_split: str = option("test", "split held-out accuracy is measured on")
     chat_template: bool = option(False, "render prompts with the tokenizer's chat template (else plain text)")
     output_dir: str = option("runs/calibrate", "where metrics, checkpoints and the exported teacher go")
-    compilation_cache_dir: str = option("default", "folder of JAX's persistent compilation cache, so a rerun or "
-                                        "resume skips compiling (default: $JAXDISTILL_CACHE, else "
-                                        "~/.cache/jaxdistill/jax; off: no cache)")
-    dtype: str = option("float32", "parameter and compute dtype: float32 or bfloat16")
     mesh: MeshConfig = option(MeshConfig(), "device mesh: data x fsdp x tensor (-1 takes the remaining devices)")
     distributed: DistributedConfig = option(DistributedConfig(), "multi-process runs: how this process joins "
                                                                  "(TPU pod, SLURM, explicit coordinator)")
@@ -44,68 +44,67 @@ class CalibrateConfig:
     # -- the knob --
     eta: float = option(0.0, "calibration weight: > 0 distillable, < 0 undistillable, 0 plain RFT")
     calibration_mode: str = option("span", "span (aligned span log-prob gap), sequence (proxy log-prob per "
-                                           "byte, closest to the paper) or alm (binary KL of span probs)")
+                                           "byte, closest to the paper) or alm (binary KL of span probs)",
+                                   choices=("span", "sequence", "alm"))
     calibration_scope: str = option("all", "all: every rollout earns calibration reward; correct: only "
-                                           "rollouts with task reward 1 (wrong ones get 0 calibration advantage)")
+                                           "rollouts with task reward 1 (wrong ones get 0 calibration advantage)",
+                                    choices=("all", "correct"))
     calibration_subtract_reference: bool = option(False, "sequence mode: minus the reference teacher's "
                                                          "log-prob per byte")
-    calibration_tau: float = option(1.0, "alm mode: temperature of the span probabilities")
+    calibration_tau: float = option(1.0, "alm mode: temperature of the span probabilities", gt=0)
     advantage: str = option("knob", "advantage function (jaxdistill.rl.registry): knob = groupnorm(r_task) + eta "
                                     "groupnorm(r_cal); permuted_task_reward = the same after shuffling the task "
                                     "rewards across the batch (a placebo control)")
     proxy_learning_rate: float = option(0.0, "0: the frozen proxy of the method; > 0: the proxy also learns "
                                              "(one AdamW step at this rate on every batch of rollouts, after "
                                              "scoring it), so r_cal measures what a student that has been "
-                                             "reading the teacher still cannot match (jaxdistill.rl.proxy)")
+                                             "reading the teacher still cannot match (jaxdistill.rl.proxy)", ge=0)
 
     # -- GRPO --
-    num_generations: int = option(4, "rollouts per prompt (G); advantages are normalised within each group")
-    prompts_per_step: int = option(16, "prompts per optimizer step (the batch is prompts_per_step x G rollouts)")
-    gradient_accumulation_steps: int = option(1, "micro-batches per step; each holds whole groups")
-    num_iterations: int = option(1, "optimizer passes over the same rollouts (> 1 uses real importance ratios)")
-    max_steps: int = option(100, "optimizer steps")
-    learning_rate: float = option(2e-5, "peak learning rate of AdamW on the LoRA parameters (paper: 2e-5)")
-    lr_schedule: str = option("constant", "constant, linear or cosine decay after warmup")
-    warmup_steps: int = option(0, "linear warmup steps")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    max_grad_norm: float = option(1.0, "global gradient-norm clip (0 disables)")
-    beta: float = option(0.04, "weight of KL(pi_theta || pi_ref); 0 skips the reference pass")
-    kl_estimator: str = option("k3", "KL estimator: k1, k2 or k3")
-    epsilon: float = option(0.2, "lower clip of the importance ratio (1 - epsilon)")
-    epsilon_high: float | None = option(None, "upper clip (1 + epsilon_high); default epsilon")
-    loss_type: str = option("grpo", "token aggregation: grpo (per-sequence mean), dr_grpo or dapo")
-    scale_rewards: str = option("group", "reward scaling: group (std within group), batch or none")
-    temperature: float = option(1.0, "sampling temperature of rollouts (log-probs are scored at it)")
-    top_p: float = option(1.0, "nucleus filter of rollouts")
-    top_k: int = option(0, "top-k filter of rollouts (0 = off)")
-    max_completion_length: int = option(128, "new tokens per rollout")
-    max_prompt_length: int = option(512, "largest prompt (in tokens) the sampler accepts")
+    num_generations: int = option(4, "rollouts per prompt (G); advantages are normalised within each group", ge=2)
+    prompts_per_step: int = option(16, "prompts per optimizer step (the batch is prompts_per_step x G rollouts)",
+                                   ge=1)
+    gradient_accumulation_steps: int = option(1, "micro-batches per step; each holds whole groups", ge=1)
+    num_iterations: int = option(1, "optimizer passes over the same rollouts (> 1 uses real importance ratios)",
+                                 ge=1)
+    max_steps: int = option(100, "optimizer steps", ge=0)
+    learning_rate: float = option(2e-5, "peak learning rate of AdamW on the LoRA parameters (paper: 2e-5)", gt=0)
+    beta: float = option(0.04, "weight of KL(pi_theta || pi_ref); 0 skips the reference pass", ge=0)
+    kl_estimator: str = option("k3", "KL estimator: k1, k2 or k3", choices=("k1", "k2", "k3"))
+    epsilon: float = option(0.2, "lower clip of the importance ratio (1 - epsilon)", ge=0, le=1)
+    epsilon_high: float | None = option(None, "upper clip (1 + epsilon_high); default epsilon", ge=0)
+    loss_type: str = option("grpo", "token aggregation: grpo (per-sequence mean), dr_grpo or dapo",
+                            choices=("grpo", "dr_grpo", "dapo"))
+    scale_rewards: str = option("group", "reward scaling: group (std within group), batch or none",
+                                choices=("group", "batch", "none"))
+    temperature: float = option(1.0, "sampling temperature of rollouts (log-probs are scored at it)", gt=0)
+    top_p: float = option(1.0, "nucleus filter of rollouts", gt=0, le=1)
+    top_k: int = option(0, "top-k filter of rollouts (0 = off)", ge=0)
+    max_completion_length: int = option(128, "new tokens per rollout", ge=1)
+    max_prompt_length: int = option(512, "largest prompt (in tokens) the sampler accepts", ge=1)
 
     # -- LoRA --
-    lora_rank: int = option(16, "LoRA rank (paper: 128)")
-    lora_alpha: float = option(32.0, "LoRA alpha (paper: 128); scale = alpha / rank")
-    lora_dropout: float = option(0.0, "dropout on the LoRA input")
+    lora_rank: int = option(16, "LoRA rank (paper: 128)", ge=1)
+    lora_alpha: float = option(32.0, "LoRA alpha (paper: 128); scale = alpha / rank", gt=0)
+    lora_dropout: float = option(0.0, "dropout on the LoRA input", ge=0, le=1)
     lora_targets: tuple[str, ...] = option(("q", "k", "v", "o", "gate", "up", "down"), "projections with adapters")
-    remat: str = option("none", "rematerialise decoder layers in the training forward: none, dots (keep the "
-                                "weight matmuls' outputs) or full (keep only layer inputs); less memory, more compute")
 
     # -- run control --
     seed: int = option(0, "seed of LoRA init, data order and sampling")
-    eval_every: int = option(25, "held-out greedy accuracy every N steps (0: only at start and end)")
-    eval_prompts: int = option(64, "held-out prompts per evaluation")
-    save_every: int = option(25, "orbax checkpoint every N steps and at the end (0: only at the end)")
+    eval_steps: int = option(25, "held-out greedy accuracy every N steps (0: only at start and end)", ge=0)
+    eval_num_prompts: int = option(64, "held-out prompts per evaluation", ge=1)
+    save_steps: int = option(25, "orbax checkpoint every N steps and at the end (0: only at the end)", ge=0)
     resume: bool = option(False, "continue from the latest checkpoint in output_dir")
-    max_bad_steps: int = option(5, "stop after this many consecutive steps with a NaN/Inf loss or gradient")
-    tensorboard: bool = option(False, "also write TensorBoard scalars (needs tensorboardX)")
-    progress: bool = option(True, "show a progress bar with ETA")
     export: bool = option(True, "export the merged teacher and the adapter at the end")
+
+    def validate(self) -> None:
+        check_config(self)
+        super().validate()
 
 
 def check_config(config: CalibrateConfig) -> None:
-    """Refuse settings that cannot train (before anything is loaded), naming the field and the fix."""
-    from jaxdistill.models.qwen import check_remat
-
-    check_remat(config.remat)
+    """Refuse settings that cannot train (before anything is loaded), naming the field and the fix.
+    The ranges of single fields are declared with them and checked by ``config.validate()``."""
     missing = [name for name in ("teacher", "proxy") if not getattr(config, name)]
     if missing:
         raise ValueError(f"calibrate needs {' and '.join(missing)}: set them in the YAML config or as "
@@ -113,14 +112,9 @@ def check_config(config: CalibrateConfig) -> None:
     if config.num_generations < 2:
         raise ValueError(f"num_generations={config.num_generations}: GRPO normalises rewards within each prompt's "
                          "group of rollouts, so a group of one has no advantage to learn from; use 2 or more")
-    for name in ("prompts_per_step", "max_completion_length"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
-    for name in ("max_steps", "eval_every", "save_every"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
     ADVANTAGE_FUNCTIONS.get(config.advantage)  # an unknown name: an error listing the registered ones
-    checkpoints = Path(config.output_dir) / "checkpoints"
-    if not config.resume and holds_checkpoints(checkpoints):
-        raise FileExistsError(f"{config.output_dir} already holds checkpoints of a calibration: set resume=true to "
-                              "continue it, or choose another output_dir (starting over would overwrite its metrics)")
+    check_split_sources(config.data_path, config.eval_data_path, config.train_split, config.eval_split)
+
+
+#: The config fields that name what a calibration reads: compared by content, not by path (``run_folder``).
+INPUT_FIELDS = ("teacher", "proxy", "teacher_tokenizer", "proxy_tokenizer", "data_path", "eval_data_path")

@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdistill import run_folder
 from jaxdistill.compilation import CompileCounter
-from jaxdistill.config import to_dict
+from jaxdistill.config import Interrupted, stop_at_step_boundaries, stop_requested, to_dict
 from jaxdistill.flops import mfu, peak_flops, train_flops
 from jaxdistill.distributed import initialize_from_config, to_host
 from jaxdistill.generation import SamplingParams, generate
@@ -29,7 +30,8 @@ from jaxdistill.models import LoraConfig, save_lora, save_model
 from jaxdistill.models.qwen import check_remat
 from jaxdistill.rl.advantages import zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
-from jaxdistill.rl.config import CalibrateConfig, check_config
+from jaxdistill.rl.config import INPUT_FIELDS, CalibrateConfig
+from jaxdistill.sharding import mesh_devices
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.proxy import ProxyLearner
 from jaxdistill.rl.registry import ADVANTAGE_FUNCTIONS
@@ -39,7 +41,7 @@ from jaxdistill.tasks.pipeline import make_pipeline, prompt_text
 from jaxdistill.token_maths import padding_id
 from jaxdistill.tokenizer import Tokenizer
 from jaxdistill.training import (Checkpointer, MetricsLogger, PhaseClock, StepTimer, TooManyBadSteps,
-                                 bad_step_counts, cached_optimizer)
+                                 bad_step_counts, cached_optimizer, holds_checkpoints)
 
 log = logging.getLogger("jaxdistill.calibrate")
 
@@ -97,7 +99,7 @@ class CalibrationRun:
         tok = self.cluster.teacher_tokenizer
         self.task = get_task(c.task, **parse_task_options(c.task_options))
         self.train_examples = self.task.load(c.train_split, c.data_path)
-        self.eval_examples = self.task.load(c.eval_split, c.data_path, limit=c.eval_prompts)
+        self.eval_examples = self.task.load(c.eval_split, c.eval_data_path or c.data_path, limit=c.eval_num_prompts)
         self.pad_id = padding_id(tok)
         self.pipeline = make_pipeline(self.task, self.train_examples, tok.hf, mode="prompt",
                                       batch_size=c.prompts_per_step, seed=c.seed, chat=c.chat_template,
@@ -243,6 +245,7 @@ class CalibrationRun:
         return {f"eval/{k}": v for k, v in scores.items()}
 
     # ---- the loop -------------------------------------------------------------------------------
+    @stop_at_step_boundaries()
     def run(self) -> dict[str, Any]:
         c = self.config
         iterator = iter(self.pipeline)
@@ -298,7 +301,7 @@ class CalibrationRun:
                                     "max_completion_length: little learning signal (raise num_generations, "
                                     "max_completion_length or temperature)", step,
                                     100 * metrics["groups/zero_task_variance"], 100 * metrics["completions/clipped_ratio"])
-                    if (c.eval_every and step % c.eval_every == 0) or step == c.max_steps:
+                    if (c.eval_steps and step % c.eval_steps == 0) or step == c.max_steps:
                         eval_start = time.perf_counter()
                         metrics.update(self.evaluate())  # scores are on the host: nothing left to wait for
                         metrics["time/eval"] = time.perf_counter() - eval_start
@@ -308,12 +311,16 @@ class CalibrationRun:
                     history.append(logger.log(step, metrics, info_keys=(
                         "rewards/task/mean", "rewards/calibration/mean", "kl", "eval/accuracy", "step_time",
                         "time/rollout", "time/rewards", "time/reference", "time/update", "update/mfu")))
-                    if (c.save_every and step % c.save_every == 0) or step == c.max_steps:
+                    save = (c.save_steps and step % c.save_steps == 0) or step == c.max_steps or stop_requested()
+                    if save:  # stop_requested: Ctrl-C under the CLI asks for a checkpoint of this step, then a stop
                         if self.proxy_learner is not None:  # first: a teacher checkpoint always has its proxy's
                             self.proxy_checkpointer.save(step, self.proxy_learner.params, self.proxy_learner.opt_state,
                                                          {"step": step})
                         self.checkpointer.save(step, self.learner.lora_state, self.learner.opt_state,
                                                {"step": step, "data_state": iterator.get_state()})
+                    if save and stop_requested() and step < c.max_steps:  # (Ctrl-C during the save: stop now too)
+                        raise Interrupted(f"checkpoint of step {step} saved in {self.out / 'checkpoints'}; "
+                                          "resume=true continues the run")
             finally:
                 logger.close()
                 self.checkpointer.close()
@@ -332,7 +339,22 @@ class CalibrationRun:
 
 
 def calibrate(config: CalibrateConfig) -> dict[str, Any]:
-    """Run one calibration; returns the final metrics and the exported paths."""
-    check_config(config)
+    """Run one calibration; returns the final metrics and the exported paths. A folder that already
+    holds this calibration, finished, is reported (``reused``), not recomputed (``jaxdistill.run_folder``)."""
+    config.validate()
     initialize_from_config(config.distributed)  # before any JAX computation; a no-op on one process
-    return CalibrationRun(config).run()
+    mesh_devices(config.mesh)  # asks for more devices than present: refused before anything is written
+    safe = run_folder.SAFE_RESUME_FIELDS  # more steps change a decaying schedule, not a constant one
+    safe = safe if config.lr_schedule == "constant" else safe - {"max_steps"}
+    with run_folder.open_run(config.output_dir, config, command="calibrate", resume=config.resume,
+                             overwrite=getattr(config, "overwrite", False), safe_resume_fields=safe,
+                             inputs=run_folder.inputs_of(config, INPUT_FIELDS), input_fields=INPUT_FIELDS,
+                             can_continue=lambda: holds_checkpoints(Path(config.output_dir) / "checkpoints"),
+                             primary=jax.process_index() == 0) as run:
+        if run.finished:
+            return {**run.manifest["summary"], "reused": True}
+        result = CalibrationRun(config).run()
+        exported = [name for name in ("teacher", "adapter", "proxy") if name in result]
+        run.finish(results=["metrics.jsonl", *exported],
+                   summary={k: v for k, v in result.items() if k != "history"})
+    return result

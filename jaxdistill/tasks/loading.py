@@ -8,6 +8,10 @@ already) and hub datasets go through ``datasets.load_dataset``.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import threading
+import urllib.parse
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -35,6 +39,16 @@ class _InvalidJsonLine:
         self.error = error
 
 
+def check_split_sources(data_path: str | None, eval_data_path: str | None, train_split: str,
+                        eval_split: str) -> None:
+    """A run that trains on one split and evaluates on another must not read both from one file."""
+    if data_path and Path(data_path).expanduser().is_file() and not eval_data_path:
+        raise ValueError(f"data_path={data_path} is a single file, but this run reads split {train_split!r} "
+                         f"(training) and split {eval_split!r} (held-out evaluation) from data_path, so it would "
+                         "evaluate on its training rows. Set eval_data_path to the held-out file, or point "
+                         "data_path at a folder holding one file per split")
+
+
 def load_examples(task: Task, split: str, path: str | Path | None = None, *,
                   limit: int | None = None) -> list[Example]:
     """Rows of ``split`` parsed into Examples by ``task.parse_row``; see the module docstring."""
@@ -42,7 +56,7 @@ def load_examples(task: Task, split: str, path: str | Path | None = None, *,
     examples = parse_rows(rows, task.parse_row, source, limit=limit)
     if not examples:
         raise ValueError(
-            f"{task.name}: no usable rows in {source} (split {split!r}). Fix: point path= at a "
+            f"{task.name}: no usable rows in {source} (split {split!r}). Fix: point data_path at a "
             f"non-empty JSONL/parquet file with the fields this task reads "
             f"(see {type(task).__name__}.parse_row)."
         )
@@ -101,12 +115,12 @@ def resolve_local_file(task: Task, split: str, path: Path) -> Path:
             present = sorted(p.name for p in path.iterdir())
             raise FileNotFoundError(
                 f"{task.name}: split {split!r} expects {file}, which does not exist (the folder "
-                f"holds {present}). Fix: pass path= the data file itself.")
+                f"holds {present}). Fix: set data_path to the data file itself.")
         return file
     if not path.is_file():
         raise FileNotFoundError(
-            f"{task.name}: no file or folder at {path}. Fix: pass path= an existing JSONL or "
-            f"parquet file (or a folder holding {dict(task.local_files)}), or path=None to load "
+            f"{task.name}: no file or folder at {path}. Fix: set data_path to an existing JSONL or "
+            f"parquet file (or a folder holding {dict(task.local_files)}), or leave it empty to load "
             f"{task.hub_name or 'the data'} from the HF hub.")
     if path.suffix not in JSON_SUFFIXES + PARQUET_SUFFIXES:
         raise ValueError(f"{task.name}: cannot read {path}: expected a .jsonl, .json or .parquet "
@@ -140,20 +154,55 @@ def _read_parquet(file: Path):
     return datasets.load_dataset("parquet", data_files=str(file), split="train")
 
 
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def hub_offline() -> bool:
+    """Whether the HF libraries were told to work from their cache (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)."""
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+               for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to the hub opens within ``timeout`` seconds (name lookup included).
+    Without it, ``datasets`` retries for about half a minute before giving up."""
+    url = urllib.parse.urlparse(hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    opened: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
+            opened.append(True)
+        except OSError:
+            opened.append(False)
+
+    thread = threading.Thread(target=connect, daemon=True)  # a hung name lookup has no timeout of its own
+    thread.start()
+    thread.join(timeout)
+    return bool(opened and opened[0])
+
+
 def _read_hub(task: Task, split: str):
     if task.hub_name is None:
-        raise ValueError(f"{task.name}: no hub dataset known; pass path= a local file")
+        raise ValueError(f"{task.name}: no hub dataset known; set data_path to a local file")
     if split not in task.hub_splits:
         raise ValueError(f"{task.name}: unknown split {split!r}; valid splits: "
                          f"{sorted(task.hub_splits)}")
     import datasets
 
     hub_split = task.hub_splits[split]
+    if not hub_offline() and not hub_reachable():
+        raise ConnectionError(
+            f"{task.name}: the HF hub ({hub_endpoint()}) cannot be reached to load {task.hub_name!r}. Fix: set "
+            f"data_path to a local JSONL/parquet file or data folder, or, when the dataset is in your HF cache, "
+            f"set HF_DATASETS_OFFLINE=1 to read it from there.")
     try:
         rows = datasets.load_dataset(task.hub_name, task.hub_config, split=hub_split)
     except Exception as err:  # offline, renamed, gated: all end the same way for the user
         raise RuntimeError(
             f"{task.name}: could not load {task.hub_name!r} (config {task.hub_config!r}, split "
-            f"{hub_split!r}) from the HF hub: {err}. Fix: when offline, pass path= a local "
+            f"{hub_split!r}) from the HF hub: {err}. Fix: when offline, set data_path to a local "
             f"JSONL/parquet file or data folder.") from err
     return rows, f"hub:{task.hub_name}/{hub_split}"
