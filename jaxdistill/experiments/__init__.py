@@ -1,0 +1,1 @@
+"""Experiments behind the figures in docs/results (each runnable as python -m jaxdistill.experiments.<name>)."""
