@@ -1,4 +1,4 @@
-"""Accuracy of models on tasks, the teacher before/after comparison, and the distillation scorecard.
+"""Accuracy of models on tasks and the teacher before/after comparison.
 
 ``python -m jaxdistill.evaluate models=[base=runs/tiny/teacher,kd=runs/kd/s0,kd=runs/kd/s1] tasks=[arith]``
 
@@ -10,10 +10,9 @@
 - With ``original_teacher`` and ``calibrated_teachers``, each calibrated teacher is compared with the
   original: accuracy under identical decoding, mean per-token KL(calibrated || original) on the
   calibrated teacher's own samples (temperature 1), and mean response length.
-- ``--scorecard`` trains and evaluates every arm of DESIGN.md section 3 (see :func:`scorecard`).
 
-Outputs (``output_dir``): ``results.json``, ``results.md`` and ``results.png`` (scorecard:
-``scorecard.json``, ``scorecard.md``, ``scorecard.png`` and the student runs under ``runs/``).
+Outputs (``output_dir``): ``results.json``, ``results.md`` and ``results.png``. The distillation scorecard
+(students trained from every teacher, then evaluated here) is ``jaxdistill.experiments.scorecard``.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import dataclasses
 import json
 import logging
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -34,10 +32,8 @@ from flax import nnx
 from jaxdistill.config import configure_logging, option, parse_args
 from jaxdistill.distill.data import Side, TeacherSampleCache, pad_sequences, same_tokenizer
 from jaxdistill.distill.objectives import LossSettings, token_kd_per_token
-from jaxdistill.distill.trainer import DistillConfig, distill
 from jaxdistill.tasks import parse_task_options
 from jaxdistill.generation import generate
-from jaxdistill.jobs import JOB_OVERHEAD_SECONDS, Job, default_workers, run_jobs
 from jaxdistill.models import Qwen, load_model
 from jaxdistill.rl.losses import masked_mean
 from jaxdistill.tasks import Example, Task, get_task, list_tasks, summarize
@@ -47,25 +43,6 @@ log = logging.getLogger(__name__)
 
 
 # ---- configs ------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class ScorecardConfig:
-    """The arms of DESIGN.md section 3: which teachers, which students, which attacks, which seeds."""
-
-    teacher_eta0: str = option("", "HF folder of the eta = 0 (plain RFT) teacher")
-    teacher_distillable: str = option("", "HF folder of the eta > 0 (distillable) teacher")
-    teacher_undistillable: str = option("", "HF folder of the eta < 0 (undistillable) teacher")
-    students: tuple[str, ...] = option((), "label=path entries: each student's starting HF folder (its tokenizer "
-                                           "inside); include one that differs from the proxy")
-    attacks: tuple[str, ...] = option(("kd",), "objectives run against every teacher: kd | seqkd | gkd")
-    seeds: tuple[int, ...] = option((0, 1, 2), "training seeds of every arm (mean +- std over them)")
-    workers: int = option(0, "processes running arms at once (0: one per CPU core on a CPU host, 1 on an "
-                             "accelerator); the results do not depend on it")
-    collapse_ratio: float = option(0.2, "an arm collapses when its accuracy <= this x the accuracy of the same "
-                                        "student and attack from the original teacher")
-    recipe: DistillConfig = option(DistillConfig(), "the shared distillation recipe (student, teacher, "
-                                                    "objective, seed and output_dir are set per arm)")
-
 
 @dataclasses.dataclass
 class EvaluateConfig:
@@ -87,11 +64,10 @@ class EvaluateConfig:
     seed: int = option(0, "sampling seed")
     chat_template: bool = option(False, "render prompts with each tokenizer's chat template")
     dtype: str = option("float32", "float32 | bfloat16")
-    original_teacher: str = option("", "HF folder of the original teacher (teacher comparison and scorecard)")
+    original_teacher: str = option("", "HF folder of the original teacher (the teacher comparison)")
     calibrated_teachers: tuple[str, ...] = option((), "label=path entries compared with original_teacher: "
                                                       "accuracy, KL to the original, response length")
-    output_dir: str = option("runs/evaluate", "where results (or the scorecard and its runs) are written")
-    scorecard: ScorecardConfig = option(ScorecardConfig(), "scorecard mode (--scorecard)")
+    output_dir: str = option("runs/evaluate", "where results are written")
 
 
 # ---- models and tasks ---------------------------------------------------------------------------
@@ -376,230 +352,6 @@ def teacher_table(teachers: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ---- the scorecard ----------------------------------------------------------------------------------
-
-TEACHER_ARMS = (("original", "original teacher"), ("eta0", "eta = 0 (RFT control)"),
-                ("distillable", "eta > 0 (distillable)"), ("undistillable", "eta < 0 (undistillable)"))
-
-
-def scorecard_arms(config: EvaluateConfig) -> list[dict[str, Any]]:
-    """Every (arm, objective, teacher) of the scorecard, in the order they run."""
-    card = config.scorecard
-    teachers = {"original": config.original_teacher, "eta0": card.teacher_eta0,
-                "distillable": card.teacher_distillable, "undistillable": card.teacher_undistillable}
-    arms = [{"arm": "before", "objective": "sft", "teacher": "", "steps": 0},
-            {"arm": "sft", "objective": "sft", "teacher": ""}]
-    for attack in card.attacks:
-        for key, _ in TEACHER_ARMS:
-            if teachers[key]:
-                arms.append({"arm": f"{attack}/{key}", "objective": attack, "teacher": teachers[key],
-                             "teacher_key": key, "attack": attack})
-    return arms
-
-
-def check_scorecard(config: EvaluateConfig) -> dict[str, list[str]]:
-    """The scorecard's students ({label: [path]}); raises ValueError / FileNotFoundError on bad settings."""
-    card = config.scorecard
-    students = parse_entries(card.students, "scorecard.students")
-    if not students:
-        raise ValueError("scorecard.students is empty: give scorecard.students=[label=HF folder, ...]")
-    if not config.original_teacher:
-        raise ValueError("the scorecard needs original_teacher=<HF folder of the teacher before calibration>")
-    for attack in card.attacks:
-        if attack not in ("seqkd", "kd", "gkd"):
-            raise ValueError(f"scorecard attack {attack!r} is not valid; use seqkd, kd or gkd")
-    if card.workers < 0:
-        raise ValueError(f"scorecard.workers={card.workers}: give 0 (one per CPU core) or a positive count")
-    return students
-
-
-TEACHERS_JOB = "scorecard teachers"  # the job name of the teacher comparison
-
-
-def arm_job(arm: Mapping[str, Any], seed: int) -> str:
-    """The job name of one arm and seed (its result: ``run_arm``'s rows)."""
-    return f"scorecard {arm['arm']} seed {seed}"
-
-
-def arm_dir(config: EvaluateConfig, student: str, arm: Mapping[str, Any], seed: int) -> Path:
-    """The run folder of one student, arm and seed."""
-    return Path(config.output_dir) / "runs" / student / arm["arm"].replace("/", "_") / f"seed{seed}"
-
-
-def run_arm(config: EvaluateConfig, arm: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
-    """Train (or reuse: a run folder with ``summary.json``) and score every student of one arm and seed.
-
-    The students read the same prompts and sampling seeds, so the teacher's completions are sampled once
-    (``TeacherSampleCache``). Returns one row per student: {"student", "arm", "seed", **score_model(...)}.
-    """
-    recipe = config.scorecard.recipe
-    task = make_task(recipe.task, recipe.task_options)
-    examples = task.load(config.split, recipe.data_path or None, limit=config.limit or None)
-    teacher_samples = TeacherSampleCache()
-    rows = []
-    for label, paths in parse_entries(config.scorecard.students, "scorecard.students").items():
-        run_dir = arm_dir(config, label, arm, seed)
-        if not (run_dir / "summary.json").exists():
-            run_config = dataclasses.replace(
-                recipe, student=str(resolve_model_dir(paths[0])), teacher=arm["teacher"] and
-                str(resolve_model_dir(arm["teacher"])), objective=arm["objective"], seed=seed,
-                output_dir=str(run_dir), max_steps=arm.get("steps", recipe.max_steps), resume=True,
-                student_tokenizer="", teacher_tokenizer="", eval_size=0, progress=False)
-            distill(run_config, teacher_samples=teacher_samples)
-        model, tokenizer = _model_and_tokenizer(run_dir, config.dtype)
-        result = score_model(model, tokenizer, task, examples, **_decoding(config))
-        rows.append({"student": label, "arm": arm["arm"], "seed": seed, **result})
-    return rows
-
-
-def compare_scorecard_teachers(config: EvaluateConfig) -> dict[str, Any]:
-    """``compare_teachers`` for the scorecard's original and calibrated teachers."""
-    card, recipe = config.scorecard, config.scorecard.recipe
-    task = make_task(recipe.task, recipe.task_options)
-    examples = task.load(config.split, recipe.data_path or None, limit=config.limit or None)
-    calibrated = {key: path for key, path in (("eta0", card.teacher_eta0), ("distillable", card.teacher_distillable),
-                                              ("undistillable", card.teacher_undistillable)) if path}
-    return compare_teachers(config.original_teacher, calibrated, task, examples, dtype=config.dtype,
-                            **_decoding(config))
-
-
-def _decoding(config: EvaluateConfig) -> dict[str, Any]:
-    return dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                samples_per_prompt=config.samples_per_prompt, top_p=config.top_p, seed=config.seed,
-                batch_size=config.batch_size, chat=config.chat_template)
-
-
-# Relative cost of one training step per objective (sft = 1): seqkd samples the teacher, gkd samples the
-# student and runs the teacher over the aligned spans. Only orders the jobs and drives the ETA.
-STEP_COST = {"sft": 1.0, "seqkd": 1.3, "kd": 1.5, "gkd": 1.8}
-
-
-def scorecard_jobs(config: EvaluateConfig, *, producers: Mapping[str, str] | None = None,
-                   step_seconds: float = 0.15) -> list[Job]:
-    """One job per (arm, seed) (``run_arm``: every student of it) and one for the teacher comparison.
-
-    producers: {model path: name of the job that writes it}, when the students or teachers are made by
-    jobs of the same graph (the default run); each arm job then waits on the jobs it reads from.
-    step_seconds: a student's sft step on one core, for the jobs' expected cost.
-    """
-    producers = producers or {}
-    card = config.scorecard
-    students = parse_entries(card.students, "scorecard.students")
-    student_jobs = tuple(producers[p[0]] for p in students.values() if p[0] in producers)
-    jobs = []
-    for arm in scorecard_arms(config):
-        after = student_jobs + ((producers[arm["teacher"]],) if arm["teacher"] in producers else ())
-        steps = arm.get("steps", card.recipe.max_steps)
-        cost = len(students) * (JOB_OVERHEAD_SECONDS + steps * step_seconds * STEP_COST[arm["objective"]])
-        for seed in card.seeds:
-            jobs.append(Job(arm_job(arm, seed), run_arm, {"config": config, "arm": arm, "seed": seed},
-                            after=after, cost=cost, kind="" if steps == 0 else arm["objective"]))
-    teachers = (config.original_teacher, card.teacher_eta0, card.teacher_distillable, card.teacher_undistillable)
-    problems = config.limit or 500  # greedy decoding, ~0.05 s per problem and teacher; a whole split counts 500
-    jobs.append(Job(TEACHERS_JOB, compare_scorecard_teachers, {"config": config},
-                    after=tuple(producers[t] for t in teachers if t in producers),
-                    cost=JOB_OVERHEAD_SECONDS + 0.05 * problems * len(teachers)))
-    return jobs
-
-
-def assemble_scorecard(config: EvaluateConfig, results: Mapping[str, Any], seconds: float) -> dict[str, Any]:
-    """The scorecard from the results of ``scorecard_jobs``: rows per (student, arm), collapse flags, the
-    teacher table; writes scorecard.json, scorecard.md and scorecard.png in ``output_dir``."""
-    card = config.scorecard
-    arms = scorecard_arms(config)
-    rows: dict[tuple[str, str], list[dict]] = {}
-    for arm in arms:
-        for seed in card.seeds:
-            for row in results[arm_job(arm, seed)]:
-                rows.setdefault((row["student"], row["arm"]), []).append(
-                    {k: v for k, v in row.items() if k not in ("student", "arm")})
-    table = []
-    for label in parse_entries(card.students, "scorecard.students"):
-        for arm in arms:
-            runs = rows[(label, arm["arm"])]
-            table.append({"student": label, "arm": arm["arm"], "objective": arm["objective"],
-                          "teacher": arm.get("teacher_key", ""), **aggregate(runs), "runs": runs})
-    flag_collapse(table, card.collapse_ratio)
-    recipe = card.recipe
-    result = {"settings": {"task": recipe.task, "split": config.split, "limit": config.limit,
-                           "seeds": list(card.seeds), "collapse_ratio": card.collapse_ratio,
-                           "decoding": _decoding(config), "recipe": dataclasses.asdict(recipe)},
-              "arms": table, "seconds": seconds, "teachers": results[TEACHERS_JOB]}
-    write_scorecard(result, Path(config.output_dir))
-    return result
-
-
-def scorecard(config: EvaluateConfig) -> dict[str, Any]:
-    """Run every arm of DESIGN.md section 3 for every student and seed, evaluate them, write the table.
-
-    Arms: the student before distillation; SFT on gold; then for each attack in ``scorecard.attacks``,
-    distillation from the original, eta = 0, distillable and undistillable teachers (those given). All
-    arms share ``scorecard.recipe`` (same prompts, steps, batch size, learning rate: same compute). A
-    finished run (its ``summary.json`` exists) is reused, so an interrupted scorecard resumes. The arms
-    run on ``scorecard.workers`` processes (``jaxdistill.jobs``); results do not depend on how many.
-    "collapse": accuracy <= ``collapse_ratio`` x that of the same student and attack from the original.
-    Writes scorecard.json, scorecard.md and scorecard.png in ``output_dir``; returns the JSON dict.
-    """
-    students = check_scorecard(config)
-    card = config.scorecard
-    for path in filter(None, [config.original_teacher, card.teacher_eta0, card.teacher_distillable,
-                              card.teacher_undistillable] + [p for ps in students.values() for p in ps]):
-        resolve_model_dir(path)
-    make_task(card.recipe.task, card.recipe.task_options)
-    started = time.perf_counter()
-    results = run_jobs(scorecard_jobs(config), workers=card.workers or default_workers(), label="scorecard",
-                       compilation_cache=str(Path(config.output_dir) / "compilation_cache"))
-    return assemble_scorecard(config, results, time.perf_counter() - started)
-
-
-def flag_collapse(rows: Sequence[dict[str, Any]], ratio: float = 0.2) -> None:
-    """Marks each teacher arm (in place) with ``relative_to_original`` = its mean accuracy over that of the
-    same student and attack distilled from the original teacher, and ``collapse`` = accuracy <= ratio x it
-    (never when that reference accuracy is 0: the ratio is then undefined, reported as None).
-
-    rows: dicts with ``student``, ``arm`` ("<attack>/<teacher>" for teacher arms), ``objective``,
-    ``teacher`` ("" for the before / sft arms) and ``accuracy_mean``.
-    """
-    for row in rows:
-        if not row["teacher"]:
-            continue
-        base = next((r for r in rows if r["student"] == row["student"] and r["arm"] == f"{row['objective']}/original"),
-                    None)
-        if base is None:
-            raise ValueError(f"no {row['objective']}/original arm for student {row['student']} to compare with")
-        if base["accuracy_mean"] > 0:
-            row["relative_to_original"] = row["accuracy_mean"] / base["accuracy_mean"]
-            row["collapse"] = bool(row["accuracy_mean"] <= ratio * base["accuracy_mean"])
-        else:  # the original teacher taught nothing: there is nothing to collapse from
-            row["relative_to_original"], row["collapse"] = None, False
-
-
-def write_scorecard(result: Mapping[str, Any], out: Path) -> None:
-    """scorecard.json, scorecard.md (students per arm, collapse flagged; the teachers) and scorecard.png."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scorecard.json").write_text(json.dumps(result, indent=2))
-    s = result["settings"]
-    lines = [f"# Scorecard: {s['task']} ({s['split']}, {s['limit'] or 'all'} examples, seeds {s['seeds']})", "",
-             f"Student accuracy % (mean ± std over seeds). collapse = accuracy <= {s['collapse_ratio']:g} x "
-             "the same student and attack distilled from the original teacher.", "",
-             "| student | arm | accuracy % | unparseable % | length | vs original | collapse |",
-             "|---|---|---|---|---|---|---|"]
-    for row in result["arms"]:
-        relative = f"{row['relative_to_original']:.2f}" if row.get("relative_to_original") is not None else ""
-        collapse = ("**collapse**" if row["collapse"] else "no") if "collapse" in row else ""
-        lines.append(f"| {row['student']} | {row['arm']} | {_pm(row['accuracy_mean'], row['accuracy_std'])} | "
-                     f"{100 * row['unparseable_rate_mean']:.1f} | {row['mean_length_mean']:.1f} | {relative} | "
-                     f"{collapse} |")
-    text = "\n".join(lines) + "\n"
-    if result.get("teachers"):
-        text += "\n" + teacher_table(result["teachers"])
-    (out / "scorecard.md").write_text(text)
-    values: dict[str, dict[str, tuple[float, float]]] = {}
-    for row in result["arms"]:
-        values.setdefault(row["student"], {})[row["arm"]] = (row["accuracy_mean"], row["accuracy_std"])
-    bar_chart(values, out / "scorecard.png", title=f"student accuracy per arm ({s['task']})")
-
-
 # ---- CLI --------------------------------------------------------------------------------------------
 
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
@@ -623,35 +375,32 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     return results
 
 
-DESCRIPTION = f"""Evaluate models on tasks, compare calibrated teachers, or run the distillation scorecard.
+DESCRIPTION = f"""Evaluate models on tasks, or compare calibrated teachers with the original.
 
 tasks: {', '.join(list_tasks())}
-distillation objectives (scorecard.attacks, scorecard.recipe.objective): sft, seqkd, kd, gkd
 
 examples:
   python -m jaxdistill.evaluate models=[teacher=runs/tiny/teacher,kd=runs/kd/seed0,kd=runs/kd/seed1] \\
       tasks=[arith] limit=200
   python -m jaxdistill.evaluate original_teacher=runs/tiny/teacher \\
       calibrated_teachers=[plus=runs/cal/plus,minus=runs/cal/minus] models=[...]
-  python -m jaxdistill.evaluate --scorecard original_teacher=T scorecard.teacher_eta0=T0 \\
-      scorecard.teacher_distillable=Tp scorecard.teacher_undistillable=Tm \\
-      scorecard.students=[proxy=runs/tiny/proxy] scorecard.attacks=[seqkd,gkd] scorecard.recipe.max_steps=200
-Outputs: results.json/.md/.png (scorecard: scorecard.json/.md/.png and runs/) in output_dir."""
+Outputs: results.json/.md/.png in output_dir.
+The distillation scorecard: python -m jaxdistill.experiments.scorecard --help"""
 
 
 def main(argv: list[str] | None = None) -> None:
     configure_logging()
     config, flags = parse_args(EvaluateConfig, argv, prog="python -m jaxdistill.evaluate", description=DESCRIPTION,
-                               extra_flags=[("--scorecard", "run every arm of the distillation scorecard")])
+                               extra_flags=[("--scorecard", "moved to python -m jaxdistill.experiments.scorecard")])
+    if flags["scorecard"]:
+        sys.exit("error: the scorecard is its own command now: python -m jaxdistill.experiments.scorecard "
+                 "original_teacher=T teachers=[eta0=T0,distillable=Tp,undistillable=Tm] students=[...] "
+                 "(the scorecard.* fields without the prefix; --help lists them)")
     try:
-        if flags["scorecard"]:
-            scorecard(config)
-            print((Path(config.output_dir) / "scorecard.md").read_text())
-        else:
-            if not config.models:
-                raise ValueError("no models to evaluate: give models=[label=path, ...] (or --scorecard)")
-            evaluate(config)
-            print((Path(config.output_dir) / "results.md").read_text())
+        if not config.models:
+            raise ValueError("no models to evaluate: give models=[label=path, ...]")
+        evaluate(config)
+        print((Path(config.output_dir) / "results.md").read_text())
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         sys.exit(f"error: {err}")
 

@@ -311,7 +311,7 @@ def _activation_bytes(cfg: QwenConfig, lora: LoraConfig | None, rows: int, lengt
 # ---- CLI ------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    from jaxdistill.calibrate import CalibrateConfig
+    from jaxdistill.rl.config import CalibrateConfig
 
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdistill.calibrate import CalibrateConfig, calibrate, main
+from jaxdistill.calibrate import main
 from jaxdistill.models import Qwen, QwenConfig, load_model, save_model
+from jaxdistill.rl.config import CalibrateConfig
+from jaxdistill.rl.loop import calibrate
 from jaxdistill.sharding import MeshConfig
 from jaxdistill.tasks.tiny_tokenizers import train_tiny_tokenizers
 from jaxdistill.tokenizer import load_tokenizer
@@ -177,12 +179,11 @@ def test_settings_that_cannot_train_are_refused_before_loading(tmp_path, overrid
 
 def test_default_run_calibration_takes_overrides(tmp_path, monkeypatch):
     """world.calibrate_teacher is the default run's calibration; ``overrides`` replaces named fields
-    (benchmarks/undistillable_sweep.py) and a misspelt field is an error, not silently ignored."""
-    import jaxdistill.calibrate as calibrate_module
-    from jaxdistill import world
+    (jaxdistill.experiments.undistillable) and a misspelt field is an error, not silently ignored."""
+    from jaxdistill.experiments import world
 
     seen = []
-    monkeypatch.setattr(calibrate_module, "calibrate", seen.append)
+    monkeypatch.setattr("jaxdistill.rl.loop.calibrate", seen.append)
     run = str(tmp_path / "run")
     world.calibrate_teacher("t", "p", run, -1.0, world.FULL, 0, progress=False)
     world.calibrate_teacher("t", "p", run, -1.0, world.FULL, 0, progress=False,

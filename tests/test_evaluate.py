@@ -1,5 +1,6 @@
 """``jaxdistill.evaluate``: reproducible greedy results, JSON/markdown/PNG outputs, seeds as mean +- std,
-the teacher comparison, the scorecard's arms and collapse flags, clear errors, and the CLI's --help."""
+the teacher comparison, clear errors and the CLI's --help; ``jaxdistill.experiments.scorecard``: its arms,
+collapse flags and CLI (on the same tiny models)."""
 import dataclasses
 import json
 from pathlib import Path
@@ -10,8 +11,10 @@ from safetensors.numpy import load_file
 
 from distill_world import build_world
 from jaxdistill.distill import DistillConfig, distill
-from jaxdistill.evaluate import (EvaluateConfig, ScorecardConfig, aggregate, compare_teachers, evaluate_models,
-                                 flag_collapse, main as evaluate_main, make_task, scorecard)
+from jaxdistill.evaluate import EvaluateConfig, aggregate, compare_teachers, evaluate_models, make_task
+from jaxdistill.evaluate import main as evaluate_main
+from jaxdistill.experiments.scorecard import ScorecardConfig, flag_collapse, scorecard
+from jaxdistill.experiments.scorecard import main as scorecard_main
 from jaxdistill.tasks import list_tasks
 
 SMALL = dict(task_options=("difficulty=1",), limit=4, max_new_tokens=16, batch_size=4)
@@ -98,11 +101,11 @@ def test_scorecard_runs_every_arm_and_writes_the_table(world, tmp_path):
     recipe = DistillConfig(task="arith", task_options=("difficulty=1",), train_limit=16, batch_size=4, max_steps=1,
                            max_completion_length=16, learning_rate=1e-3, save_steps=0)
     teacher = str(world.teacher)
-    config = EvaluateConfig(original_teacher=teacher, output_dir=str(tmp_path / "card"), limit=4, max_new_tokens=16,
-                            batch_size=4, scorecard=ScorecardConfig(
-                                teacher_eta0=teacher, teacher_distillable=teacher, teacher_undistillable=teacher,
-                                students=(f"small={world.student}",), attacks=("kd",), seeds=(0,), recipe=recipe,
-                                workers=2))
+    config = ScorecardConfig(original_teacher=teacher, output_dir=str(tmp_path / "card"), limit=4, max_new_tokens=16,
+                             batch_size=4, teachers=(f"eta0={teacher}", f"distillable={teacher}",
+                                                     f"undistillable={teacher}"),
+                             students=(f"small={world.student}",), attacks=("kd",), seeds=(0,), recipe=recipe,
+                             workers=2)
     result = scorecard(config)  # the arms run on two worker processes
     arms = [row["arm"] for row in result["arms"]]
     assert arms == ["before", "sft", "kd/original", "kd/eta0", "kd/distillable", "kd/undistillable"]
@@ -122,8 +125,7 @@ def test_scorecard_runs_every_arm_and_writes_the_table(world, tmp_path):
 
     # The same scorecard in this process (workers=1) trains the same students: the workers were pinned to
     # one share of the cores each, so XLA used fewer threads and the low bits may differ, nothing more.
-    alone = dataclasses.replace(config, output_dir=str(tmp_path / "alone"),
-                                scorecard=dataclasses.replace(config.scorecard, workers=1))
+    alone = dataclasses.replace(config, output_dir=str(tmp_path / "alone"), workers=1)
     result_alone = scorecard(alone)
     assert [r["arm"] for r in result_alone["arms"]] == arms
     for arm in arms:
@@ -134,13 +136,25 @@ def test_scorecard_runs_every_arm_and_writes_the_table(world, tmp_path):
             np.testing.assert_allclose(here[name], there[name], rtol=1e-4, atol=1e-6, err_msg=f"{arm} {name}")
 
 
-def test_cli_help_lists_every_task_objective_and_option(capsys):
+def test_cli_help_lists_every_task_and_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
         evaluate_main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    fields = ([f.name for f in dataclasses.fields(EvaluateConfig)] +
-              [f"scorecard.{f.name}" for f in dataclasses.fields(ScorecardConfig) if f.name != "recipe"] +
-              [f"scorecard.recipe.{f.name}" for f in dataclasses.fields(DistillConfig)])
-    for word in fields + list_tasks() + ["sft", "seqkd", "kd", "gkd", "--scorecard"]:
+    for word in [f.name for f in dataclasses.fields(EvaluateConfig)] + list_tasks():
         assert word in text, word
+    with pytest.raises(SystemExit, match="python -m jaxdistill.experiments.scorecard"):
+        evaluate_main(["--scorecard", "original_teacher=t"])  # the scorecard's own command now
+
+
+def test_scorecard_cli_help_lists_every_field_and_objective(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        scorecard_main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    fields = ([f.name for f in dataclasses.fields(ScorecardConfig) if f.name != "recipe"] +
+              [f"recipe.{f.name}" for f in dataclasses.fields(DistillConfig)])
+    for word in fields + ["sft", "seqkd", "kd", "gkd"]:
+        assert word in text, word
+    with pytest.raises(SystemExit, match="label 'original' is the uncalibrated teacher"):
+        scorecard_main(["original_teacher=t", "teachers=[original=t]", "students=[s=x]"])

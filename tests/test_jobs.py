@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxdistill.jobs import Job, JobFailed, chain_costs, check_graph, default_workers, run_jobs, worker_cores
+from jaxdistill.experiments.jobs import Job, JobFailed, chain_costs, check_graph, default_workers, run_jobs, worker_cores
 
 
 # Module-level job functions: worker processes import them by reference.
@@ -94,7 +94,7 @@ def test_a_failing_job_names_itself_and_its_dependents_never_start(tmp_path, wor
 
 
 def test_next_job_spreads_kinds_only_among_nearly_equal_chains():
-    from jaxdistill.jobs import next_job
+    from jaxdistill.experiments.jobs import next_job
 
     ready = ["gkd1", "gkd2", "seqkd1", "sft1"]
     chain = {"gkd1": 74.0, "gkd2": 74.0, "seqkd1": 59.0, "sft1": 20.0}
@@ -132,7 +132,7 @@ def test_a_killed_parent_takes_its_workers_with_it(tmp_path):
     import subprocess
     import sys
 
-    script = (f"from jaxdistill.jobs import Job, run_jobs\nimport test_jobs\n"
+    script = (f"from jaxdistill.experiments.jobs import Job, run_jobs\nimport test_jobs\n"
               f"run_jobs([Job('slow', test_jobs.sleep_then_write, dict(path={str(tmp_path / 'done')!r}))], "
               f"workers=2)\n")
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxdistill.calibrate import CalibrateConfig
+from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.config import load_config
 from jaxdistill.plan import plan_memory
 

@@ -94,6 +94,6 @@ def test_quickstart_notebook_runs_the_quick_tiny_world(tmp_path, monkeypatch):
     assert f"{len(runs)} runs with metrics under {output_dir}" in outputs_text(notebook)
     assert_every_artefact(output_dir)
     (output_dir / "report.md").unlink()
-    monkeypatch.setattr("jaxdistill.world.default_workers", lambda: 1)
+    monkeypatch.setattr("jaxdistill.experiments.world.default_workers", lambda: 1)
     assert main(["--quick", f"output_dir={output_dir}"]) == 0  # the README's CLI, finished stages reused
     assert_every_artefact(output_dir)

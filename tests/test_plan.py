@@ -10,7 +10,7 @@ import jax
 import pytest
 from flax import nnx
 
-from jaxdistill.calibrate import CalibrateConfig
+from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.config import load_config
 from jaxdistill.generation.sampler import _constrain_cache
 from jaxdistill.models import LoraConfig, LoraParam, load_model

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from jaxdistill.models import Qwen, QwenConfig, save_model
-from jaxdistill.sweep import DEFAULT_ETAS, ORIGINAL, SweepConfig, eta_label, knob_markdown, knob_table, main, \
+from jaxdistill.experiments.sweep import DEFAULT_ETAS, ORIGINAL, SweepConfig, eta_label, knob_markdown, knob_table, main, \
     plot_knob, quick_config, sweep
 from jaxdistill.tasks.tiny_tokenizers import train_tiny_tokenizers
 from jaxdistill.tokenizer import load_tokenizer

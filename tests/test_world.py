@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from jaxdistill.world import FULL, QUICK, check_run_folder
+from jaxdistill.experiments.world import FULL, QUICK, check_run_folder
 
 
 def test_a_rerun_with_the_same_profile_is_accepted(tmp_path):

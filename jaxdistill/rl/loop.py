@@ -1,5 +1,6 @@
 """The calibration loop: rollouts -> rewards -> advantages -> GRPO update, with eval, logging,
-checkpoints, exact resume and a bad-step guard. Configured by ``jaxdistill.calibrate.CalibrateConfig``.
+checkpoints, exact resume and a bad-step guard. Configured by ``jaxdistill.rl.config.CalibrateConfig``;
+``calibrate(config)`` runs one.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdistill.config import to_dict
-from jaxdistill.distributed import to_host
+from jaxdistill.distributed import initialize_from_config, to_host
 from jaxdistill.generation import SamplingParams, generate
 from jaxdistill.models import LoraConfig, save_lora, save_model
 from jaxdistill.rl.advantages import combined_advantages, zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
+from jaxdistill.rl.config import CalibrateConfig, check_config
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.proxy import ProxyLearner
 from jaxdistill.rl.rewards import CalibrationScorer, score_completions, describe_verdicts, plain_scoring, task_rewards
@@ -244,3 +246,10 @@ class CalibrationRun:
                 result["proxy"] = str(save_model(self.cluster.proxy, self.out / "proxy",
                                                  tokenizer_dir=c.proxy_tokenizer or c.proxy))
         return result
+
+
+def calibrate(config: CalibrateConfig) -> dict[str, Any]:
+    """Run one calibration; returns the final metrics and the exported paths."""
+    check_config(config)
+    initialize_from_config(config.distributed)  # before any JAX computation; a no-op on one process
+    return CalibrationRun(config).run()

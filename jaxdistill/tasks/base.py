@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxdistill.tasks.loading import MalformedRow, load_examples
+
 # Parse statuses. Only OK and UNPARSEABLE occur for the answer-matching tasks; TIMEOUT and ERROR
 # come from math-verify; UNSUPPORTED marks IFEval prompts none of whose instructions we can check.
 OK = "ok"
@@ -55,10 +57,6 @@ class Verdict:
     details: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
-class MalformedRow(ValueError):
-    """A data row that lacks a field or has a field of the wrong type; loaders skip it."""
-
-
 class Task(abc.ABC):
     """Base class: subclasses set the class attributes and implement ``parse_row`` and ``verify``.
 
@@ -87,8 +85,6 @@ class Task(abc.ABC):
              limit: int | None = None) -> list[Example]:
         """Examples of ``split``: from ``path`` (a JSONL/parquet file or a data folder) when given,
         else from the HF hub. Malformed rows are skipped, counted and warned about once."""
-        from jaxdistill.tasks.loading import load_examples
-
         return load_examples(self, split, path, limit=limit)
 
     # ---- prompts ----------------------------------------------------------------------------

@@ -13,13 +13,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jaxdistill.tasks.base import Example, MalformedRow
-
-if TYPE_CHECKING:
-    from jaxdistill.tasks.base import Task
+if TYPE_CHECKING:  # annotations only: the task classes import this module, not the other way round
+    from jaxdistill.tasks.base import Example, Task
 
 JSON_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
+
+
+class MalformedRow(ValueError):
+    """A data row that lacks a field or has a field of the wrong type; loaders skip it."""
 
 
 class MalformedRowsWarning(UserWarning):

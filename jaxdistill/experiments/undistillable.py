@@ -1,8 +1,8 @@
 """The undistillable arm under other calibration settings: does any of them make the students collapse?
 
     python -m jaxdistill.calibrate                                   # the default run (its world and references)
-    python benchmarks/undistillable_sweep.py [--run runs/default] [--out runs/undistillable_sweep]
-                                             [--variants scope_all eta-3 ...] [--seeds 0 1 2]
+    python -m jaxdistill.experiments.undistillable [--run runs/default] [--out runs/undistillable_sweep]
+                                                   [--variants scope_all eta-3 ...] [--seeds 0 1 2]
 
 For every variant (``VARIANTS``: calibration settings that replace the default run's), the default run's
 base teacher is calibrated again against its proxy (eta = -1 unless the variant sets it), both students
@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxdistill.evaluate import compare_teachers, make_task, run_arm
-from jaxdistill.jobs import Job, default_workers, run_jobs
+from jaxdistill.evaluate import compare_teachers, make_task
+from jaxdistill.experiments.jobs import Job, default_workers, run_jobs
+from jaxdistill.experiments.scorecard import run_arm
 from jaxdistill.training import read_metrics
-from jaxdistill.world import ARITH_DIFFICULTY, ETAS, FULL, STEP_SECONDS, calibrate_teacher, scorecard_config, world_paths
+from jaxdistill.experiments.world import ARITH_DIFFICULTY, ETAS, FULL, STEP_SECONDS, calibrate_teacher, scorecard_config, world_paths
 
 # name -> CalibrateConfig fields that replace the default run's (world.calibrate_teacher): span mode,
 # calibration_scope=correct, beta 0.04, 8 prompts x 4 rollouts, 60 steps, LoRA r8, lr 1e-3.

@@ -1,11 +1,11 @@
 """How strong can a tiny-world model get from gold SFT alone? One model of the world, trained from scratch.
 
     python -m jaxdistill.calibrate                  # the default run (its tokenizers)
-    python benchmarks/student_probe.py proxy --steps 1100 --seed 1
-    python benchmarks/student_probe.py proxy --steps 400 hidden_size=64 intermediate_size=192 head_dim=16
-    python benchmarks/student_probe.py teacher --steps 900
+    python -m jaxdistill.experiments.student_probe proxy --steps 1100 --seed 1
+    python -m jaxdistill.experiments.student_probe proxy --steps 400 hidden_size=64 intermediate_size=192 head_dim=16
+    python -m jaxdistill.experiments.student_probe teacher --steps 900
 
-Trains the named shape of ``jaxdistill/world.py`` (teacher, proxy or other: the proxy's shape is the
+Trains the named shape of ``jaxdistill/experiments/world.py`` (teacher, proxy or other: the proxy's shape is the
 ``proxy_like`` student's), with shape fields replaced by ``key=value`` arguments, on gold chain-of-thought
 with the default run's SFT recipe (``world.train_from_scratch``: batch 32, cosine schedule, 50 warm-up
 steps, by default the small models' learning rate 6e-3) and the default run's tokenizers; prints greedy accuracy on the 100 held-out problems, the mean
@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from jaxdistill import world
+from jaxdistill.experiments import world
 
 SHAPES = {"teacher": (world.TEACHER_SHAPE, "teacher"), "proxy": (world.PROXY_SHAPE, "proxy"),
           "other": (world.OTHER_STUDENT_SHAPE, "teacher")}

@@ -1,6 +1,6 @@
 """Placebo control for plain RFT: the same run with the task rewards permuted across each batch.
 
-    python benchmarks/rft_control.py [--config configs/tiny_rft.yaml] [--seeds 0 1 2] [key=value ...]
+    python -m jaxdistill.experiments.rft_control [--config configs/tiny_rft.yaml] [--seeds 0 1 2] [key=value ...]
 
 Runs ``python -m jaxdistill.calibrate --config CONFIG`` twice per seed, in this process: once as it is,
 once with every step's task rewards shuffled across the batch before the advantages are formed (the
@@ -20,8 +20,8 @@ import tempfile
 import numpy as np
 
 import jaxdistill.rl.loop as loop
-from jaxdistill.calibrate import CalibrateConfig
 from jaxdistill.config import load_config
+from jaxdistill.rl.config import CalibrateConfig
 
 
 def accuracy_curve(config: CalibrateConfig, *, permute_seed: int | None) -> list[tuple[int, float]]:

@@ -10,7 +10,7 @@
                             from it in family and tokenizer -- evaluate every arm, and write
                             runs/<name>/report.md and knob.png
 
-Every stage is a job of one graph (``jaxdistill.jobs``) run on one worker process per CPU core: the
+Every stage is a job of one graph (``jaxdistill.experiments.jobs``) run on one worker process per CPU core: the
 teacher's SFT trains next to the proxy's and the other student's, the calibrations next to the
 scorecard arms of the original teacher, and so on (XLA keeps about one core busy per tiny model).
 Every stage runs the same code paths as a real Qwen run (HF folders in and out, the sampler, the
@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 from flax import nnx
 
-from jaxdistill.jobs import JOB_OVERHEAD_SECONDS, Job, available_cores, default_workers, run_jobs
+from jaxdistill.experiments.jobs import JOB_OVERHEAD_SECONDS, Job, available_cores, default_workers, run_jobs
 from jaxdistill.models import Qwen, QwenConfig, save_model
 from jaxdistill.tokenizer import load_tokenizer
 
@@ -49,7 +49,7 @@ class Profile:
     teacher_sft_lr: float = 3e-3
     # The proxy is also the proxy_like student's starting point (the student the calibration measures).
     # Its gold SFT and the other student's are the students' "pretraining", shared by all arms; the
-    # fewest steps measured that put each above 30% held-out accuracy (benchmarks/student_probe.py,
+    # fewest steps measured that put each above 30% held-out accuracy (jaxdistill.experiments.student_probe,
     # seed 2: proxy 16% / 38% / 54% after 800 / 1,100 / 1,500 steps, other 18% / 21% / 50%; the
     # world's own seeds: proxy 36% after 1,100, other 44% after 1,500).
     proxy_sft_steps: int = 1100
@@ -173,8 +173,9 @@ def calibrate_teacher(teacher: str, proxy: str, run: str, eta: float, profile: P
                       progress: bool = True, overrides: Mapping[str, Any] | None = None) -> str:
     """One calibrated teacher of the default run (GRPO from the base teacher); a finished run is reused,
     an interrupted one resumes. ``overrides``: CalibrateConfig fields that replace the default run's
-    settings (``benchmarks/undistillable_sweep.py``). Returns the exported HF folder."""
-    from jaxdistill.calibrate import CalibrateConfig, calibrate
+    settings (``jaxdistill.experiments.undistillable``). Returns the exported HF folder."""
+    from jaxdistill.rl.config import CalibrateConfig
+    from jaxdistill.rl.loop import calibrate
     from jaxdistill.sharding import MeshConfig
 
     exported = Path(run) / "teacher"
@@ -235,10 +236,11 @@ def knob_plot(scorecard: dict[str, Any], path: Path) -> Path:
 
 def scorecard_config(world: Mapping[str, Path], teachers: Mapping[str, Path | str], output_dir: Path,
                      profile: Profile, *, seeds: tuple[int, ...], workers: int):
-    """The default run's scorecard (``jaxdistill.evaluate.EvaluateConfig``): both students, seqkd and gkd,
-    the profile's distillation recipe and held-out set. ``teachers``: eta0, distillable, undistillable."""
+    """The default run's scorecard (``jaxdistill.experiments.scorecard.ScorecardConfig``): both students,
+    seqkd and gkd, the profile's distillation recipe and held-out set. ``teachers``: label -> HF folder
+    (empty paths are left out)."""
     from jaxdistill.distill.trainer import DistillConfig
-    from jaxdistill.evaluate import EvaluateConfig, ScorecardConfig
+    from jaxdistill.experiments.scorecard import ScorecardConfig
 
     recipe = DistillConfig(task="arith", task_options=(f"difficulty={ARITH_DIFFICULTY}",),
                            max_steps=profile.student_steps, batch_size=profile.student_batch,
@@ -246,13 +248,13 @@ def scorecard_config(world: Mapping[str, Path], teachers: Mapping[str, Path | st
                            # gkd's JSD(0.5) does not learn from random weights; forward KL does (docs/distill.md)
                            divergence="forward_kl", max_completion_length=profile.max_completion_length,
                            save_steps=0, progress=False)
-    card = ScorecardConfig(teacher_eta0=str(teachers["eta0"]), teacher_distillable=str(teachers["distillable"]),
-                           teacher_undistillable=str(teachers["undistillable"]),
+    return ScorecardConfig(original_teacher=str(world["teacher"]),
+                           teachers=tuple(f"{label}={path}" for label, path in teachers.items() if path),
                            students=(f"proxy_like={world['student_proxy_like']}",
                                      f"other={world['student_other']}"),
-                           attacks=("seqkd", "gkd"), seeds=seeds, recipe=recipe, workers=workers)
-    return EvaluateConfig(original_teacher=str(world["teacher"]), limit=profile.eval_size,
-                          max_new_tokens=profile.max_completion_length, output_dir=str(output_dir), scorecard=card)
+                           attacks=("seqkd", "gkd"), seeds=seeds, recipe=recipe, workers=workers,
+                           limit=profile.eval_size, max_new_tokens=profile.max_completion_length,
+                           output_dir=str(output_dir))
 
 
 def check_run_folder(out: Path, profile: Profile, seed: int) -> None:
@@ -297,14 +299,14 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
                 seeds: tuple[int, ...] | None = None, workers: int = 0) -> dict[str, Any]:
     """The whole tiny-world pipeline; writes ``<output_dir>/report.md`` and ``knob.png``.
 
-    Every stage is a job of one graph (``jaxdistill.jobs``): the world's four trainings, the three
+    Every stage is a job of one graph (``jaxdistill.experiments.jobs``): the world's four trainings, the three
     calibrations, the scorecard's arms (each waiting only on the models it reads) and the teacher
     comparison, run on ``workers`` processes (0: one per CPU core on a CPU host, 1 on an accelerator).
     On a CPU, each worker is pinned to an equal share of the cores, so the low bits of the figures depend
     on the cores per worker (not on which worker ran what); finished stages are reused on a rerun of the
     same profile and seed (another one in the same folder is refused: ``check_run_folder``).
     """
-    from jaxdistill.evaluate import assemble_scorecard, check_scorecard, scorecard_jobs
+    from jaxdistill.experiments.scorecard import assemble_scorecard, check_scorecard, scorecard_jobs
 
     profile = QUICK if quick else FULL
     out = Path(output_dir or ("runs/quick" if quick else "runs/default"))
