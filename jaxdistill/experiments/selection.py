@@ -220,53 +220,66 @@ def train_and_score(student: str, data_path: str, options: tuple[str, ...], seed
 
 # ---- the experiment ---------------------------------------------------------------------------------
 
+def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 1, prompts: int = 1000, k: int = 4,
+                   scores: Sequence[str] = ("span_gap", "harm"), validation_texts: int = 1024,
+                   max_new_tokens: int = 80, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The teacher's samples of the first ``prompts`` train problems, each with its verdict and every score
+    (``random``, ``corrections``, ``result_first`` always; ``span_gap`` and ``harm`` when asked), and the
+    scoring's statistics; kept in ``out/samples.jsonl`` and ``out/scores.json`` (a rerun reuses them). The
+    harm direction comes from the gold solutions of the ``validation_texts`` train problems after them."""
+    from jaxdistill.tasks.arith import detour_counts
+
+    samples_file = out / "samples.jsonl"
+    if samples_file.exists():
+        return ([json.loads(line) for line in samples_file.read_text().splitlines()],
+                json.loads((out / "scores.json").read_text()))
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    task = _task(world_version)
+    train = task.load("train", limit=prompts + validation_texts)
+    examples, validation = train[:prompts], train[prompts:]
+    ids, texts, finished, teacher_model, side, prompt_ids = sample_teacher(teacher, task, examples, k,
+                                                                           max_new_tokens, seed)
+    correct = [task.verify(t, examples[i // k]).reward == 1.0 and "####" in t for i, t in enumerate(texts)]
+    prompt_texts = [examples[i // k].prompt for i in range(len(texts))]
+    values = {"random": np.random.default_rng([seed, 1]).random(len(texts))}
+    counts = [detour_counts(t) for t in texts]
+    values["corrections"] = np.array([c.all_corrections for c in counts], np.float64)
+    values["result_first"] = np.array([c.result_first + c.answer_first for c in counts], np.float64)
+    stats: dict[str, Any] = {"sampling_seconds": time.perf_counter() - started}
+    if "span_gap" in scores:
+        values["span_gap"] = span_gaps(teacher_model, side, [prompt_ids[i // k] for i in range(len(texts))],
+                                       prompt_texts, ids, proxy)
+    if "harm" in scores:
+        values["harm"], stats["harm"] = harm(side, prompt_texts, ids, proxy,
+                                             [(e.prompt, e.solution) for e in validation])
+    samples = [{"prompt": prompt_texts[i], "completion": texts[i], "correct": bool(correct[i]),
+                "finished": bool(finished[i]), "hollow": counts[i].hollow,
+                **{name: float(v[i]) for name, v in values.items()}} for i in range(len(texts))]
+    samples_file.write_text("".join(json.dumps(row) + "\n" for row in samples))
+    stats["scoring_seconds"] = time.perf_counter() - started
+    (out / "scores.json").write_text(json.dumps(stats, indent=2))
+    return samples, stats
+
+
 def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out: Path, world_version: int = 1,
                   prompts: int = 1000, k: int = 4, seeds: Sequence[int] = (0, 1, 2),
                   selections: Sequence[str] | None = None, validation_texts: int = 1024,
-                  recipe: Recipe = Recipe(), max_new_tokens: int | None = None, workers: int = 2,
-                  seed: int = 0) -> dict[str, Any]:
+                  recipe: Recipe = Recipe(), workers: int = 2, seed: int = 0) -> dict[str, Any]:
     """The whole test (module docstring); returns what it writes to ``out/selection.json``. Reruns reuse
     the scored samples and every finished student run in ``out``."""
-    from jaxdistill.jobs import Job, run_jobs
-    from jaxdistill.tasks.arith import detour_counts
+    from jaxdistill.experiments.jobs import Job, run_jobs
 
     selections = list(selections or [s for s, (score, _) in SELECTIONS.items()
                                      if world_version == 2 or score not in V2_ONLY])
     unknown = [s for s in selections if s not in SELECTIONS]
     if unknown or "random" not in selections:
-        raise ValueError(f"selections {unknown or selections} : choose among {list(SELECTIONS)}, random included")
-    out.mkdir(parents=True, exist_ok=True)
-    task = _task(world_version)
-    train = task.load("train", limit=prompts + validation_texts)
-    examples, validation = train[:prompts], train[prompts:]
-    samples_file = out / "samples.jsonl"
-    needed = {SELECTIONS[s][0] for s in selections}
+        raise ValueError(f"selections {unknown or selections}: choose among {list(SELECTIONS)}, random included")
     started = time.perf_counter()
-    if samples_file.exists():
-        samples = [json.loads(line) for line in samples_file.read_text().splitlines()]
-        stats = json.loads((out / "scores.json").read_text())
-    else:
-        ids, texts, finished, teacher_model, side, prompt_ids = sample_teacher(
-            teacher, task, examples, k, max_new_tokens or recipe.max_completion_length, seed)
-        correct = [task.verify(t, examples[i // k]).reward == 1.0 and "####" in t for i, t in enumerate(texts)]
-        prompt_texts = [examples[i // k].prompt for i in range(len(texts))]
-        scores = {"random": np.random.default_rng([seed, 1]).random(len(texts))}
-        counts = [detour_counts(t) for t in texts]
-        scores["corrections"] = np.array([c.all_corrections for c in counts], np.float64)
-        scores["result_first"] = np.array([c.result_first + c.answer_first for c in counts], np.float64)
-        stats = {"sampling_seconds": time.perf_counter() - started}
-        if "span_gap" in needed:
-            scores["span_gap"] = span_gaps(teacher_model, side, [prompt_ids[i // k] for i in range(len(texts))],
-                                           prompt_texts, ids, proxy)
-        if "harm" in needed:
-            scores["harm"], stats["harm"] = harm(side, prompt_texts, ids, proxy,
-                                                 [(e.prompt, e.solution) for e in validation])
-        samples = [{"prompt": prompt_texts[i], "completion": texts[i], "correct": bool(correct[i]),
-                    "finished": bool(finished[i]), "hollow": counts[i].hollow,
-                    **{name: float(v[i]) for name, v in scores.items()}} for i in range(len(texts))]
-        samples_file.write_text("".join(json.dumps(s) + "\n" for s in samples))
-        stats["scoring_seconds"] = time.perf_counter() - started
-        (out / "scores.json").write_text(json.dumps(stats, indent=2))
+    samples, stats = scored_samples(teacher=teacher, proxy=proxy, out=out, world_version=world_version,
+                                    prompts=prompts, k=k, scores={SELECTIONS[s][0] for s in selections},
+                                    validation_texts=validation_texts,
+                                    max_new_tokens=recipe.max_completion_length, seed=seed)
     correct = np.array([s["correct"] for s in samples]).reshape(prompts, k)
     keep = correct.any(axis=1)  # the same prompts in every set
     sets_dir = out / "sets"
@@ -345,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     paths: dict[str, Any] = {}
     if args.run:
-        from jaxdistill.world import world_paths
+        from jaxdistill.experiments.world import world_paths
 
         paths = world_paths(Path(args.run) / "world")
     teacher, proxy = args.teacher or paths.get("teacher"), args.proxy or paths.get("proxy")
