@@ -109,16 +109,22 @@ def task_options(world_version: int) -> tuple[str, ...]:
     return ("difficulty=1",) + (("version=2",) if world_version == 2 else ())
 
 
-def sample_teacher(teacher_dir: str, task, examples, k: int, max_new_tokens: int, seed: int):
-    """k completions per example at T = 1: (token rows without EOS, texts, finished flags, teacher side)."""
+def sample_teacher(teacher_dir: str, task, examples, k: int, max_new_tokens: int, seed: int, cache: Path):
+    """k completions per example at T = 1: (token rows without EOS, texts, finished flags, the teacher, its
+    side, the prompts' tokens). The token rows are kept in ``cache`` (a rerun reuses them)."""
     from jaxdistill.distill.data import Side
     from jaxdistill.evaluate import _model_and_tokenizer, sample_in_batches
 
     model, tokenizer = _model_and_tokenizer(teacher_dir, "float32")
     side = Side.of(tokenizer)
     prompts = [side.prompt(task, e) for e in examples]
-    ids, finished = sample_in_batches(model, side, prompts, batch_size=64, num_generations=k,
-                                      max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
+    if cache.exists():
+        stored = json.loads(cache.read_text())
+        ids, finished = stored["ids"], stored["finished"]
+    else:
+        ids, finished = sample_in_batches(model, side, prompts, batch_size=64, num_generations=k,
+                                          max_new_tokens=max_new_tokens, temperature=1.0, seed=seed)
+        cache.write_text(json.dumps({"ids": [list(map(int, c)) for c in ids], "finished": list(map(bool, finished))}))
     return ids, [side.text(c) for c in ids], finished, model, side, prompts
 
 
@@ -186,8 +192,8 @@ def harm(side, prompt_texts: Sequence[str], completions: Sequence[Sequence[int]]
         real = len(rows)
         rows += [rows[-1]] * (batch - real)
         texts = list(prompt_texts[start:start + batch]) + [prompt_texts[start + real - 1]] * (batch - real)
-        scored = harm_scores(params, graphdef, rest, u, retokenized_batch(side.tokenizer, rows, proxy_tokenizer,
-                                                                          texts), vocab)
+        proxy_batch = retokenized_batch(side.tokenizer, rows, proxy_tokenizer, texts, strict=False)  # as r_cal
+        scored = harm_scores(params, graphdef, rest, u, proxy_batch, vocab)
         scores += np.asarray(jax.device_get(scored))[:real].tolist()
     return np.asarray(scores, np.float64), stats
 
@@ -238,8 +244,8 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
     task = _task(world_version)
     train = task.load("train", limit=prompts + validation_texts)
     examples, validation = train[:prompts], train[prompts:]
-    ids, texts, finished, teacher_model, side, prompt_ids = sample_teacher(teacher, task, examples, k,
-                                                                           max_new_tokens, seed)
+    ids, texts, finished, teacher_model, side, prompt_ids = sample_teacher(
+        teacher, task, examples, k, max_new_tokens, seed, out / "teacher_samples.json")
     correct = [task.verify(t, examples[i // k]).reward == 1.0 and "####" in t for i, t in enumerate(texts)]
     prompt_texts = [examples[i // k].prompt for i in range(len(texts))]
     values = {"random": np.random.default_rng([seed, 1]).random(len(texts))}

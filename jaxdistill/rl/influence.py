@@ -162,11 +162,14 @@ def text_batch(tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequen
 
 
 def retokenized_batch(teacher_tokenizer: Tokenizer, completion_ids: Sequence[Sequence[int]],
-                      proxy_tokenizer: Tokenizer, prompts: Sequence[str]) -> ProxyBatch:
+                      proxy_tokenizer: Tokenizer, prompts: Sequence[str], *, strict: bool = True) -> ProxyBatch:
     """A teacher's completion tokens as the proxy reads them: their bytes re-tokenized by the proxy
-    (``align_retokenized``, as the calibration reward does); special tokens (EOS) hold no bytes."""
+    (``align_retokenized``, as the calibration reward does); special tokens (EOS) hold no bytes.
+
+    ``strict``: text whose bytes change on the way (a sampled broken UTF-8 sequence becomes U+FFFD) is an
+    error; with ``strict=False`` the proxy scores the text as it reads it, per byte of the teacher's text."""
     aligned = align_retokenized(teacher_tokenizer, completion_ids, proxy_tokenizer)
-    if aligned.mismatches:
+    if aligned.mismatches and strict:
         raise ValueError("the proxy's tokenizer changes the bytes of some completions (it cannot tokenize "
                          f"them faithfully): {aligned.report()[:500]}")
     rows = [ids[mask.astype(bool)].tolist() for ids, mask in zip(aligned.ids_b, aligned.mask_b)]
