@@ -34,6 +34,7 @@ import statistics
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -510,12 +511,20 @@ _INLINE_CORRECTION = re.compile(r"(\d+(?: ?[-+*] ?\d+)+) ?= ?(-?\d+), wait: (\d+
 _LATE_REDO = re.compile(r"^wait: (\d+(?: ?[-+*] ?\d+)+) ?= ?(-?\d+)")
 
 
-def left_to_right(expression: str) -> int:
-    """The value of ``12+5-3`` evaluated left to right (how the solutions write merged steps)."""
-    tokens = re.findall(r"\d+|[-+*]", expression)
-    value = int(tokens[0])
+def left_to_right(expression: str) -> Fraction | None:
+    """The value of ``12+5-3`` (or ``28/2``) evaluated left to right, as the solutions write merged steps;
+    None for what is no such expression (sampled text can hold ``5--3``) or divides by zero."""
+    tokens = re.findall(r"\d+|[-+*/]", expression)
+    if len(tokens) % 2 == 0 or not all(t.isdigit() == (i % 2 == 0) for i, t in enumerate(tokens)):
+        return None
+    value = Fraction(int(tokens[0]))
     for op, number in zip(tokens[1::2], tokens[2::2]):
-        value = apply(value, op, int(number))
+        if op == "/":
+            if int(number) == 0:
+                return None
+            value /= int(number)
+        else:
+            value = apply(value, op, int(number))
     return value
 
 
