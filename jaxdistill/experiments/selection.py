@@ -271,9 +271,10 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
 def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out: Path, world_version: int = 1,
                   prompts: int = 1000, k: int = 4, seeds: Sequence[int] = (0, 1, 2),
                   selections: Sequence[str] | None = None, validation_texts: int = 1024,
-                  recipe: Recipe = Recipe(), workers: int = 2, seed: int = 0) -> dict[str, Any]:
+                  recipe: Recipe = Recipe(), workers: int = 2, seed: int = 0, train: bool = True) -> dict[str, Any]:
     """The whole test (module docstring); returns what it writes to ``out/selection.json``. Reruns reuse
-    the scored samples and every finished student run in ``out``."""
+    the scored samples and every finished student run in ``out``; ``train=False`` only tabulates the
+    student runs already finished (each set over the seeds it has)."""
     from jaxdistill.experiments.jobs import Job, run_jobs
 
     selections = list(selections or [s for s, (score, _) in SELECTIONS.items()
@@ -302,16 +303,20 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
                            **{f"mean_{s}": float(np.mean([r[s] for r in rows]))
                               for s in ("corrections", "result_first", "span_gap", "harm") if s in rows[0]}}
     options = task_options(world_version)
-    results: dict[str, Any] = {}
-    for s in seeds:  # seed by seed: a stopped run still holds every set at its first seeds
+    for s in seeds if train else ():  # seed by seed: a stopped run holds every set at its first seeds
         jobs = [Job(f"{name} {student} seed {s}", train_and_score, dict(
             student=students[student], data_path=str(sets_dir / f"{name}.jsonl"), options=options, seed=s,
             output_dir=str(out / "runs" / name / student / f"seed{s}"), recipe=recipe), cost=60.0, kind="sft")
             for name in selections for student in students]
-        results.update(run_jobs(jobs, workers=workers, label=f"selection seed {s}",
-                                compilation_cache=str(out / "compilation_cache")))
-    accuracy = {name: {student: [results[f"{name} {student} seed {s}"]["accuracy"] for s in seeds]
-                       for student in students} for name in selections}
+        run_jobs(jobs, workers=workers, label=f"selection seed {s}", compilation_cache=str(out / "compilation_cache"))
+    accuracy: dict[str, dict[str, list[float]]] = {}
+    for name in selections:
+        for student in students:
+            files = [out / "runs" / name / student / f"seed{s}" / "result.json" for s in seeds]
+            accuracy.setdefault(name, {})[student] = [json.loads(f.read_text())["accuracy"] for f in files
+                                                      if f.exists()]
+    if not all(accuracy["random"].values()):
+        raise ValueError(f"no finished student run of the random set in {out / 'runs'}: nothing to compare with")
     summary = {"teacher": teacher, "proxy": proxy, "students": dict(students), "world_version": world_version,
                "prompts": prompts, "samples_per_prompt": k, "seeds": list(seeds), "recipe": dataclasses.asdict(recipe),
                "teacher_accuracy_t1": float(correct.mean()), "prompts_kept": int(keep.sum()), "scoring": stats,
@@ -325,10 +330,12 @@ def selection_table(summary: Mapping[str, Any]) -> str:
     """Markdown: per set, what it holds and each student's accuracy and ratio to random (± standard error)."""
     students = list(summary["students"])
     accuracy = summary["accuracy"]
-    head = "| set | " + " | ".join(f"{s} accuracy % | {s} x random" for s in students) + \
+    head = "| set | seeds | " + " | ".join(f"{s} accuracy % | {s} x random" for s in students) + \
            " | corrections / sample | result-first / sample | span gap | harm (x1e3) | chars |"
-    lines = [head, "|" + "---|" * (1 + 2 * len(students) + 5)]
+    lines = [head, "|" + "---|" * (2 + 2 * len(students) + 5)]
     for name, by_student in accuracy.items():
+        if not all(by_student.values()):
+            continue  # not trained yet
         cells = []
         for student in students:
             acc = np.asarray(by_student[student]) * 100
@@ -339,7 +346,8 @@ def selection_table(summary: Mapping[str, Any]) -> str:
         extra = [f"{st.get('mean_corrections', 0):.2f}", f"{st.get('mean_result_first', 0):.2f}",
                  f"{st['mean_span_gap']:.3f}" if "mean_span_gap" in st else "",
                  f"{1e3 * st['mean_harm']:.2f}" if "mean_harm" in st else "", f"{st['mean_chars']:.0f}"]
-        lines.append(f"| {name} | " + " | ".join(cells + extra) + " |")
+        seeds = min(len(v) for v in by_student.values())
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells + extra) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -360,6 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-completion-length", type=int, default=None,
                         help="teacher samples and student training (default 80 in v1, 128 in v2)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--table-only", action="store_true", help="only tabulate the student runs already finished")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     paths: dict[str, Any] = {}
@@ -377,7 +386,8 @@ def main(argv: list[str] | None = None) -> None:
                             "other": str(other)}, out=out, world_version=args.world_version, prompts=args.prompts,
                             k=args.samples, seeds=args.seeds, selections=args.selections,
                             validation_texts=args.validation_texts,
-                            recipe=Recipe(max_completion_length=length), workers=args.workers)
+                            recipe=Recipe(max_completion_length=length), workers=args.workers,
+                            train=not args.table_only)
     print(selection_table(summary))
 
 
