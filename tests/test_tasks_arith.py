@@ -7,7 +7,8 @@ import pytest
 
 from jaxdistill.tasks import OK, Style, describe, generate_problems, get_task, list_styles, \
     render_solution, solutions
-from jaxdistill.tasks.arith import DIFFICULTIES, ArithConfig, sample_style, split_of
+from jaxdistill.tasks.arith import DIFFICULTIES, ArithConfig, DetourCounts, DetourRates, detour_counts, \
+    sample_style, split_of
 from jaxdistill.tasks.gsm8k import verify_number
 
 
@@ -136,3 +137,71 @@ def test_loading_a_saved_jsonl_copy(tmp_path):
     loaded = task.load("test", file)
     assert [(e.prompt, e.answer) for e in loaded] == [(e.prompt, e.answer) for e in examples]
     assert task.sample_solution(loaded[0], np.random.default_rng(0)) == loaded[0].solution
+
+
+# ---- world v2: detours ----------------------------------------------------------------------
+V2_RATES = dict(correction=0.3, late_correction=0.2, result_first=0.3, distractor=0.3, answer_first=0.3)
+
+
+def test_v2_keeps_the_problems_and_styles_of_v1_and_every_gold_solution_verifies():
+    v1 = get_task("arith", difficulty=1).load("train", limit=300)
+    task = get_task("arith", difficulty=1, version=2, **V2_RATES)
+    v2 = task.load("train", limit=300)
+    assert [(e.prompt, e.answer, e.meta["style"]) for e in v1] == \
+        [(e.prompt, e.answer, e.meta["style"]) for e in v2]
+    assert sum(a.solution != b.solution for a, b in zip(v1, v2)) > 200
+    assert all(task.verify(e.solution, e).reward == 1.0 for e in v2)
+    rng = np.random.default_rng(0)
+    assert all(task.verify(task.sample_solution(e, rng), e).reward == 1.0 for e in v2[:50])
+
+
+@pytest.mark.parametrize("difficulty", sorted(DIFFICULTIES))
+def test_v2_detours_are_well_formed_and_parse_back(difficulty):
+    task = get_task("arith", difficulty=difficulty, version=2, **V2_RATES)
+    for example in task.load("test", limit=150):
+        detours, text = example.meta["detours"], example.solution
+        counts = detour_counts(text)
+        assert counts.corrections == detours.kinds.count("correction"), text
+        assert counts.late_corrections == detours.kinds.count("late_correction"), text
+        assert counts.result_first == detours.kinds.count("result_first"), text
+        assert counts.answer_first == detours.answer_first
+        assert counts.hollow == 0, text  # every redo is true and differs from its slip
+        assert counts.false_equations == counts.late_corrections, text  # only the slips carried on
+        for line in text.splitlines():
+            if ", wait: " in line:  # "X=W, wait: X=R": the same X, W wrong, R right
+                (x, w), (x2, r) = _EQUATION.findall(line)
+                assert x == x2 and int(w) != int(r) == _left_to_right(x), line
+    assert detour_counts("3*8=24\n#### 24") == DetourCounts()
+    assert detour_counts("3*8=25, wait: 3*8=25\n#### 25").hollow == 1
+
+
+def test_v2_rates_are_honoured():
+    rates = dict(correction=0.4, late_correction=0.2, result_first=0.1, distractor=0.25, answer_first=0.5)
+    examples = get_task("arith", difficulty=2, version=2, **rates).load("train", limit=3000)
+    drawn = [e.meta["detours"] for e in examples]
+    lines = [kind for d in drawn for kind in d.kinds]
+    not_last = [kind for d in drawn for kind in d.kinds[:-1]]
+    last = [d.kinds[-1] for d in drawn]
+    n = len(lines)
+    assert abs(lines.count("correction") / n - 0.4) < 0.03
+    assert abs(not_last.count("late_correction") / len(not_last) - 0.2) < 0.03
+    assert "late_correction" not in last  # a late correction needs a next line
+    assert abs(lines.count("result_first") / n - 0.1) < 0.02
+    assert abs(sum(x is not None for d in drawn for x in d.distractors) / n - 0.25) < 0.03
+    assert abs(np.mean([d.answer_first for d in drawn]) - 0.5) < 0.04
+    none = get_task("arith", version=2, correction=0, late_correction=0, result_first=0, distractor=0,
+                    answer_first=0).load("train", limit=50)
+    assert [e.solution for e in none] == [e.solution for e in get_task("arith").load("train", limit=50)]
+
+
+def test_v2_options_are_checked():
+    with pytest.raises(ValueError, match="need version=2"):
+        get_task("arith", correction=0.5)
+    with pytest.raises(ValueError, match="unknown arith world version"):
+        get_task("arith", version=3)
+    with pytest.raises(ValueError, match="at most one of them"):
+        get_task("arith", version=2, correction=0.6, result_first=0.6)
+    with pytest.raises(ValueError, match="not in"):
+        DetourRates(distractor=1.5)
+    with pytest.raises(TypeError, match="unknown arith option"):
+        get_task("arith", version=2, corections=0.5)

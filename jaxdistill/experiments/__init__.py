@@ -10,6 +10,7 @@ no training code of their own.
     runner.py         the one runner: calibrate at eta, distill a student, evaluate; reuse what is finished
     knob.py           the knob eta in one place: the teachers' names and the one knob curve (table, plot)
     jobs.py           a graph of runs on worker processes
+    selection.py      the selection test: which scores pick correct text students learn less from
     rft_control.py, student_probe.py   one-off experiment scripts
 
 Each command is ``python -m jaxdistill.experiments.<module>`` (the default run: ``python -m jaxdistill.calibrate``).

@@ -71,12 +71,31 @@ class Profile:
     student_lr: float = 3e-3
     eval_num_prompts: int = 100
     max_completion_length: int = 80  # gold solutions of difficulty 1 take up to 78 teacher tokens
+    # The arith world (jaxdistill.tasks.arith.WORLD_VERSIONS): 1, plain gold solutions; 2, gold solutions
+    # with detours (corrections, results before their derivation ...; docs/tasks.md), which run longer.
+    world_version: int = 1
 
 
 FULL = Profile()
 QUICK = Profile(teacher_sft_steps=4, proxy_sft_steps=2, student_warmup_steps=2, sft_batch=8, calibrate_steps=2,
                 prompts_per_step=2, num_generations=2, student_steps=2, student_batch=4, eval_num_prompts=4,
                 max_completion_length=24)
+
+
+
+def for_world(profile: Profile, world_version: int) -> Profile:
+    """``profile`` in world ``world_version``: v2's gold solutions take up to 131 teacher tokens (v1's 78)."""
+    if world_version == profile.world_version:
+        return profile
+    length = profile.max_completion_length if profile.max_completion_length < 80 else 128
+    return dataclasses.replace(profile, world_version=world_version, max_completion_length=length)
+
+
+def world_task_options(profile: Profile) -> tuple[str, ...]:
+    """The arith task options of every stage: the difficulty, and the world version unless it is 1."""
+    version = () if profile.world_version == 1 else (f"version={profile.world_version}",)
+    return (f"difficulty={ARITH_DIFFICULTY}",) + version
+
 
 # Expected seconds per step on one core (measured on a 2-core x86 at batch 32): they order the jobs of
 # the default run and drive its ETA, nothing else.
@@ -108,7 +127,7 @@ def train_from_scratch(shape: dict[str, Any], tokenizer_dir: str, init_dir: str,
     """Initialise a model of ``shape`` and train it on gold chain-of-thought (sft); returns its HF folder.
     A finished run is reused; an interrupted one continues from its checkpoint (``runner``)."""
     config = DistillConfig(student=init_dir, objective="sft", task="arith",
-                           task_options=(f"difficulty={ARITH_DIFFICULTY}",), max_steps=steps,
+                           task_options=world_task_options(profile), max_steps=steps,
                            train_batch_size=profile.sft_batch, learning_rate=learning_rate, lr_schedule="cosine",
                            warmup_steps=min(50, steps // 10), seed=seed, output_dir=output_dir,
                            eval_num_prompts=profile.eval_num_prompts, save_steps=max(steps // 4, 1), resume=True,
@@ -136,11 +155,33 @@ def world_paths(folder: str | Path) -> dict[str, Path]:
     return paths
 
 
+def check_world_version(folder: str | Path, world_version: int) -> None:
+    """Record the world version in ``<folder>/world_version.json``, or refuse a folder that holds a world of
+    another version: its models were trained on other gold data and would be reused silently. A folder
+    that holds a world but no version file is from before versions existed: v1."""
+    root = Path(folder)
+    path = root / "world_version.json"
+    if path.exists():
+        stored = json.loads(path.read_text())["world_version"]
+    elif (root / "world.json").exists() or any((root / run).exists() for run in RUN_FOLDER.values()):
+        stored = 1
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"world_version": world_version}) + "\n")
+        return
+    if stored != world_version:
+        raise ValueError(f"{root} holds a world v{stored}, but this run asks for world v{world_version}: its "
+                         f"models were trained on other gold data. Choose another folder, or delete {root} to "
+                         "build it again")
+
+
 def world_jobs(folder: str | Path, profile: Profile = FULL, seed: int = 0, *, progress: bool = True) -> list[Job]:
-    """The tokenizers (trained here, in seconds) and one job per model: ``world <name>``."""
+    """The tokenizers (trained here, in seconds) and one job per model: ``world <name>``. A folder that
+    holds a world of another version is refused (``check_world_version``)."""
     from jaxdistill.tasks.tiny_tokenizers import train_tiny_tokenizers
 
     root = Path(folder)
+    check_world_version(root, profile.world_version)
     paths = world_paths(root)
     if not all((paths[f"{side}_tokenizer"] / "tokenizer.json").exists() for side in ("teacher", "proxy")):
         toks = train_tiny_tokenizers(root / "tokenizers", seed=seed)
@@ -174,7 +215,7 @@ def calibration_config(teacher: str, proxy: str, run: str, eta: float, profile: 
     ``overrides``: CalibrateConfig fields that replace the default run's settings
     (``jaxdistill.experiments.undistillable``); a misspelt one is a TypeError."""
     config = CalibrateConfig(
-        teacher=teacher, proxy=proxy, task="arith", task_options=(f"difficulty={ARITH_DIFFICULTY}",),
+        teacher=teacher, proxy=proxy, task="arith", task_options=world_task_options(profile),
         output_dir=run, eta=eta, num_generations=profile.num_generations, prompts_per_step=profile.prompts_per_step,
         max_steps=profile.calibrate_steps, learning_rate=1e-3, lora_rank=8, lora_alpha=16.0,
         beta=0.04, max_completion_length=profile.max_completion_length, eval_steps=0,
@@ -211,7 +252,7 @@ def scorecard_config(world: Mapping[str, Path], teachers: Mapping[str, Path | st
     """The default run's scorecard (``jaxdistill.experiments.scorecard.ScorecardConfig``): both students,
     seqkd and gkd, the profile's distillation recipe and held-out set. ``teachers``: label -> HF folder of
     each calibrated teacher."""
-    recipe = DistillConfig(task="arith", task_options=(f"difficulty={ARITH_DIFFICULTY}",),
+    recipe = DistillConfig(task="arith", task_options=world_task_options(profile),
                            max_steps=profile.student_steps, train_batch_size=profile.student_batch,
                            learning_rate=profile.student_lr, lr_schedule="cosine",
                            # gkd's JSD(0.5) does not learn from random weights; forward KL does (docs/distill.md)
@@ -233,7 +274,7 @@ def check_run_folder(out: Path, profile: Profile, seed: int) -> None:
     wanted = {**dataclasses.asdict(profile), "seed": seed}
     path = out / "profile.json"
     if path.exists():
-        stored = json.loads(path.read_text())
+        stored = {"world_version": 1, **json.loads(path.read_text())}  # folders from before versions: v1
         changed = sorted(k for k in wanted.keys() | stored.keys() if stored.get(k) != wanted.get(k))
         if not changed:
             return
@@ -265,7 +306,7 @@ def environment() -> str:
 
 
 def default_run(*, quick: bool = False, output_dir: str | Path | None = None, seed: int = 0,
-                seeds: tuple[int, ...] | None = None, workers: int = 0) -> dict[str, Any]:
+                seeds: tuple[int, ...] | None = None, workers: int = 0, world_version: int = 1) -> dict[str, Any]:
     """The whole tiny-world pipeline; writes ``<output_dir>/report.md`` and ``knob.png``.
 
     Every stage is a job of one graph (``jaxdistill.experiments.jobs``): the world's four trainings, the three
@@ -274,8 +315,9 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
     On a CPU, each worker is pinned to an equal share of the cores, so the low bits of the figures depend
     on the cores per worker (not on which worker ran what); finished stages are reused on a rerun of the
     same profile and seed (another one in the same folder is refused: ``check_run_folder``).
+    ``world_version``: the arith world (1, the default; 2, gold text with detours: docs/tasks.md).
     """
-    profile = QUICK if quick else FULL
+    profile = for_world(QUICK if quick else FULL, world_version)
     out = Path(output_dir or ("runs/quick" if quick else "runs/default"))
     check_run_folder(out, profile, seed)
     workers = workers or default_workers()

@@ -13,6 +13,13 @@ features (see ``Style``): operand order, a restated start, steps in words or bar
 arithmetic, two steps merged in one line, an inverse check of the last step, and a closing line.
 The gold solution of an example is one style drawn at random; ``solutions(problem)`` renders all.
 
+World versions: v1 (the default) is the above. v2 (``ArithTask(version=2)``) adds *detours* to part of
+the gold solutions, each at a rate that is an option (``DetourRates``): a line first written with a
+wrong result and corrected (``8*3=23, wait: 8*3=24``), a wrong result carried into the next line
+before the redo, a correct computation that feeds nothing, a result written before its derivation
+(``24=8*3``) and the final answer written first. Every v2 solution still ends right; problems, splits
+and the verifier are those of v1. ``detour_counts`` parses the detours back out of any text.
+
 Train and test are disjoint by construction: a problem's arithmetic (start, operations, operands)
 is hashed, and the hash alone decides which split may hold it, whatever the seed. Generation is
 deterministic in (seed, split, difficulty) and prefix-stable (asking for more keeps the first ones).
@@ -22,10 +29,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import re
 import statistics
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -321,21 +330,33 @@ def _inverse_check(step: Step, style: Style) -> str:
     return "check: " + _arithmetic(tokens, step.left, style.spaced)
 
 
-def render_solution(problem: ArithProblem, style: Style) -> str:
-    """The chain-of-thought solution of ``problem`` written in ``style``, ending in ``#### N``."""
+def _words_line(problem: ArithProblem, group: list[Step], expression: str, style: Style) -> str:
+    if not style.words:
+        return expression
+    clause = " and ".join(step.verb_phrase for step in group)
+    return f"{problem.pronoun.capitalize()} {clause}, so {expression}."
+
+
+def render_solution(problem: ArithProblem, style: Style, detours: Detours | None = None) -> str:
+    """The chain-of-thought solution of ``problem`` written in ``style``, ending in ``#### N``;
+    with ``detours`` (world v2, ``sample_detours``), the lines take those detours."""
     steps = problem.steps()
+    groups = _line_groups(steps, style.merge)
+    if detours is not None and len(detours.kinds) != len(groups):
+        raise ValueError(f"detours drawn for {len(detours.kinds)} lines, but the solution has {len(groups)}; "
+                         "draw them with sample_detours(problem, style, ...)")
     lines = []
+    if detours is not None and detours.answer_first:
+        lines.append(f"Answer: {problem.answer}")
     if style.restate:
         start = (f"{problem.bags[0]} bags of {problem.bags[1]} {problem.item}" if problem.bags
                  else f"{problem.start} {problem.item}")
         lines.append(f"{problem.name} starts with {start}.")
-    for group in _line_groups(steps, style.merge):
-        expression = _expression(group, style)
-        if style.words:
-            clause = " and ".join(step.verb_phrase for step in group)
-            lines.append(f"{problem.pronoun.capitalize()} {clause}, so {expression}.")
-        else:
-            lines.append(expression)
+    for i, group in enumerate(groups):
+        if detours is None:
+            lines.append(_words_line(problem, group, _expression(group, style), style))
+            continue
+        lines += _detour_lines(problem, groups, i, style, detours)
     if style.check:
         lines.append(_inverse_check(steps[-1], style))
     if style.closing == "answer":
@@ -355,31 +376,263 @@ def solutions(problem: ArithProblem, style: Style | str | None = None) -> dict[s
     return {style.name: render_solution(problem, style)}
 
 
+# ---- world v2: detours ----------------------------------------------------------------------
+WORLD_VERSIONS = (1, 2)
+DETOUR_KINDS = ("plain", "correction", "late_correction", "result_first")
+
+
+@dataclasses.dataclass(frozen=True)
+class DetourRates:
+    """World v2: how often a gold solution takes each detour. Every solution still ends right.
+
+    Per line (a line is one step, or two merged ones), at most one of correction, late_correction
+    and result_first (so their sum is at most 1); late_correction only on lines that have a next one.
+    """
+
+    correction: float = 0.25       # "8*3=23, wait: 8*3=24": a wrong result, then the redo on the same line
+    late_correction: float = 0.1   # "8*3=23 / 23+5=28 / wait: 8*3=24 / 24+5=29": the wrong value carried on
+    result_first: float = 0.3      # "24=8*3": the result before its derivation
+    distractor: float = 0.15       # per line: followed by a correct computation that feeds nothing ("24+5=29")
+    answer_first: float = 0.2      # per solution: "Answer: 24" as the first line, the work after it
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            rate = getattr(self, field.name)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"detour rate {field.name}={rate} is not in [0, 1]")
+        if self.correction + self.late_correction + self.result_first > 1.0 + 1e-9:
+            raise ValueError(f"correction + late_correction + result_first = "
+                             f"{self.correction + self.late_correction + self.result_first:g} > 1: a line "
+                             "takes at most one of them")
+
+
+@dataclasses.dataclass(frozen=True)
+class Detours:
+    """The detours of one solution (``sample_detours``). Per line: its kind (``DETOUR_KINDS``), the
+    error added to its result when it is written wrong first (0 otherwise), and the computation
+    written after it that feeds nothing (``(left, op, right)``, or None)."""
+
+    kinds: tuple[str, ...]
+    errors: tuple[int, ...]
+    distractors: tuple[tuple[int, str, int] | None, ...]
+    answer_first: bool = False
+
+
+def sample_detours(problem: ArithProblem, style: Style, rates: DetourRates,
+                   rng: np.random.Generator) -> Detours:
+    """Independent draws per line (and one per solution for ``answer_first``) at ``rates``."""
+    groups = _line_groups(problem.steps(), style.merge)
+    kinds, errors, distractors = [], [], []
+    for i, group in enumerate(groups):
+        u = rng.random()
+        late = rates.late_correction if i + 1 < len(groups) else 0.0
+        if u < rates.correction:
+            kind = "correction"
+        elif u < rates.correction + late:
+            kind = "late_correction"
+        elif u < rates.correction + late + rates.result_first:
+            kind = "result_first"
+        else:
+            kind = "plain"
+        error = 0
+        if kind in ("correction", "late_correction"):  # a slip of 1 or 2 either way, never below 0
+            choices = [e for e in (-2, -1, 1, 2) if group[-1].result + e >= 0]
+            error = int(choices[rng.integers(len(choices))])
+        distractor = None
+        if rng.random() < rates.distractor:
+            distractor = _draw_distractor(problem, groups, i, rng)
+        kinds.append(kind)
+        errors.append(error)
+        distractors.append(distractor)
+    return Detours(tuple(kinds), tuple(errors), tuple(distractors), bool(rng.random() < rates.answer_first))
+
+
+def _draw_distractor(problem: ArithProblem, groups: list[list[Step]], i: int,
+                     rng: np.random.Generator) -> tuple[int, str, int]:
+    """The line's result combined with a number of the problem, but not as the next line does."""
+    total = groups[i][-1].result
+    numbers = sorted({s.right for s in problem.steps()} | {problem.start})
+    following = {(s.op, s.right) for s in groups[i + 1]} if i + 1 < len(groups) else set()
+    options = [(op, k) for op in "+-*" for k in numbers
+               if (op, k) not in following and apply(total, op, k) >= 0 and not (op == "*" and k > 5)]
+    if not options:  # only when every + of a problem number is the next line (never seen): double it
+        options = [("+", total)]
+    op, k = options[rng.integers(len(options))]
+    return (total, op, k)
+
+
+def _carried(group: list[Step], left: int) -> list[Step]:
+    """``group`` recomputed from another starting value (the wrong one carried on)."""
+    out = []
+    for step in group:
+        result = apply(left, step.op, step.right)
+        out.append(dataclasses.replace(step, left=left, result=result))
+        left = result
+    return out
+
+
+def _result_first(group: list[Step], style: Style) -> str:
+    """ "24=8*3": the derivation after its result."""
+    expression = _expression(group, style)
+    sep = " " if style.spaced else ""
+    derivation, _, result = expression.rpartition(f"{sep}={sep}")
+    return f"{result}{sep}={sep}{derivation}"
+
+
+def _detour_lines(problem: ArithProblem, groups: list[list[Step]], i: int, style: Style,
+                  detours: Detours) -> list[str]:
+    group, kind = groups[i], detours.kinds[i]
+    right = _expression(group, style)
+    if kind == "result_first":
+        lines = [_words_line(problem, group, _result_first(group, style), style)]
+    elif kind == "correction":
+        wrong = _expression(group[:-1] + [dataclasses.replace(group[-1], result=group[-1].result
+                                                                     + detours.errors[i])], style)
+        lines = [_words_line(problem, group, f"{wrong}, wait: {right}", style)]
+    elif kind == "late_correction":
+        if i + 1 >= len(groups):
+            raise ValueError("a late correction needs a next line to carry its wrong value into")
+        slipped = group[:-1] + [dataclasses.replace(group[-1], result=group[-1].result + detours.errors[i])]
+        carried = _carried(groups[i + 1], slipped[-1].result)
+        lines = [_words_line(problem, group, _expression(slipped, style), style),
+                 _words_line(problem, groups[i + 1], _expression(carried, style), style),
+                 f"wait: {right}"]
+    else:
+        lines = [_words_line(problem, group, right, style)]
+    if detours.distractors[i] is not None:
+        left, op, k = detours.distractors[i]
+        lines.append(_arithmetic([left, op, k], apply(left, op, k), style.spaced))
+    return lines
+
+
+_EQUATION = re.compile(r"(\d+(?: ?[-+*/] ?\d+)+) ?= ?(-?\d+)")
+_RESULT_FIRST = re.compile(r"(?:^|so )(\d+) ?= ?(\d+(?: ?[-+*] ?\d+)+)")
+_INLINE_CORRECTION = re.compile(r"(\d+(?: ?[-+*] ?\d+)+) ?= ?(-?\d+), wait: (\d+(?: ?[-+*] ?\d+)+) ?= ?(-?\d+)")
+_LATE_REDO = re.compile(r"^wait: (\d+(?: ?[-+*] ?\d+)+) ?= ?(-?\d+)")
+
+
+def left_to_right(expression: str) -> Fraction | None:
+    """The value of ``12+5-3`` (or ``28/2``) evaluated left to right, as the solutions write merged steps;
+    None for what is no such expression (sampled text can hold ``5--3``) or divides by zero."""
+    tokens = re.findall(r"\d+|[-+*/]", expression)
+    if len(tokens) % 2 == 0 or not all(t.isdigit() == (i % 2 == 0) for i, t in enumerate(tokens)):
+        return None
+    value = Fraction(int(tokens[0]))
+    for op, number in zip(tokens[1::2], tokens[2::2]):
+        if op == "/":
+            if int(number) == 0:
+                return None
+            value /= int(number)
+        else:
+            value = apply(value, op, int(number))
+    return value
+
+
+def _canonical(expression: str) -> str:
+    return expression.replace(" ", "")
+
+
+@dataclasses.dataclass(frozen=True)
+class DetourCounts:
+    """What ``detour_counts`` finds in a text. ``hollow``: corrections whose redo is not a true equation
+    or is the same as the wrong one (or, for a late redo, repeats no earlier equation)."""
+
+    corrections: int = 0
+    late_corrections: int = 0
+    hollow: int = 0
+    result_first: int = 0
+    answer_first: bool = False
+    false_equations: int = 0  # equations outside corrections that are false
+
+    @property
+    def all_corrections(self) -> int:
+        return self.corrections + self.late_corrections
+
+
+def detour_counts(text: str) -> DetourCounts:
+    """Parse the v2 detours out of a solution (gold or sampled): corrections (``X=W, wait: X=R``),
+    late corrections (a ``wait: X=R`` line redoing an earlier ``X=W``), result-first lines (``R=X``),
+    an answer-first line, and false equations outside corrections (a late correction's slip counts among
+    them; the line that carries it on is true arithmetic)."""
+    lines = text.splitlines()
+    corrections = late = hollow = result_first = false = 0
+    earlier: dict[str, int] = {}
+    for line in lines:
+        inline = _INLINE_CORRECTION.search(line)
+        redo = _LATE_REDO.match(line)
+        if inline:
+            corrections += 1
+            wrong_x, wrong_r, x, r = inline.groups()
+            if (_canonical(wrong_x) != _canonical(x) or int(wrong_r) == int(r)
+                    or left_to_right(x) != int(r)):
+                hollow += 1
+            continue
+        if redo:
+            late += 1
+            x, r = _canonical(redo.group(1)), int(redo.group(2))
+            if left_to_right(x) != r or x not in earlier or earlier[x] == r:
+                hollow += 1
+            continue
+        rf = _RESULT_FIRST.search(line)
+        if rf and not line.startswith("check:"):
+            result_first += 1
+            false += left_to_right(rf.group(2)) != int(rf.group(1))
+            continue
+        if line.startswith("check:"):
+            continue
+        for expression, result in _EQUATION.findall(line):
+            earlier[_canonical(expression)] = int(result)
+            false += left_to_right(expression) != int(result)
+    return DetourCounts(corrections, late, hollow, result_first,
+                        bool(lines) and lines[0].startswith("Answer:"), false)
+
+
 # ---- the task --------------------------------------------------------------------------------
 def _style_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS.index(split), index, 7])
 
 
-def problem_example(problem: ArithProblem, style: Style) -> Example:
-    return Example(prompt=problem.text, solution=render_solution(problem, style),
-                   answer=str(problem.answer),
-                   meta={"problem": problem, "style": style.name, "n_steps": problem.n_steps})
+def _detour_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """Its own stream, so a v2 example has the same problem and style as in v1, plus detours."""
+    return np.random.default_rng([seed, SPLITS.index(split), index, 13])
+
+
+def problem_example(problem: ArithProblem, style: Style, detours: Detours | None = None) -> Example:
+    meta = {"problem": problem, "style": style.name, "n_steps": problem.n_steps}
+    if detours is not None:
+        meta["detours"] = detours
+    return Example(prompt=problem.text, solution=render_solution(problem, style, detours),
+                   answer=str(problem.answer), meta=meta)
 
 
 class ArithTask(Task):
     """The synthetic task. ``load(split)`` generates; ``load(split, path)`` reads GSM8K-format
-    JSONL (question/answer rows) such as a saved copy."""
+    JSONL (question/answer rows) such as a saved copy.
+
+    ``version``: the world (``WORLD_VERSIONS``): 1, plain solutions; 2, solutions with detours at
+    the rates given by the remaining options (``DetourRates``' fields; v2 only)."""
 
     name = "arith"
     local_files = {"train": "train.jsonl", "test": "test.jsonl"}
     instruction = ""
 
     def __init__(self, difficulty: int | ArithConfig = 2, seed: int = 0, train_size: int = 20000,
-                 test_size: int = 500, instruction: str | None = None):
+                 test_size: int = 500, instruction: str | None = None, version: int = 1,
+                 **detour_rates: float):
         super().__init__(instruction)
+        if version not in WORLD_VERSIONS:
+            raise ValueError(f"unknown arith world version={version!r}; valid: {WORLD_VERSIONS}")
+        unknown = set(detour_rates) - {f.name for f in dataclasses.fields(DetourRates)}
+        if unknown:
+            raise TypeError(f"unknown arith option(s) {sorted(unknown)}; detour rates: "
+                            f"{[f.name for f in dataclasses.fields(DetourRates)]}")
+        if detour_rates and version == 1:
+            raise ValueError(f"detour rates {sorted(detour_rates)} need version=2 (world v1 has no detours)")
         self.config = config_for(difficulty)
         self.seed = seed
         self.sizes = {"train": train_size, "test": test_size}
+        self.version = version
+        self.rates = DetourRates(**detour_rates) if version == 2 else None
 
     def load(self, split: str = "test", path: str | Path | None = None, *,
              limit: int | None = None) -> list[Example]:
@@ -389,8 +642,14 @@ class ArithTask(Task):
             raise ValueError(f"unknown arith split {split!r}; valid: {SPLITS}")
         n = self.sizes[split] if limit is None else min(limit, self.sizes[split])
         problems = generate_problems(n, split=split, seed=self.seed, difficulty=self.config)
-        return [problem_example(p, sample_style(_style_rng(self.seed, split, i)))
-                for i, p in enumerate(problems)]
+        examples = []
+        for i, problem in enumerate(problems):
+            style = sample_style(_style_rng(self.seed, split, i))
+            detours = None
+            if self.rates is not None:
+                detours = sample_detours(problem, style, self.rates, _detour_rng(self.seed, split, i))
+            examples.append(problem_example(problem, style, detours))
+        return examples
 
     def parse_row(self, row: Mapping[str, Any]) -> Example:
         return parse_gsm8k_row(row)  # same row format; such examples carry no arithmetic meta
@@ -400,7 +659,10 @@ class ArithTask(Task):
         problem = example.meta.get("problem")
         if problem is None:
             return example.solution
-        return render_solution(problem, sample_style(rng))
+        style = sample_style(rng)
+        if self.rates is None:
+            return render_solution(problem, style)
+        return render_solution(problem, style, sample_detours(problem, style, self.rates, rng))
 
     def verify(self, completion: str, example: Example) -> Verdict:
         return verify_number(completion, example.answer)

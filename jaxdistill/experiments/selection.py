@@ -1,0 +1,397 @@
+"""The selection test: does a score pick correct text that students learn less (or more) from?
+
+A calibration reward can only make a teacher undistillable if, among the teacher's own *correct*
+outputs, the ones it prefers are the ones students learn less from. This tests that without RL:
+
+1. the teacher samples ``k`` completions at T = 1 for each of ``prompts`` train problems;
+2. every sample gets each registered score (``SCORES``: random; corrections and result-first steps,
+   parsed by ``jaxdistill.tasks.arith.detour_counts``; the span gap of the calibration reward against
+   the proxy; the harm score of ``jaxdistill.rl.influence``);
+3. for each selection (``SELECTIONS``: a score and a direction), one correct sample per prompt, the one
+   the score ranks first (ties broken at random), forms a training set; every set holds the same prompts;
+4. both students train on every set with the scorecard's seqkd recipe (the same steps, batch, learning
+   rate; the texts fixed in advance, so an SFT run), over several seeds, and are scored greedy on the
+   held-out problems;
+5. the table: each set's accuracy over that of the random set, with a standard error.
+
+A score passes for the undistillable side when its set leaves both students at <= 0.8x random, and
+for the distillable side when its opposite set leaves them above random.
+
+    python -m jaxdistill.experiments.selection --run runs/default
+    python -m jaxdistill.experiments.selection --teacher T --proxy P --other S --world-version 2 --out runs/sel2
+
+Outputs in ``--out``: samples.jsonl (every sample, its verdict and scores), sets/<selection>.jsonl,
+runs/<selection>/<student>/seed<s>/ (the student runs, each with result.json), selection.json and
+selection.md (the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger("jaxdistill.selection")
+
+# Directions: +1 picks the highest score, -1 the lowest.
+SELECTIONS: dict[str, tuple[str, int]] = {
+    "random": ("random", +1),
+    "most_corrections": ("corrections", +1),
+    "fewest_corrections": ("corrections", -1),
+    "most_result_first": ("result_first", +1),
+    "fewest_result_first": ("result_first", -1),
+    "highest_span_gap": ("span_gap", +1),
+    "lowest_span_gap": ("span_gap", -1),
+    "highest_harm": ("harm", +1),
+    "lowest_harm": ("harm", -1),
+}
+V2_ONLY = ("corrections", "result_first")  # in a v1 world every sample scores 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The scorecard's seqkd recipe of the default run (jaxdistill/world.py, FULL)."""
+
+    steps: int = 100
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    max_completion_length: int = 80
+    eval_size: int = 100
+
+
+# ---- pure parts -----------------------------------------------------------------------------------
+
+def pick_one_per_prompt(scores: np.ndarray, eligible: np.ndarray, direction: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """For each prompt (row), the column of the eligible sample that ``direction * score`` ranks first,
+    ties broken uniformly at random; -1 for a row with no eligible sample.
+
+    scores: float [P, k]; eligible: bool [P, k] (correct samples); direction: +1 (highest) or -1 (lowest).
+    """
+    if direction not in (1, -1):
+        raise ValueError(f"direction must be +1 or -1, got {direction}")
+    key = np.where(eligible, direction * np.asarray(scores, np.float64), -np.inf)
+    tie_break = rng.random(key.shape)
+    order = np.lexsort((-tie_break, -key), axis=1)  # by key descending, then by a random draw
+    best = order[:, 0]
+    return np.where(eligible.any(axis=1), best, -1)
+
+
+def ratio_to_random(accuracy: Sequence[float], random: Sequence[float]) -> tuple[float, float]:
+    """mean(accuracy) / mean(random) and its standard error (first-order, from the two means' standard
+    errors over seeds: se(r)/r = sqrt((se_a/a)^2 + (se_b/b)^2))."""
+    a, b = np.asarray(accuracy, np.float64), np.asarray(random, np.float64)
+    if b.mean() == 0:
+        raise ValueError("the random set's students scored 0: no ratio is defined")
+    ratio = a.mean() / b.mean()
+
+    def relative_se(x):
+        return (x.std(ddof=1) / np.sqrt(len(x)) / x.mean()) if len(x) > 1 and x.mean() > 0 else 0.0
+
+    return float(ratio), float(abs(ratio) * np.hypot(relative_se(a), relative_se(b)))
+
+
+# ---- sampling and scoring -------------------------------------------------------------------------
+
+def _task(world_version: int):
+    from jaxdistill.tasks import get_task
+
+    return get_task("arith", difficulty=1, **({"version": 2} if world_version == 2 else {}))
+
+
+def task_options(world_version: int) -> tuple[str, ...]:
+    return ("difficulty=1",) + (("version=2",) if world_version == 2 else ())
+
+
+def sample_teacher(teacher_dir: str, task, examples, k: int, max_new_tokens: int, seed: int, cache: Path):
+    """k completions per example at T = 1: (token rows without EOS, texts, finished flags, the teacher, its
+    side, the prompts' tokens). The token rows are kept in ``cache`` (a rerun reuses them)."""
+    from jaxdistill.evaluate import _model_and_tokenizer
+    from jaxdistill.generation.batched import sample_batched
+    from jaxdistill.generation.tokenized_model import TokenizedModel
+
+    model, tokenizer = _model_and_tokenizer(teacher_dir, "float32")
+    side = TokenizedModel.of(tokenizer, model=model)
+    prompts = [side.prompt(task, e) for e in examples]
+    if cache.exists():
+        stored = json.loads(cache.read_text())
+        ids, finished = stored["ids"], stored["finished"]
+    else:
+        samples = sample_batched(side, prompts, batch_size=64, num_generations=k, max_new_tokens=max_new_tokens,
+                                 temperature=1.0, seed=seed)
+        ids, finished = samples.ids, samples.finished
+        cache.write_text(json.dumps({"ids": [list(map(int, c)) for c in ids], "finished": list(map(bool, finished))}))
+    return ids, [side.text(c) for c in ids], finished, model, side, prompts
+
+
+def span_gaps(teacher, side, prompts: Sequence[Sequence[int]], prompt_texts: Sequence[str],
+              completions: Sequence[Sequence[int]], proxy_dir: str, batch: int = 64) -> np.ndarray:
+    """The calibration reward's span gap of every sample (``CalibrationScorer``, span mode): the mean over
+    aligned spans of |log p_teacher(span) - log p_proxy(span)|, teacher at T = 1."""
+    import jax.numpy as jnp
+
+    from jaxdistill.evaluate import _model_and_tokenizer
+    from jaxdistill.generation.sampler import bucket_length, left_pad
+    from jaxdistill.rl.rewards import CalibrationScorer, plain_scoring, score_completions
+
+    proxy, proxy_tokenizer = _model_and_tokenizer(proxy_dir, "float32")
+    scorer = CalibrationScorer(proxy, proxy_tokenizer, side.tokenizer, mode="span")
+    scoring = plain_scoring(side.vocab_size)
+    p_width = bucket_length(max(map(len, prompts)))
+    c_width = bucket_length(max(max(map(len, completions)), 1))
+    out = []
+    for start in range(0, len(completions), batch):
+        rows = [list(c) for c in completions[start:start + batch]]
+        real = len(rows)
+        rows += [rows[-1]] * (batch - real)
+        chunk_prompts = list(prompts[start:start + batch]) + [prompts[start + real - 1]] * (batch - real)
+        prompt_ids, prompt_mask = left_pad(chunk_prompts, p_width, side.pad_id)
+        tokens = np.full((batch, c_width), side.pad_id, np.int32)
+        mask = np.zeros((batch, c_width), np.int32)
+        for i, row in enumerate(rows):
+            tokens[i, :len(row)], mask[i, :len(row)] = row, 1
+        teacher_lp = score_completions(teacher, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask),
+                                       jnp.asarray(tokens), jnp.asarray(mask), scoring, lora=False, chunk_size=128)
+        texts = list(prompt_texts[start:start + batch]) + [prompt_texts[start + real - 1]] * (batch - real)
+        reward, _, _ = scorer(texts, rows, teacher_lp)
+        out += (-np.asarray(reward[:real])).tolist()
+    return np.asarray(out, np.float64)
+
+
+def harm(side, prompt_texts: Sequence[str], completions: Sequence[Sequence[int]], proxy_dir: str,
+         validation: Sequence[tuple[str, str]], batch: int = 64) -> tuple[np.ndarray, dict[str, float]]:
+    """The harm score of every sample against the proxy (``jaxdistill.rl.influence``), its direction from
+    the gold ``validation`` (prompt, solution) pairs; and the direction's stability (cosine of halves)."""
+    from jaxdistill.evaluate import _model_and_tokenizer
+    from jaxdistill.rl.influence import (harm_scores, retokenized_batch, split_proxy, text_batch, tree_cosine,
+                                         validation_direction)
+
+    import jax
+
+    proxy, proxy_tokenizer = _model_and_tokenizer(proxy_dir, "float32")
+    graphdef, params, rest = split_proxy(proxy)
+    vocab = proxy_tokenizer.vocab_size
+    batches = [text_batch(proxy_tokenizer, [p for p, _ in validation[i:i + batch]],
+                          [s for _, s in validation[i:i + batch]]) for i in range(0, len(validation), batch)]
+    half = len(batches) // 2
+    if half == 0:
+        raise ValueError(f"{len(validation)} validation texts make fewer than two batches of {batch}")
+    u_a, _, _ = validation_direction(params, graphdef, rest, batches[:half], vocab)
+    u_b, _, _ = validation_direction(params, graphdef, rest, batches[half:2 * half], vocab)
+    u, norm, loss = validation_direction(params, graphdef, rest, batches[:2 * half], vocab)
+    stats = {"stability_cosine": tree_cosine(u_a, u_b), "validation_texts": 2 * half * batch,
+             "validation_loss": loss, "gradient_norm": norm}
+    scores = []
+    eos = side.eos_id
+    for start in range(0, len(completions), batch):
+        rows = [list(c) + [eos] for c in completions[start:start + batch]]
+        real = len(rows)
+        rows += [rows[-1]] * (batch - real)
+        texts = list(prompt_texts[start:start + batch]) + [prompt_texts[start + real - 1]] * (batch - real)
+        proxy_batch = retokenized_batch(side.tokenizer, rows, proxy_tokenizer, texts, strict=False)  # as r_cal
+        scored = harm_scores(params, graphdef, rest, u, proxy_batch, vocab)
+        scores += np.asarray(jax.device_get(scored))[:real].tolist()
+    return np.asarray(scores, np.float64), stats
+
+
+# ---- the student runs -------------------------------------------------------------------------------
+
+def train_and_score(student: str, data_path: str, options: tuple[str, ...], seed: int, output_dir: str,
+                    recipe: Recipe) -> dict[str, Any]:
+    """One student trained on one set (the scorecard's seqkd recipe on fixed text) and scored greedy on the
+    held-out problems; the result is kept in ``<output_dir>/result.json`` (a rerun reuses it)."""
+    from jaxdistill.distill.trainer import DistillConfig, distill
+    from jaxdistill.evaluate import _model_and_tokenizer, make_task, score_model
+
+    result_file = Path(output_dir) / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    config = DistillConfig(student=student, objective="sft", task="arith", task_options=options, data_path=data_path,
+                           max_steps=recipe.steps, train_batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
+                           lr_schedule="cosine", max_completion_length=recipe.max_completion_length, seed=seed,
+                           output_dir=output_dir, save_steps=0, eval_num_prompts=0, resume=True, progress=False)
+    distill(config)
+    task = make_task("arith", options)
+    examples = task.load("test", limit=recipe.eval_size)
+    model, tokenizer = _model_and_tokenizer(output_dir, "float32")
+    result = score_model(model, tokenizer, task, examples, max_new_tokens=recipe.max_completion_length,
+                         batch_size=64)
+    result_file.write_text(json.dumps(result, indent=2))
+    return result
+
+
+# ---- the experiment ---------------------------------------------------------------------------------
+
+def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 1, prompts: int = 1000, k: int = 4,
+                   scores: Sequence[str] = ("span_gap", "harm"), validation_texts: int = 1024,
+                   max_new_tokens: int = 80, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The teacher's samples of the first ``prompts`` train problems, each with its verdict and every score
+    (``random``, ``corrections``, ``result_first`` always; ``span_gap`` and ``harm`` when asked), and the
+    scoring's statistics; kept in ``out/samples.jsonl`` and ``out/scores.json`` (a rerun reuses them). The
+    harm direction comes from the gold solutions of the ``validation_texts`` train problems after them."""
+    from jaxdistill.tasks.arith import detour_counts
+
+    samples_file = out / "samples.jsonl"
+    if samples_file.exists():
+        return ([json.loads(line) for line in samples_file.read_text().splitlines()],
+                json.loads((out / "scores.json").read_text()))
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    task = _task(world_version)
+    train = task.load("train", limit=prompts + validation_texts)
+    examples, validation = train[:prompts], train[prompts:]
+    ids, texts, finished, teacher_model, side, prompt_ids = sample_teacher(
+        teacher, task, examples, k, max_new_tokens, seed, out / "teacher_samples.json")
+    correct = [task.verify(t, examples[i // k]).reward == 1.0 and "####" in t for i, t in enumerate(texts)]
+    prompt_texts = [examples[i // k].prompt for i in range(len(texts))]
+    values = {"random": np.random.default_rng([seed, 1]).random(len(texts))}
+    counts = [detour_counts(t) for t in texts]
+    values["corrections"] = np.array([c.all_corrections for c in counts], np.float64)
+    values["result_first"] = np.array([c.result_first + c.answer_first for c in counts], np.float64)
+    stats: dict[str, Any] = {"sampling_seconds": time.perf_counter() - started}
+    if "span_gap" in scores:
+        values["span_gap"] = span_gaps(teacher_model, side, [prompt_ids[i // k] for i in range(len(texts))],
+                                       prompt_texts, ids, proxy)
+    if "harm" in scores:
+        values["harm"], stats["harm"] = harm(side, prompt_texts, ids, proxy,
+                                             [(e.prompt, e.solution) for e in validation])
+    samples = [{"prompt": prompt_texts[i], "completion": texts[i], "correct": bool(correct[i]),
+                "finished": bool(finished[i]), "hollow": counts[i].hollow,
+                **{name: float(v[i]) for name, v in values.items()}} for i in range(len(texts))]
+    samples_file.write_text("".join(json.dumps(row) + "\n" for row in samples))
+    stats["scoring_seconds"] = time.perf_counter() - started
+    (out / "scores.json").write_text(json.dumps(stats, indent=2))
+    return samples, stats
+
+
+def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out: Path, world_version: int = 1,
+                  prompts: int = 1000, k: int = 4, seeds: Sequence[int] = (0, 1, 2),
+                  selections: Sequence[str] | None = None, validation_texts: int = 1024,
+                  recipe: Recipe = Recipe(), workers: int = 2, seed: int = 0, train: bool = True) -> dict[str, Any]:
+    """The whole test (module docstring); returns what it writes to ``out/selection.json``. Reruns reuse
+    the scored samples and every finished student run in ``out``; ``train=False`` only tabulates the
+    student runs already finished (each set over the seeds it has)."""
+    from jaxdistill.experiments.jobs import Job, run_jobs
+
+    selections = list(selections or [s for s, (score, _) in SELECTIONS.items()
+                                     if world_version == 2 or score not in V2_ONLY])
+    unknown = [s for s in selections if s not in SELECTIONS]
+    if unknown or "random" not in selections:
+        raise ValueError(f"selections {unknown or selections}: choose among {list(SELECTIONS)}, random included")
+    started = time.perf_counter()
+    samples, stats = scored_samples(teacher=teacher, proxy=proxy, out=out, world_version=world_version,
+                                    prompts=prompts, k=k, scores={SELECTIONS[s][0] for s in selections},
+                                    validation_texts=validation_texts,
+                                    max_new_tokens=recipe.max_completion_length, seed=seed)
+    correct = np.array([s["correct"] for s in samples]).reshape(prompts, k)
+    keep = correct.any(axis=1)  # the same prompts in every set
+    sets_dir = out / "sets"
+    sets_dir.mkdir(exist_ok=True)
+    set_stats = {}
+    for name in selections:
+        score, direction = SELECTIONS[name]
+        values = np.array([s[score] for s in samples]).reshape(prompts, k)
+        picked = pick_one_per_prompt(values, correct, direction, np.random.default_rng([seed, 2, len(name)]))
+        rows = [samples[p * k + picked[p]] for p in np.flatnonzero(keep)]
+        (sets_dir / f"{name}.jsonl").write_text("".join(
+            json.dumps({"question": r["prompt"], "answer": r["completion"]}) + "\n" for r in rows))
+        set_stats[name] = {"rows": len(rows), "mean_chars": float(np.mean([len(r["completion"]) for r in rows])),
+                           **{f"mean_{s}": float(np.mean([r[s] for r in rows]))
+                              for s in ("corrections", "result_first", "span_gap", "harm") if s in rows[0]}}
+    options = task_options(world_version)
+    for s in seeds if train else ():  # seed by seed: a stopped run holds every set at its first seeds
+        jobs = [Job(f"{name} {student} seed {s}", train_and_score, dict(
+            student=students[student], data_path=str(sets_dir / f"{name}.jsonl"), options=options, seed=s,
+            output_dir=str(out / "runs" / name / student / f"seed{s}"), recipe=recipe), cost=60.0, kind="sft")
+            for name in selections for student in students]
+        run_jobs(jobs, workers=workers, label=f"selection seed {s}", compilation_cache=str(out / "compilation_cache"))
+    accuracy: dict[str, dict[str, list[float]]] = {}
+    for name in selections:
+        for student in students:
+            files = [out / "runs" / name / student / f"seed{s}" / "result.json" for s in seeds]
+            accuracy.setdefault(name, {})[student] = [json.loads(f.read_text())["accuracy"] for f in files
+                                                      if f.exists()]
+    if not all(accuracy["random"].values()):
+        raise ValueError(f"no finished student run of the random set in {out / 'runs'}: nothing to compare with")
+    summary = {"teacher": teacher, "proxy": proxy, "students": dict(students), "world_version": world_version,
+               "prompts": prompts, "samples_per_prompt": k, "seeds": list(seeds), "recipe": dataclasses.asdict(recipe),
+               "teacher_accuracy_t1": float(correct.mean()), "prompts_kept": int(keep.sum()), "scoring": stats,
+               "sets": set_stats, "accuracy": accuracy, "seconds": time.perf_counter() - started}
+    (out / "selection.json").write_text(json.dumps(summary, indent=2))
+    (out / "selection.md").write_text(selection_table(summary))
+    return summary
+
+
+def selection_table(summary: Mapping[str, Any]) -> str:
+    """Markdown: per set, what it holds and each student's accuracy and ratio to random (± standard error)."""
+    students = list(summary["students"])
+    accuracy = summary["accuracy"]
+    head = "| set | seeds | " + " | ".join(f"{s} accuracy % | {s} x random" for s in students) + \
+           " | corrections / sample | result-first / sample | span gap | harm (x1e3) | chars |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(students) + 5)]
+    for name, by_student in accuracy.items():
+        if not all(by_student.values()):
+            continue  # not trained yet
+        cells = []
+        for student in students:
+            acc = np.asarray(by_student[student]) * 100
+            ratio, se = ratio_to_random(by_student[student], accuracy["random"][student])
+            std = acc.std(ddof=1) if len(acc) > 1 else 0.0
+            cells += [f"{acc.mean():.1f} ± {std:.1f}", f"{ratio:.2f} ± {se:.2f}"]
+        st = summary["sets"][name]
+        extra = [f"{st.get('mean_corrections', 0):.2f}", f"{st.get('mean_result_first', 0):.2f}",
+                 f"{st['mean_span_gap']:.3f}" if "mean_span_gap" in st else "",
+                 f"{1e3 * st['mean_harm']:.2f}" if "mean_harm" in st else "", f"{st['mean_chars']:.0f}"]
+        seeds = min(len(v) for v in by_student.values())
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells + extra) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m jaxdistill.experiments.selection", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", help="a default-run folder: its world's teacher, proxy and students")
+    parser.add_argument("--teacher", help="HF folder of the teacher (overrides --run's)")
+    parser.add_argument("--proxy", help="HF folder of the proxy; also the proxy_like student (overrides --run's)")
+    parser.add_argument("--other", help="HF folder of the other student (overrides --run's)")
+    parser.add_argument("--world-version", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--out", help="output folder (default: <run>/selection_v<version>)")
+    parser.add_argument("--prompts", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=4, help="teacher samples per prompt (T = 1)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--selections", nargs="+", choices=list(SELECTIONS), help="default: all that apply")
+    parser.add_argument("--validation-texts", type=int, default=1024, help="gold texts behind the harm direction")
+    parser.add_argument("--max-completion-length", type=int, default=None,
+                        help="teacher samples and student training (default 80 in v1, 128 in v2)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--table-only", action="store_true", help="only tabulate the student runs already finished")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    paths: dict[str, Any] = {}
+    if args.run:
+        from jaxdistill.experiments.world import world_paths
+
+        paths = world_paths(Path(args.run) / "world")
+    teacher, proxy = args.teacher or paths.get("teacher"), args.proxy or paths.get("proxy")
+    other = args.other or paths.get("student_other")
+    if not (teacher and proxy and other):
+        parser.error("give --run <default-run folder>, or --teacher, --proxy and --other")
+    length = args.max_completion_length or (128 if args.world_version == 2 else 80)
+    out = Path(args.out or Path(args.run) / f"selection_v{args.world_version}")
+    summary = run_selection(teacher=str(teacher), proxy=str(proxy), students={"proxy_like": str(proxy),
+                            "other": str(other)}, out=out, world_version=args.world_version, prompts=args.prompts,
+                            k=args.samples, seeds=args.seeds, selections=args.selections,
+                            validation_texts=args.validation_texts,
+                            recipe=Recipe(max_completion_length=length), workers=args.workers,
+                            train=not args.table_only)
+    print(selection_table(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The harm score of a text: how much one SFT step on it would raise a proxy's loss on gold text.
+
+For a proxy with parameters phi, a rollout y_i of prompt x_i, and gold validation texts V in the
+proxy's own tokenization:
+
+    L_V(phi) = mean over V's completion tokens of -log p_phi(token | context)
+    u        = grad L_V / ||grad L_V||                      (the validation direction, unit norm)
+    harm_i   = <u, grad_phi log p_phi(y_i | x_i)> / bytes_i
+
+An SFT step of size lr on y_i moves phi by lr * grad log p(y_i | x_i), so to first order it changes
+L_V by lr * ||grad L_V|| * bytes_i * harm_i: harm_i > 0 is text whose imitation makes the proxy worse
+on gold text. Per byte, so that tokenizers and lengths are comparable. Every rollout's directional
+derivative comes from one forward-mode ``jax.jvp`` of the batch's sequence log-probs along u (one
+forward pass with tangents, no per-rollout gradient). This is Antidistillation Sampling's quantity
+(Savani et al. 2025, arXiv 2504.13146) measured on a frozen proxy.
+
+u is estimated from a finite validation set and can be mostly noise: ``direction_stability`` is the
+cosine between the directions of two disjoint halves of V (1: the same direction; near 0: noise).
+
+Cross-tokenizer: a teacher's completion tokens are re-tokenized by the proxy
+(``jaxdistill.align.align_retokenized``, the calibration reward's path), so the score is that of the
+proxy reading the same bytes (``retokenized_batch``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxdistill.align import align_retokenized
+from jaxdistill.generation.sampler import SamplingParams, bucket_length, left_pad
+from jaxdistill.generation.scoring import completion_logprobs
+from jaxdistill.token_maths import masked_mean
+from jaxdistill.tokenizer import Tokenizer
+
+__all__ = ["ProxyBatch", "split_proxy", "sequence_logprobs", "validation_loss", "validation_direction",
+           "harm_scores", "tree_cosine", "direction_stability", "text_batch", "retokenized_batch"]
+
+
+class ProxyBatch(NamedTuple):
+    """Prompts and completions in the proxy's tokens (a pytree of arrays).
+
+    prompt_ids/prompt_mask: int [N, P] left-padded; tokens/mask: int [N, C] right-padded completions;
+    num_bytes: int [N] bytes of each completion's text.
+    """
+
+    prompt_ids: jax.Array
+    prompt_mask: jax.Array
+    tokens: jax.Array
+    mask: jax.Array
+    num_bytes: jax.Array
+
+
+def split_proxy(model) -> tuple[Any, Any, Any]:
+    """(graphdef, params, rest) of an NNX model: the score differentiates ``params`` (nnx.Param) only."""
+    return nnx.split(model, nnx.Param, ...)
+
+
+def _scoring(vocab_limit: int) -> SamplingParams:  # the proxy's own softmax: T = 1, nothing filtered
+    return SamplingParams(max_new_tokens=1, temperature=1.0, pad_id=-1, vocab_limit=vocab_limit)
+
+
+def sequence_logprobs(params, graphdef, rest, batch: ProxyBatch, vocab_limit: int) -> jax.Array:
+    """log p_phi(y_i | x_i) of every completion: float [N], the sum over its tokens."""
+    model = nnx.merge(graphdef, params, rest)
+    logp = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.tokens, batch.mask,
+                               _scoring(vocab_limit), lora=False, chunk_size=128)
+    return jnp.where(batch.mask.astype(bool), logp, 0.0).sum(axis=1)
+
+
+def validation_loss(params, graphdef, rest, batch: ProxyBatch, vocab_limit: int) -> jax.Array:
+    """L_V: the mean over the batch's completion tokens of -log p_phi(token | context) (scalar)."""
+    model = nnx.merge(graphdef, params, rest)
+    logp = completion_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.tokens, batch.mask,
+                               _scoring(vocab_limit), lora=False, chunk_size=128)
+    return -masked_mean(logp, batch.mask.astype(bool))
+
+
+_loss_grad = jax.jit(jax.value_and_grad(validation_loss), static_argnames=("graphdef", "vocab_limit"))
+
+
+def _tree_dot(a, b) -> jax.Array:
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def tree_cosine(a, b) -> float:
+    """<a, b> / (||a|| ||b||) of two pytrees of the same structure."""
+    return float(_tree_dot(a, b) / jnp.sqrt(_tree_dot(a, a) * _tree_dot(b, b)))
+
+
+def validation_direction(params, graphdef, rest, batches: Sequence[ProxyBatch], vocab_limit: int
+                         ) -> tuple[Any, float, float]:
+    """(u, ||g||, L_V): g = the mean over ``batches`` of grad L_V (several batches: a larger V at the
+    memory of one), u = g / ||g||. Raises ValueError for an empty validation set."""
+    if not batches or any(int(np.asarray(b.mask).sum()) == 0 for b in batches):
+        raise ValueError("the validation set is empty (or a batch holds no completion tokens): give gold "
+                         "validation texts for the harm score's direction")
+    total, loss = None, 0.0
+    for batch in batches:
+        value, grad = _loss_grad(params, graphdef, rest, batch, vocab_limit)
+        total = grad if total is None else jax.tree.map(jnp.add, total, grad)
+        loss += float(value)
+    g = jax.tree.map(lambda x: x / len(batches), total)
+    norm = float(jnp.sqrt(_tree_dot(g, g)))
+    if not norm > 0:
+        raise ValueError("the validation gradient is zero: the proxy fits the validation text exactly, so "
+                         "no direction of harm is defined")
+    return jax.tree.map(lambda x: x / norm, g), norm, loss / len(batches)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "vocab_limit"))
+def harm_scores(params, graphdef, rest, direction, batch: ProxyBatch, vocab_limit: int) -> jax.Array:
+    """harm_i = <u, grad_phi log p_phi(y_i | x_i)> / bytes_i for every row (float [N]; 0 without bytes):
+    one ``jax.jvp`` of the batch's sequence log-probs along ``direction`` (u, a pytree like ``params``)."""
+    _, tangent = jax.jvp(lambda p: sequence_logprobs(p, graphdef, rest, batch, vocab_limit),
+                         (params,), (direction,))
+    return jnp.where(batch.num_bytes > 0, tangent / jnp.maximum(batch.num_bytes, 1), 0.0)
+
+
+def direction_stability(params, graphdef, rest, half_a: Sequence[ProxyBatch], half_b: Sequence[ProxyBatch],
+                        vocab_limit: int) -> float:
+    """The cosine between the validation directions of two disjoint halves of the validation set."""
+    u_a, _, _ = validation_direction(params, graphdef, rest, half_a, vocab_limit)
+    u_b, _, _ = validation_direction(params, graphdef, rest, half_b, vocab_limit)
+    return tree_cosine(u_a, u_b)
+
+
+# ---- host side: texts and teacher tokens into the proxy's batches ------------------------------------
+
+def _pad_id(tokenizer: Tokenizer) -> int:
+    return tokenizer.pad_id if tokenizer.pad_id is not None else 0
+
+
+def _batch(tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequence[Sequence[int]],
+           num_bytes: Sequence[int]) -> ProxyBatch:
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    pad = _pad_id(tokenizer)
+    prompt_ids, prompt_mask = left_pad([tokenizer.encode(p) for p in prompts],
+                                       bucket_length(max(len(tokenizer.encode(p)) for p in prompts)), pad)
+    width = bucket_length(max(max(map(len, completions)), 1))
+    tokens = np.full((len(completions), width), pad, np.int32)
+    mask = np.zeros((len(completions), width), np.int32)
+    for row, ids in enumerate(completions):
+        tokens[row, :len(ids)] = ids
+        mask[row, :len(ids)] = 1
+    return ProxyBatch(jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), jnp.asarray(tokens), jnp.asarray(mask),
+                      jnp.asarray(np.asarray(num_bytes, np.int32)))
+
+
+def text_batch(tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> ProxyBatch:
+    """Prompts and completion texts in the proxy's own tokenization (gold validation text, for one)."""
+    ids = [tokenizer.encode(c) for c in completions]
+    if any(not row for row in ids) or any(not p for p in prompts):
+        raise ValueError("an empty prompt or completion: the proxy has nothing to score")
+    return _batch(tokenizer, prompts, ids, [len(c.encode("utf-8")) for c in completions])
+
+
+def retokenized_batch(teacher_tokenizer: Tokenizer, completion_ids: Sequence[Sequence[int]],
+                      proxy_tokenizer: Tokenizer, prompts: Sequence[str], *, strict: bool = True) -> ProxyBatch:
+    """A teacher's completion tokens as the proxy reads them: their bytes re-tokenized by the proxy
+    (``align_retokenized``, as the calibration reward does); special tokens (EOS) hold no bytes.
+
+    ``strict``: text whose bytes change on the way (a sampled broken UTF-8 sequence becomes U+FFFD) is an
+    error; with ``strict=False`` the proxy scores the text as it reads it, per byte of the teacher's text."""
+    aligned = align_retokenized(teacher_tokenizer, completion_ids, proxy_tokenizer)
+    if aligned.mismatches and strict:
+        raise ValueError("the proxy's tokenizer changes the bytes of some completions (it cannot tokenize "
+                         f"them faithfully): {aligned.report()[:500]}")
+    rows = [ids[mask.astype(bool)].tolist() for ids, mask in zip(aligned.ids_b, aligned.mask_b)]
+    return _batch(proxy_tokenizer, prompts, rows, np.asarray(aligned.spans.total_bytes_a).tolist())
