@@ -182,28 +182,31 @@ def test_debug_shows_the_traceback(world, capsys):
 
 
 def test_ctrl_c_during_a_checkpoint_save_saves_and_exits_130(world, tmp_path, capsys, monkeypatch):
-    """SIGINT arrives inside orbax's save of step 1: the save completes, the loop stops at that step with
-    its checkpoint, and the command prints ``interrupted`` and exits 130 (no traceback, not even orbax's);
-    resume=true then continues from step 1 to the end."""
-    from jaxdistill import training
+    """SIGINT arrives while orbax writes the checkpoint of step 1 (the main thread waits for orbax's
+    background commit): the save completes, the loop stops at that step with its checkpoint, and the
+    command prints ``interrupted`` and exits 130, with no traceback (not even orbax's); resume=true then
+    continues from step 1 to the end."""
+    import orbax.checkpoint as ocp
 
-    save = training.Checkpointer.save
+    wait = ocp.CheckpointManager.wait_until_finished
+    signalled = []
 
-    def save_with_ctrl_c(self, step, *args, **kwargs):
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode: inside the save
-        return save(self, step, *args, **kwargs)
+    def wait_with_ctrl_c(manager):
+        if not signalled:
+            signalled.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # handled at once, in the main thread, inside orbax's save
+        return wait(manager)
 
-    monkeypatch.setattr(training.Checkpointer, "save", save_with_ctrl_c)
+    monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", wait_with_ctrl_c)
     out = tmp_path / "run"
     argv = [f"student={world['proxy']}", f"output_dir={out}", "max_steps=3", "save_steps=1", *SFT]
     assert distill_main(argv) == 130
     err = capsys.readouterr().err
-    assert "interrupted: checkpoint of step 1 saved" in err.strip().splitlines()[-1]
+    assert signalled and "interrupted: checkpoint of step 1 saved" in err.strip().splitlines()[-1]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the runner put the handler back
-    monkeypatch.setattr(training.Checkpointer, "save", save)
+    monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", wait)
     assert distill_main([*argv, "resume=true"]) == 0
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
