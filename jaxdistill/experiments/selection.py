@@ -125,7 +125,8 @@ def sample_teacher(teacher_dir: str, task, examples, k: int, max_new_tokens: int
     else:
         samples = sample_batched(side, prompts, batch_size=64, num_generations=k, max_new_tokens=max_new_tokens,
                                  temperature=1.0, seed=seed)
-        ids, finished = samples.ids, samples.finished
+        finished = [bool(d) for d in samples.finished]
+        ids = [c[:-1] if d else c for c, d in zip(samples.ids, finished)]  # EOS dropped
         cache.write_text(json.dumps({"ids": [list(map(int, c)) for c in ids], "finished": list(map(bool, finished))}))
     return ids, [side.text(c) for c in ids], finished, model, side, prompts
 
