@@ -17,25 +17,27 @@ outputs, the ones it prefers are the ones students learn less from. This tests t
 A score passes for the undistillable side when its set leaves both students at <= 0.8x random, and
 for the distillable side when its opposite set leaves them above random.
 
-    python -m jaxdistill.experiments.selection --run runs/default
-    python -m jaxdistill.experiments.selection --teacher T --proxy P --other S --world-version 2 --out runs/sel2
+    python -m jaxdistill.experiments.selection run_dir=runs/default
+    python -m jaxdistill.experiments.selection teacher=T proxy=P other=S world_version=2 output_dir=runs/sel2
 
-Outputs in ``--out``: samples.jsonl (every sample, its verdict and scores), sets/<selection>.jsonl,
+Outputs in ``output_dir``: samples.jsonl (every sample, its verdict and scores), sets/<selection>.jsonl,
 runs/<selection>/<student>/seed<s>/ (the student runs, each with result.json), selection.json and
 selection.md (the table).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from jaxdistill.config import BaseConfig, option, run_cli
 
 log = logging.getLogger("jaxdistill.selection")
 
@@ -354,45 +356,54 @@ def selection_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jaxdistill.experiments.selection", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", help="a default-run folder: its world's teacher, proxy and students")
-    parser.add_argument("--teacher", help="HF folder of the teacher (overrides --run's)")
-    parser.add_argument("--proxy", help="HF folder of the proxy; also the proxy_like student (overrides --run's)")
-    parser.add_argument("--other", help="HF folder of the other student (overrides --run's)")
-    parser.add_argument("--world-version", type=int, default=1, choices=(1, 2))
-    parser.add_argument("--out", help="output folder (default: <run>/selection_v<version>)")
-    parser.add_argument("--prompts", type=int, default=1000)
-    parser.add_argument("--samples", type=int, default=4, help="teacher samples per prompt (T = 1)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--selections", nargs="+", choices=list(SELECTIONS), help="default: all that apply")
-    parser.add_argument("--validation-texts", type=int, default=1024, help="gold texts behind the harm direction")
-    parser.add_argument("--max-completion-length", type=int, default=None,
-                        help="teacher samples and student training (default 80 in v1, 128 in v2)")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--table-only", action="store_true", help="only tabulate the student runs already finished")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+@dataclasses.dataclass
+class SelectionConfig(BaseConfig):
+    """The selection test's settings (``key=value`` or YAML)."""
+
+    run_dir: str = option("", "a default-run folder: its world's teacher, proxy and students")
+    teacher: str = option("", "HF folder of the teacher (overrides run_dir's)")
+    proxy: str = option("", "HF folder of the proxy; also the proxy_like student (overrides run_dir's)")
+    other: str = option("", "HF folder of the other student (overrides run_dir's)")
+    world_version: int = option(1, "arith world the prompts and gold text come from", choices=(1, 2))
+    output_dir: str = option("", "output folder (default: <run_dir>/selection_v<world_version>)")
+    num_prompts: int = option(1000, "train prompts the teacher samples", ge=1)
+    samples_per_prompt: int = option(4, "teacher samples per prompt (T = 1)", ge=2)
+    seeds: tuple[int, ...] = option((0, 1, 2), "student seeds of every set")
+    selections: tuple[str, ...] = option((), "sets to train (default: all that apply)", choices=tuple(SELECTIONS))
+    validation_texts: int = option(1024, "gold texts behind the harm direction", ge=2)
+    max_completion_length: int = option(0, "teacher samples and student training (0: 80 in v1, 128 in v2)", ge=0)
+    workers: int = option(2, "processes training students at once", ge=1)
+    table_only: bool = option(False, "only tabulate the student runs already finished")
+
+    def validate(self) -> None:
+        super().validate()
+        if not (self.run_dir or (self.teacher and self.proxy and self.other)):
+            raise ValueError("give run_dir=<default-run folder>, or teacher=, proxy= and other=")
+
+
+def select(args: SelectionConfig) -> None:
     paths: dict[str, Any] = {}
-    if args.run:
+    if args.run_dir:
         from jaxdistill.experiments.world import world_paths
 
-        paths = world_paths(Path(args.run) / "world")
+        paths = world_paths(Path(args.run_dir) / "world")
     teacher, proxy = args.teacher or paths.get("teacher"), args.proxy or paths.get("proxy")
     other = args.other or paths.get("student_other")
-    if not (teacher and proxy and other):
-        parser.error("give --run <default-run folder>, or --teacher, --proxy and --other")
     length = args.max_completion_length or (128 if args.world_version == 2 else 80)
-    out = Path(args.out or Path(args.run) / f"selection_v{args.world_version}")
+    out = Path(args.output_dir or Path(args.run_dir) / f"selection_v{args.world_version}")
     summary = run_selection(teacher=str(teacher), proxy=str(proxy), students={"proxy_like": str(proxy),
-                            "other": str(other)}, out=out, world_version=args.world_version, prompts=args.prompts,
-                            k=args.samples, seeds=args.seeds, selections=args.selections,
-                            validation_texts=args.validation_texts,
+                            "other": str(other)}, out=out, world_version=args.world_version,
+                            prompts=args.num_prompts, k=args.samples_per_prompt, seeds=list(args.seeds),
+                            selections=list(args.selections) or None, validation_texts=args.validation_texts,
                             recipe=Recipe(max_completion_length=length), workers=args.workers,
                             train=not args.table_only)
     print(selection_table(summary))
 
 
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(SelectionConfig, select, argv, prog="python -m jaxdistill.experiments.selection",
+                   description=__doc__.split("\n\n")[0])
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
