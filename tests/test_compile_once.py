@@ -13,7 +13,7 @@ from jaxdistill.tasks.pipeline import prompt_text
 from jaxdistill.tokenizer import load_tokenizer
 from jaxdistill.training import read_metrics
 
-from tiny_models import tiny_world
+from helpers import tiny_world
 
 
 @pytest.fixture(scope="module")

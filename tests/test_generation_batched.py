@@ -9,14 +9,14 @@ from jaxdistill.generation.batched import even_batches, logprobs_batched, sample
 from jaxdistill.generation.tokenized_model import TokenizedModel, check_pair
 from jaxdistill.tasks import get_task
 from jaxdistill.tasks.tiny_tokenizers import train_tiny_tokenizers
-from tiny_models import random_qwen_folder
+from helpers import tiny_qwen_folder
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("batched")
     toks = train_tiny_tokenizers(root / "tokenizers", n_problems=400)
-    folder = random_qwen_folder(root / "model", toks["teacher"])
+    folder = tiny_qwen_folder(root / "model", toks["teacher"])
     return {"folder": folder, "tokenizers": toks}
 
 

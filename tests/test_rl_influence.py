@@ -10,14 +10,14 @@ from jaxdistill.rl.influence import (direction_stability, harm_scores, retokeniz
                                      split_proxy, text_batch, tree_cosine, validation_direction)
 from jaxdistill.tasks import get_task, train_tiny_tokenizers
 from jaxdistill.tokenizer import load_tokenizer
-from tiny_models import random_qwen_folder
+from helpers import tiny_qwen_folder
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("influence")
     toks = train_tiny_tokenizers(root / "tokenizers", n_problems=200)
-    proxy, _ = load_model(random_qwen_folder(root / "proxy", toks["proxy"], model_type="qwen2"), "float32")
+    proxy, _ = load_model(tiny_qwen_folder(root / "proxy", toks["proxy"], model_type="qwen2"), "float32")
     examples = get_task("arith", difficulty=1).load("train", limit=12)
     out = dict(proxy=proxy, proxy_tok=load_tokenizer(toks["proxy"]), teacher_tok=load_tokenizer(toks["teacher"]),
                prompts=[e.prompt for e in examples], texts=[e.solution for e in examples])
