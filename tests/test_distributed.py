@@ -1,9 +1,11 @@
 """Multi-process runs on one machine: 2 JAX processes (2 CPU devices each) over 127.0.0.1 give the
-same calibration as 1 process with the same 4-device mesh and global batch; plus the init logic."""
+same calibration as 1 process with the same 4-device mesh and global batch; killed with SIGKILL after a
+checkpoint and resumed, they finish with what an uninterrupted run writes; plus the init logic."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +47,14 @@ def _calibrate(config: Path, *overrides: str, devices: int, log: Path) -> subpro
                                 cwd=REPO, env=_env(devices), stdout=out, stderr=subprocess.STDOUT)
 
 
+def _two_processes(config: Path, out: Path, *overrides: str, logs: list[Path]) -> list[subprocess.Popen]:
+    """Start a calibration as 2 processes x 2 CPU devices, joined over a free loopback port."""
+    port = _free_loopback_port()
+    return [_calibrate(config, f"output_dir={out}", "distributed.mode=explicit",
+                       f"distributed.coordinator_address=127.0.0.1:{port}", "distributed.num_processes=2",
+                       f"distributed.process_id={i}", *overrides, devices=2, log=logs[i]) for i in range(2)]
+
+
 def _wait(processes: list[subprocess.Popen], logs: list[Path]) -> None:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
@@ -70,17 +80,16 @@ def two_runs(tmp_path_factory):
         teacher=str(world["teacher"]), proxy=str(world["proxy"]), task="arith", num_generations=4,
         prompts_per_step=2, max_steps=2, max_completion_length=12, learning_rate=1e-2, lora_rank=4,
         lora_alpha=8.0, eval_steps=0, eval_num_prompts=4, save_steps=2, progress=False, eta=1.0, beta=0.04,
-        mesh={"data": 1, "fsdp": 4, "tensor": 1})))
+        mesh={"data": 1, "fsdp": 4, "tensor": 1},
+        # the module's own cache: the resumed runs below load the programs these runs compiled
+        compilation_cache_dir=str(root / "compilation_cache"))))
     one, two = root / "one", root / "two"
-    port = _free_loopback_port()
     logs = [root / f"two.process{i}.log" for i in range(2)] + [root / "one.log"]
     # All three processes run at once: XLA compiles mostly on one core, so this overlaps the compiles.
-    processes = [_calibrate(config, f"output_dir={two}", "distributed.mode=explicit",
-                            f"distributed.coordinator_address=127.0.0.1:{port}", "distributed.num_processes=2",
-                            f"distributed.process_id={i}", devices=2, log=logs[i]) for i in range(2)]
+    processes = _two_processes(config, two, logs=logs)
     processes.append(_calibrate(config, f"output_dir={one}", "distributed.mode=off", devices=4, log=logs[2]))
     _wait(processes, logs)
-    return {"one": one, "two": two, "logs": logs[:2]}
+    return {"one": one, "two": two, "logs": logs[:2], "config": config}
 
 
 def test_two_processes_join_one_runtime(two_runs):
@@ -116,6 +125,61 @@ def test_two_processes_export_and_checkpoint_like_one(two_runs):
             np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-5, err_msg=key)
     assert (two_runs["two"] / "checkpoints" / "2").is_dir()
     assert json.loads((two_runs["two"] / "config.json").read_text())["distributed"]["num_processes"] == 2
+
+
+def _committed_checkpoints(out: Path) -> list[int]:
+    """The steps of orbax's complete checkpoints (a checkpoint being written has a temporary name)."""
+    try:
+        return sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    except FileNotFoundError:
+        return []
+
+
+def test_two_processes_killed_after_a_checkpoint_resume_to_the_uninterrupted_run(two_runs, tmp_path):
+    """Both processes SIGKILLed once the step-1 checkpoint is complete (step 2 of 2 still to run), then both
+    relaunched with resume=true: the run takes over the folder its killed process 0 still names as locked,
+    continues from step 1 and ends with the uninterrupted 2-process run's weights and metrics, bit for bit
+    (``save_steps=1`` here against 2 there: when checkpoints are written never changes what a step computes)."""
+    out, settings = tmp_path / "run", ("save_steps=1", "resume=true")
+    killed = [tmp_path / f"killed.process{i}.log" for i in range(2)]
+    processes = _two_processes(two_runs["config"], out, *settings, logs=killed)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while (not _committed_checkpoints(out) and all(p.poll() is None for p in processes)
+           and time.monotonic() < deadline):
+        time.sleep(0.005)
+    running = all(p.poll() is None for p in processes)
+    for p in processes:  # both at once, before process 1 sees process 0 gone (it would abort itself)
+        p.kill()  # SIGKILL: no handler runs, the folder's lock and owner record stay behind
+    for p in processes:
+        p.wait()
+    logs = "\n".join(f"--- {log}\n{log.read_text()[-3000:]}" for log in killed)
+    assert running, f"a process ended before the step-1 checkpoint was complete (or it never was):\n{logs}"
+    assert [p.returncode for p in processes] == [-signal.SIGKILL] * 2, logs
+    assert _committed_checkpoints(out) == [1], logs  # killed between the two checkpoints
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"
+    assert (out / ".owner.json").exists()  # the killed process 0 still names itself the folder's owner
+
+    resumed = [tmp_path / f"resumed.process{i}.log" for i in range(2)]
+    _wait(_two_processes(two_runs["config"], out, *settings, logs=resumed), resumed)
+    log0 = resumed[0].read_text()
+    assert "its lock was stale and this run takes over" in log0
+    assert "resumed from step 1" in log0
+    assert "resumed from step 1" in resumed[1].read_text()  # process 1 restores the same step
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and len(manifest["resumes"]) == 1
+    assert _committed_checkpoints(out) == [1, 2]
+
+    reference = two_runs["two"]
+    for folder, name in (("teacher", "model.safetensors"), ("adapter", "adapter.safetensors")):
+        a, b = load_file(str(reference / folder / name)), load_file(str(out / folder / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(b[key], a[key], err_msg=f"{folder}/{key}")
+    comparable = lambda records: [{k: v for k, v in r.items() if not measures_the_machine(k)}  # noqa: E731
+                                  for r in records]
+    expected, got = comparable(read_metrics(reference)), comparable(read_metrics(out))
+    assert [r["step"] for r in got] == [0, 1, 2]  # step 1 from the killed run, step 2 from the resumed one
+    assert got == expected
 
 
 # ---- initialisation logic (no runtime is started) ------------------------------------------------
