@@ -40,10 +40,11 @@ def shared_dir() -> Path:
     return path
 
 
-# The files that take longest (minutes each, measured with two workers on two cores: the distillation
-# smoke ~9, the notebooks ~5, the scorecard and the calibration tests ~2.5, the multi-process run ~1.5).
-SLOW_FIRST = ("test_distill_smoke.py", "test_notebooks.py", "test_distributed.py", "test_evaluate.py",
-              "test_calibrate.py")
+# The files that take longest (measured on a loaded 2-core machine, 2026-12-06: the distillation smoke ~11
+# worker-minutes, the notebooks ~8, the multi-process runs ~5, the crash test ~3, the calibration and
+# scorecard tests ~3 each, the compile-once test and the bad-input suite ~1 each).
+SLOW_FIRST = ("test_distill_smoke.py", "test_notebooks.py", "test_distributed.py", "test_crash_resume.py",
+              "test_calibrate.py", "test_evaluate.py", "test_compile_once.py", "test_bad_inputs.py")
 
 
 def pytest_collection_modifyitems(config, items):

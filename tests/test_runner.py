@@ -1,6 +1,8 @@
 """The experiments' one runner reuses finished runs (and only those), and the knob curve built from a
 scorecard: pure checks on folders and dicts, no training."""
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,19 +12,30 @@ from jaxdistill.experiments.knob import DEFAULT_RUN_ETAS, ORIGINAL, knob_table, 
 from jaxdistill.rl.config import CalibrateConfig
 
 
+def _finish(config, command, results, input_fields):
+    """Record ``config``'s run in its folder as finished, as the command does at its end."""
+    from jaxdistill import run_folder
+
+    with run_folder.open_run(config.output_dir, config, command=command, resume=False, input_fields=input_fields,
+                             inputs=run_folder.inputs_of(config, input_fields)) as run:
+        for name in results:
+            (Path(config.output_dir) / name).mkdir(parents=True, exist_ok=True)
+        run.finish(results=list(results))
+
+
 def test_a_finished_run_is_reused_without_loading_anything(tmp_path):
     # teacher, proxy and student paths do not exist: running would fail, reusing must not touch them
     calibration = CalibrateConfig(teacher="nowhere", proxy="nowhere", output_dir=str(tmp_path / "cal"))
     distillation = DistillConfig(student="nowhere", teacher="nowhere", objective="kd",
                                  output_dir=str(tmp_path / "kd"))
     assert not runner.finished(calibration) and not runner.finished(distillation)
-    (tmp_path / "cal" / "teacher").mkdir(parents=True)
-    (tmp_path / "cal" / "teacher" / "config.json").write_text("{}")
-    (tmp_path / "kd").mkdir()
-    (tmp_path / "kd" / "summary.json").write_text("{}")
+    _finish(calibration, "calibrate", ["teacher"], runner.CALIBRATION_INPUTS)
+    _finish(distillation, "distill", ["model"], runner.DISTILLATION_INPUTS)
     assert runner.finished(calibration) and runner.finished(distillation)
     assert runner.calibrated_teacher(calibration) == str(tmp_path / "cal" / "teacher")
     assert runner.distilled_student(distillation) == str(tmp_path / "kd" / "model")
+    # the same folder, another setting: not this run, so not reused
+    assert not runner.finished(dataclasses.replace(calibration, eta=-1.0))
 
 
 def test_an_unfinished_run_is_run(tmp_path):

@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 
+from jaxdistill.tasks import loading
 from jaxdistill.tasks import TASKS, Example, MalformedRowsWarning, Task, Verdict, get_task, \
     list_tasks, strip_thinking, summarize
 
@@ -104,7 +105,14 @@ def test_hub_failure_explains_the_offline_fix(monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(RuntimeError, match="openai/gsm8k.*no network.*Fix: .*path="):
+    # the hub cannot be reached: refused before datasets' half-minute of retries, naming the fixes
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=5.0: False)
+    with pytest.raises(ConnectionError, match="cannot be reached to load 'openai/gsm8k'.*Fix: set data_path.*"
+                                              "HF_DATASETS_OFFLINE=1"):
+        get_task("gsm8k").load("test")
+    # reachable, but the load fails: the library's reason and the local-data fix
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=5.0: True)
+    with pytest.raises(RuntimeError, match="openai/gsm8k.*no network.*Fix: .*data_path"):
         get_task("gsm8k").load("test")
     with pytest.raises(ValueError, match="unknown split"):
         get_task("math500").load("train")
