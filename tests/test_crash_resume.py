@@ -31,7 +31,7 @@ from helpers import tiny_world
 from jaxdistill.training import measures_the_machine
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_STEPS = 10
+MAX_STEPS = 30  # room for ten kills: each lets the run on by up to two checkpoints (10 steps ran out)
 # the kinds of moment, in the order they are tried; the export comes last, when every step is done
 TRIALS = ("save", "startup", "step", "save", "startup", "step", "save", "startup", "step", "export")
 
