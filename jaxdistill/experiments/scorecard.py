@@ -56,7 +56,6 @@ ATTACKERS = {
     "kd_top20": Attacker("kd", {"divergence": "forward_kl", "top_k": 20}, same_tokenizer_only=True),
 }
 BATTERY = ("seqkd", "seqkd_t0.7", "seqkd_correct", "gkd", "kd_top20")  # attacks=[battery]
-ATTACKS = tuple(ATTACKERS)  # the valid attacker names
 
 
 def attacker_names(attacks: Sequence[str]) -> tuple[str, ...]:
@@ -90,7 +89,7 @@ def attacker_config(recipe: DistillConfig, name: str) -> DistillConfig:
 def attacker_runs_for(name: str, student: str | Path, teacher: str | Path) -> bool:
     """Whether attacker ``name`` distills ``student`` from ``teacher`` (folders): always, but for an attacker
     that reads the teacher's logits per token, only when both carry the same tokenizer."""
-    return not ATTACKERS[name].same_tokenizer_only or shares_tokenizer(student, teacher)
+    return not attacker(name).same_tokenizer_only or shares_tokenizer(student, teacher)
 
 
 def shares_tokenizer(student: str | Path, teacher: str | Path) -> bool:
@@ -402,10 +401,10 @@ def attacker_table(result: Mapping[str, Any]) -> list[str]:
 def describe_attackers() -> str:
     """One line per attacker (the command's --help): its name, objective, settings and students."""
     lines = []
-    for name, attacker in ATTACKERS.items():
-        settings = "".join(f" {key}={value}" for key, value in attacker.settings.items())
-        only = " (students sharing the teacher's tokenizer only)" if attacker.same_tokenizer_only else ""
-        lines.append(f"  {name}: {attacker.objective}{settings}{only}")
+    for name, spec in ATTACKERS.items():
+        settings = "".join(f" {key}={value}" for key, value in spec.settings.items())
+        only = " (students sharing the teacher's tokenizer only)" if spec.same_tokenizer_only else ""
+        lines.append(f"  {name}: {spec.objective}{settings}{only}")
     return "\n".join(lines + [f"  battery: {', '.join(BATTERY)}"])
 
 
