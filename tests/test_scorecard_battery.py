@@ -3,7 +3,6 @@ attacker's recipe, the same-tokenizer rule, the default run's arms, and the tabl
 every attacker (from made-up results: no training), then one tiny arm of the logit attacker."""
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 
