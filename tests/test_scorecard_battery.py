@@ -73,14 +73,15 @@ def test_the_default_runs_arms_are_unchanged_and_the_battery_adds_its_own(tmp_pa
 
 
 def made_up_results(config: ScorecardConfig, accuracy) -> dict:
-    """What the scorecard's jobs return, with ``accuracy(student, arm)``; ``other`` gets no kd_top20."""
+    """What the scorecard's jobs return, with ``accuracy(student, arm)``; ``proxy_like`` (the proxy's
+    tokenizer, as in the tiny world) gets no kd_top20."""
     results = {TEACHERS_JOB: {}}
     for arm in scorecard_arms(config):
         for seed in config.seeds:
             rows = []
             for student in ("proxy_like", "other"):
                 row = {"student": student, "arm": arm["arm"], "seed": seed}
-                if student == "other" and arm.get("attack") == "kd_top20":
+                if student == "proxy_like" and arm.get("attack") == "kd_top20":
                     rows.append({**row, "not_run": not_run_reason("kd_top20")})
                 else:
                     rows.append({**row, "accuracy": accuracy(student, arm), "unparseable_rate": 0.0,
@@ -106,18 +107,19 @@ def test_the_tables_and_the_knob_plot_name_every_attacker(tmp_path):
     assert rows[("other", "seqkd_correct/undistillable")]["collapse"]
     assert rows[("other", "seqkd/undistillable")]["relative_to_original"] == pytest.approx(1.0)
     assert not any(row["collapse"] for row in card["arms"] if row["teacher"] and row["attack"] != "seqkd_correct")
-    assert ("other", "kd_top20/original") not in rows and ("proxy_like", "kd_top20/original") in rows
+    assert ("proxy_like", "kd_top20/original") not in rows and ("other", "kd_top20/original") in rows
     assert {(r["student"], r["arm"]) for r in card["not_run"]} == {
-        ("other", f"kd_top20/{t}") for t in (ORIGINAL, "eta0", "distillable", "undistillable")}
+        ("proxy_like", f"kd_top20/{t}") for t in (ORIGINAL, "eta0", "distillable", "undistillable")}
 
     text = (tmp_path / "card" / "scorecard.md").read_text()
     for student in ("proxy_like", "other"):
         for name in BATTERY:
             assert f"| {student} | {name} |" in text, (student, name)  # a row of the per-attacker table
-    assert "| other | kd_top20 | not run | not run | not run | not run |" in text
+    assert "| proxy_like | gkd | 30.0 | 30.0 (1.00) | 30.0 (1.00) | 30.0 (1.00) |\n| proxy_like | kd_top20 | not run " \
+           "| not run | not run | not run |\n| other | seqkd |" in text  # in the student's rows, the battery's order
     assert "| proxy_like | seqkd_correct | 50.0 | 5.0 (0.10) **collapse** |" in text
-    assert (f"| other | kd_top20 | original, eta0, distillable, undistillable | {not_run_reason('kd_top20')} |"
-            in text)
+    assert (f"| proxy_like | kd_top20 | original, eta0, distillable, undistillable | "
+            f"{not_run_reason('kd_top20')} |" in text)
     assert "tokenizer differs" in not_run_reason("kd_top20")
 
     png = write_knob_plot(card, tmp_path / "knob.png")  # 10 student lines and the teachers'

@@ -391,9 +391,12 @@ def attacker_table(result: Mapping[str, Any]) -> list[str]:
         cells.setdefault((row["student"], row["attack"]), {})[row["teacher"]] = "not run"
     if not cells:
         return []
+    students = list(dict.fromkeys(row["student"] for row in result["arms"]))
+    attackers = result["settings"].get("attacks") or list(dict.fromkeys(attack for _, attack in cells))
     lines = ["Per attacker: accuracy % (ratio to the same student and attacker from the original teacher).", "",
              "| student | attacker | " + " | ".join(teachers) + " |", "|---|---|" + "---|" * len(teachers)]
-    for (student, attack), by_teacher in cells.items():
+    for student, attack in sorted(cells, key=lambda key: (students.index(key[0]), attackers.index(key[1]))):
+        by_teacher = cells[(student, attack)]
         lines.append(f"| {student} | {attack} | " + " | ".join(by_teacher.get(t, "") for t in teachers) + " |")
     return lines
 
