@@ -414,8 +414,11 @@ class KnobGridConfig(BaseConfig):
         check_ranges(dataclasses.replace(ScorecardConfig(), attacks=tuple(self.attacks)))
         data = parse_overrides(self.overrides)
         for mode, beta in itertools.product(self.modes, self.betas):  # an unknown mode: CalibrateConfig's error
-            from_dict(CalibrateConfig, data, base=CalibrateConfig(teacher="t", proxy="p", calibration_mode=mode,
-                                                                  beta=beta)).validate()
+            try:
+                from_dict(CalibrateConfig, data, base=CalibrateConfig(teacher="t", proxy="p", calibration_mode=mode,
+                                                                      beta=beta)).validate()
+            except ValueError as err:
+                raise ConfigError(f"a cell's calibration (modes, betas, overrides): {err}") from err
 
 
 def main(argv: list[str] | None = None) -> int:
