@@ -422,8 +422,13 @@ class KnobGridConfig(BaseConfig):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(KnobGridConfig, knob_grid, argv, prog="python -m jaxdistill.experiments.knob_grid",
+    return run_cli(KnobGridConfig, run, argv, prog="python -m jaxdistill.experiments.knob_grid",
                    description=__doc__.split("\n\n")[0])
+
+
+def run(args: KnobGridConfig) -> None:
+    knob_grid(args)
+    print((Path(args.output_dir) / "grid.md").read_text())
 
 
 def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
@@ -529,7 +534,6 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
               "original": {"teacher": original_teacher, "students": original_students},
               "cells": rows, "draws": draw_checks(rows), "seconds": time.perf_counter() - started}
     write_grid(result, out)
-    print((out / "grid.md").read_text())
     return result
 
 
