@@ -65,13 +65,13 @@ def knob_table(accuracy: Mapping[str, Mapping[str, Sequence[float]]], teachers: 
 
 def scorecard_accuracy(card: Mapping[str, Any]) -> dict[str, dict[str, list[float]]]:
     """A scorecard (``jaxdistill.experiments.scorecard``) as ``knob_table``'s input: the teachers' own
-    accuracy under "teacher", and per student and attack ("<student> (<attack>)") the accuracy of every
-    seed distilled from each teacher."""
+    accuracy under "teacher", and per student and attacker ("<student> (<attacker>)") the accuracy of every
+    seed distilled from each teacher (the objective names the attacker in scorecards that predate them)."""
     accuracy: dict[str, dict[str, list[float]]] = {
         "teacher": {name: [t["accuracy"]] for name, t in card.get("teachers", {}).items()}}
     for row in card["arms"]:
         if row.get("teacher"):
-            model = f"{row['student']} ({row['objective']})"
+            model = f"{row['student']} ({row.get('attack') or row['objective']})"
             accuracy.setdefault(model, {})[row["teacher"]] = [run["accuracy"] for run in row["runs"]]
     return accuracy
 
@@ -120,12 +120,14 @@ def draw_knob(ax: Any, rows: Sequence[Mapping[str, Any]], models: Sequence[str],
     calibrated = sorted((r for r in rows if r["eta"] is not None), key=lambda r: r["eta"])
     original = next((r for r in rows if r["eta"] is None), None)
     for i, model in enumerate(models):
-        color = "black" if model == "teacher" else f"C{i}"
+        # ten colours, then the same ten dash-dotted (an attacker battery draws more than ten students)
+        color = "black" if model == "teacher" else f"C{i % 10}"
+        style = "-" if i < 10 else "-."
         points = [(r["eta"], r["accuracy"][model]["mean"], r["accuracy"][model]["std"])
                   for r in calibrated if model in r["accuracy"]]
         if points:
             x, mean, std = map(np.asarray, zip(*points))
-            ax.errorbar(x, 100 * mean, yerr=100 * std, marker="o", capsize=4, color=color,
+            ax.errorbar(x, 100 * mean, yerr=100 * std, marker="o", capsize=4, color=color, linestyle=style,
                         linewidth=2.5 if model == "teacher" else 1.8, label=model)
         if original is not None and model in original["accuracy"]:
             ax.axhline(100 * original["accuracy"][model]["mean"], color=color, linestyle="--", linewidth=1, alpha=0.7)
@@ -134,4 +136,4 @@ def draw_knob(ax: Any, rows: Sequence[Mapping[str, Any]], models: Sequence[str],
     ax.set_ylim(-2, 102)
     ax.set_title(title + ("\n(dashed: from the original teacher)" if original is not None else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8 if len(models) <= 8 else 6, ncol=1 if len(models) <= 8 else 2)

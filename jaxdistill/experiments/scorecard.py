@@ -4,12 +4,15 @@
         teachers=[eta0=T0,distillable=Tplus,undistillable=Tminus] students=[proxy_like=S1,other=S2] \\
         attacks=[seqkd,gkd] seeds=[0,1,2] recipe.max_steps=200 num_prompts=200 output_dir=runs/scorecard
 
-Arms: the student before distillation; SFT on gold; then for each attack, distillation from the original
+Arms: the student before distillation; SFT on gold; then for each attacker (``ATTACKERS``: an objective
+and the recipe fields it sets; ``battery`` names the five of ``BATTERY``), distillation from the original
 teacher and from every calibrated teacher (``teachers``, ``label=path`` entries, in the order given). All
 arms share one recipe (same prompts, steps, batch, learning rate: the same compute) and one decoding.
-"collapse": accuracy <= ``collapse_ratio`` x that of the same student and attack from the original teacher.
-Outputs in ``output_dir``: ``scorecard.json``, ``scorecard.md``, ``scorecard.png`` and the student runs
-under ``runs/``.
+An attacker that reads the teacher's logits token by token runs only for students that share the
+teacher's tokenizer; the others are listed as not run, with the reason.
+"collapse": accuracy <= ``collapse_ratio`` x that of the same student and attacker from the original
+teacher. Outputs in ``output_dir``: ``scorecard.json``, ``scorecard.md``, ``scorecard.png`` and the student
+runs under ``runs/``.
 """
 
 from __future__ import annotations
@@ -22,15 +25,83 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from jaxdistill.config import EvalConfig, option, run_cli
-from jaxdistill.distill.data import TeacherSampleCache
+from jaxdistill.distill.data import TeacherSampleCache, same_tokenizer
 from jaxdistill.distill.trainer import DistillConfig
 from jaxdistill.evaluate import (aggregate, bar_chart, check_model_folder, compare_teachers, make_task, parse_entries,
                                  resolve_model_dir, teacher_table)
 from jaxdistill.experiments import runner
 from jaxdistill.experiments.jobs import JOB_OVERHEAD_SECONDS, Job, default_workers, run_jobs
 from jaxdistill.experiments.knob import ORIGINAL
+from jaxdistill.tokenizer import load_tokenizer
 
-ATTACKS = ("seqkd", "kd", "gkd")
+
+@dataclasses.dataclass(frozen=True)
+class Attacker:
+    """One way to distill a teacher: an objective of ``jaxdistill.distill`` and the ``DistillConfig`` fields
+    it sets over the scorecard's recipe (``attacker_config``)."""
+
+    objective: str
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    same_tokenizer_only: bool = False  # reads the teacher's logits per token: only students sharing its tokenizer
+
+
+# Every attacker the scorecard knows, by name (the name is the arm's "<attacker>/<teacher>" and its folder);
+# why each is there: docs/distill.md, "The attacker battery".
+ATTACKERS = {
+    "seqkd": Attacker("seqkd"),  # SFT on teacher samples at the recipe's temperature (1)
+    "kd": Attacker("kd"),  # token-level KD on teacher samples, the recipe's divergence and top_k
+    "gkd": Attacker("gkd"),  # on-policy GKD, the recipe's divergence (forward KL in the default run)
+    "seqkd_t0.7": Attacker("seqkd", {"temperature": 0.7}),
+    "seqkd_correct": Attacker("seqkd", {"seqkd_only_correct": True}),
+    "kd_top20": Attacker("kd", {"divergence": "forward_kl", "top_k": 20}, same_tokenizer_only=True),
+}
+BATTERY = ("seqkd", "seqkd_t0.7", "seqkd_correct", "gkd", "kd_top20")  # attacks=[battery]
+
+
+def attacker_names(attacks: Sequence[str]) -> tuple[str, ...]:
+    """``attacks`` with ``battery`` replaced by ``BATTERY``, each name once, in the order given.
+
+    Raises ValueError naming an unknown attacker and listing the valid names.
+    """
+    names: list[str] = []
+    for attack in attacks:
+        for name in BATTERY if attack == "battery" else (attack,):
+            attacker(name)  # an unknown name raises here
+            if name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+def attacker(name: str) -> Attacker:
+    """The attacker called ``name``; ValueError listing the valid names when there is none."""
+    if name not in ATTACKERS:
+        raise ValueError(f"scorecard attack {name!r} is not valid; use one of {', '.join(ATTACKERS)} "
+                         f"or battery (= {', '.join(BATTERY)})")
+    return ATTACKERS[name]
+
+
+def attacker_config(recipe: DistillConfig, name: str) -> DistillConfig:
+    """``recipe`` distilled by attacker ``name``: its objective and settings over the recipe's fields."""
+    chosen = attacker(name)
+    return dataclasses.replace(recipe, objective=chosen.objective, **chosen.settings)
+
+
+def attacker_runs_for(name: str, student: str | Path, teacher: str | Path) -> bool:
+    """Whether attacker ``name`` distills ``student`` from ``teacher`` (folders): always, but for an attacker
+    that reads the teacher's logits per token, only when both carry the same tokenizer."""
+    return not attacker(name).same_tokenizer_only or shares_tokenizer(student, teacher)
+
+
+def shares_tokenizer(student: str | Path, teacher: str | Path) -> bool:
+    """Whether the student and teacher folders (HF folders or run folders) carry the same tokenizer
+    (``jaxdistill.distill.data.same_tokenizer``: identical ``tokenizer.json`` model and vocabulary)."""
+    return same_tokenizer(load_tokenizer(resolve_model_dir(student)), load_tokenizer(resolve_model_dir(teacher)))
+
+
+def not_run_reason(name: str) -> str:
+    """Why attacker ``name`` was not run for a student whose tokenizer differs from the teacher's."""
+    return (f"{name} reads the teacher's next-token distribution token by token; this student's tokenizer "
+            "differs from the teacher's")
 
 
 @dataclasses.dataclass
@@ -42,8 +113,9 @@ class ScorecardConfig(EvalConfig):
                                            "[eta0=T0,distillable=Tplus,undistillable=Tminus]")
     students: tuple[str, ...] = option((), "label=path entries: each student's starting HF folder (its tokenizer "
                                            "inside); include one that differs from the proxy")
-    attacks: tuple[str, ...] = option(("kd",), "objectives run against every teacher: kd | seqkd | gkd",
-                                      choices=("seqkd", "kd", "gkd"))
+    attacks: tuple[str, ...] = option(("kd",), "attackers run against every teacher (an objective and the recipe "
+                                             "fields it sets; battery = " + ", ".join(BATTERY) + ")",
+                                      choices=(*ATTACKERS, "battery"))
     seeds: tuple[int, ...] = option((0, 1, 2), "training seeds of every arm (mean +- std over them)")
     workers: int = option(0, "processes running arms at once (0: one per CPU core on a CPU host, 1 on an "
                              "accelerator); the results do not depend on it", ge=0)
@@ -90,10 +162,10 @@ def scorecard_arms(config: ScorecardConfig) -> list[dict[str, Any]]:
     teachers = {ORIGINAL: config.original_teacher, **calibrated_teachers(config)}
     arms = [{"arm": "before", "objective": "sft", "teacher": "", "steps": 0},
             {"arm": "sft", "objective": "sft", "teacher": ""}]
-    for attack in config.attacks:
+    for attack in attacker_names(config.attacks):
         for key, path in teachers.items():
-            arms.append({"arm": f"{attack}/{key}", "objective": attack, "teacher": path, "teacher_key": key,
-                         "attack": attack})
+            arms.append({"arm": f"{attack}/{key}", "objective": ATTACKERS[attack].objective, "teacher": path,
+                         "teacher_key": key, "attack": attack})
     return arms
 
 
@@ -105,9 +177,7 @@ def check_scorecard(config: ScorecardConfig) -> dict[str, list[str]]:
     if not config.original_teacher:
         raise ValueError("the scorecard needs original_teacher=<HF folder of the teacher before calibration>")
     calibrated_teachers(config)
-    for attack in config.attacks:
-        if attack not in ATTACKS:
-            raise ValueError(f"scorecard attack {attack!r} is not valid; use {', '.join(ATTACKS)}")
+    attacker_names(config.attacks)
     if config.workers < 0:
         raise ValueError(f"workers={config.workers}: give 0 (one per CPU core) or a positive count")
     return students
@@ -130,17 +200,22 @@ def run_arm(config: ScorecardConfig, arm: Mapping[str, Any], seed: int) -> list[
     """Train (or reuse: ``runner.distilled_student``) and score every student of one arm and seed.
 
     The students read the same prompts and sampling seeds, so the teacher's completions are sampled once
-    (``TeacherSampleCache``). Returns one row per student: {"student", "arm", "seed", **score_model(...)}.
+    (``TeacherSampleCache``). Returns one row per student: {"student", "arm", "seed", **score_model(...)},
+    or {"student", "arm", "seed", "not_run": reason} for a student the arm's attacker does not apply to.
     """
     recipe = config.recipe
     task = make_task(recipe.task, recipe.task_options)
     examples = task.load(config.split, recipe.data_path or None, limit=config.num_prompts or None)
     teacher_samples = TeacherSampleCache()
     rows = []
+    attack = arm.get("attack")
     for label, paths in parse_entries(config.students, "students").items():
+        if attack and not attacker_runs_for(attack, paths[0], arm["teacher"]):
+            rows.append({"student": label, "arm": arm["arm"], "seed": seed, "not_run": not_run_reason(attack)})
+            continue
         run_config = dataclasses.replace(
-            recipe, student=str(resolve_model_dir(paths[0])), teacher=arm["teacher"] and
-            str(resolve_model_dir(arm["teacher"])), objective=arm["objective"], seed=seed,
+            attacker_config(recipe, attack) if attack else recipe, student=str(resolve_model_dir(paths[0])),
+            teacher=arm["teacher"] and str(resolve_model_dir(arm["teacher"])), objective=arm["objective"], seed=seed,
             output_dir=str(arm_dir(config, label, arm, seed)), max_steps=arm.get("steps", recipe.max_steps),
             resume=True, student_tokenizer="", teacher_tokenizer="", eval_num_prompts=0, progress=False)
         reused = runner.finished(run_config)
@@ -201,18 +276,23 @@ def assemble_scorecard(config: ScorecardConfig, results: Mapping[str, Any], seco
             for row in results[arm_job(arm, seed)]:
                 rows.setdefault((row["student"], row["arm"]), []).append(
                     {k: v for k, v in row.items() if k not in ("student", "arm")})
-    table = []
+    table, not_run = [], []
     for label in parse_entries(config.students, "students"):
         for arm in arms:
             runs = rows[(label, arm["arm"])]
-            table.append({"student": label, "arm": arm["arm"], "objective": arm["objective"],
-                          "teacher": arm.get("teacher_key", ""), **aggregate(runs), "runs": runs})
+            where = {"student": label, "arm": arm["arm"], "objective": arm["objective"],
+                     "attack": arm.get("attack", ""), "teacher": arm.get("teacher_key", "")}
+            if any("not_run" in run for run in runs):
+                not_run.append({**where, "reason": runs[0]["not_run"]})
+            else:
+                table.append({**where, **aggregate(runs), "runs": runs})
     flag_collapse(table, config.collapse_ratio)
     recipe = config.recipe
     result = {"settings": {"task": recipe.task, "split": config.split, "num_prompts": config.num_prompts,
                            "seeds": list(config.seeds), "collapse_ratio": config.collapse_ratio,
+                           "attacks": list(attacker_names(config.attacks)),
                            "decoding": decoding(config), "recipe": dataclasses.asdict(recipe)},
-              "arms": table, "seconds": seconds, "teachers": results[TEACHERS_JOB]}
+              "arms": table, "not_run": not_run, "seconds": seconds, "teachers": results[TEACHERS_JOB]}
     write_scorecard(result, Path(config.output_dir))
     return result
 
@@ -233,19 +313,20 @@ def scorecard(config: ScorecardConfig) -> dict[str, Any]:
 
 def flag_collapse(rows: Sequence[dict[str, Any]], ratio: float = 0.2) -> None:
     """Marks each teacher arm (in place) with ``relative_to_original`` = its mean accuracy over that of the
-    same student and attack distilled from the original teacher, and ``collapse`` = accuracy <= ratio x it
+    same student and attacker distilled from the original teacher, and ``collapse`` = accuracy <= ratio x it
     (never when that reference accuracy is 0: the ratio is then undefined, reported as None).
 
-    rows: dicts with ``student``, ``arm`` ("<attack>/<teacher>" for teacher arms), ``objective``,
-    ``teacher`` ("" for the before / sft arms) and ``accuracy_mean``.
+    rows: dicts with ``student``, ``arm`` ("<attacker>/<teacher>" for teacher arms), ``objective``,
+    ``attack`` (the attacker's name; the objective when absent), ``teacher`` ("" for the before / sft
+    arms) and ``accuracy_mean``.
     """
     for row in rows:
         if not row["teacher"]:
             continue
-        base = next((r for r in rows if r["student"] == row["student"] and r["arm"] == f"{row['objective']}/original"),
-                    None)
+        reference = f"{row.get('attack') or row['objective']}/{ORIGINAL}"
+        base = next((r for r in rows if r["student"] == row["student"] and r["arm"] == reference), None)
         if base is None:
-            raise ValueError(f"no {row['objective']}/original arm for student {row['student']} to compare with")
+            raise ValueError(f"no {reference} arm for student {row['student']} to compare with")
         if base["accuracy_mean"] > 0:
             row["relative_to_original"] = row["accuracy_mean"] / base["accuracy_mean"]
             row["collapse"] = bool(row["accuracy_mean"] <= ratio * base["accuracy_mean"])
@@ -260,7 +341,7 @@ def write_scorecard(result: Mapping[str, Any], out: Path) -> None:
     s = result["settings"]
     lines = [f"# Scorecard: {s['task']} ({s['split']}, {s['num_prompts'] or 'all'} examples, seeds {s['seeds']})", "",
              f"Student accuracy % (mean ± std over seeds). collapse = accuracy <= {s['collapse_ratio']:g} x "
-             "the same student and attack distilled from the original teacher.", "",
+             "the same student and attacker distilled from the original teacher.", "",
              "| student | arm | accuracy % | unparseable % | length | vs original | collapse |",
              "|---|---|---|---|---|---|---|"]
     for row in result["arms"]:
@@ -269,6 +350,14 @@ def write_scorecard(result: Mapping[str, Any], out: Path) -> None:
         accuracy = f"{100 * row['accuracy_mean']:.1f} ± {100 * row['accuracy_std']:.1f}"
         lines.append(f"| {row['student']} | {row['arm']} | {accuracy} | {100 * row['unparseable_rate_mean']:.1f} | "
                      f"{row['mean_length_mean']:.1f} | {relative} | {collapse} |")
+    lines += ["", *attacker_table(result)]
+    skipped: dict[tuple[str, str, str], list[str]] = {}
+    for row in result.get("not_run", []):
+        skipped.setdefault((row["student"], row["attack"], row["reason"]), []).append(row["teacher"])
+    if skipped:
+        lines += ["", "Arms not run:", "", "| student | attacker | teachers | why |", "|---|---|---|---|"]
+        lines += [f"| {student} | {attack} | {', '.join(teachers)} | {reason} |"
+                  for (student, attack, reason), teachers in skipped.items()]
     runs = [run for row in result["arms"] for run in row.get("runs", [])]
     reused = sum(bool(run.get("reused")) for run in runs)
     lines += ["", f"Student runs reused from this folder (finished earlier with the same settings and inputs): "
@@ -283,14 +372,53 @@ def write_scorecard(result: Mapping[str, Any], out: Path) -> None:
     bar_chart(values, out / "scorecard.png", title=f"student accuracy per arm ({s['task']})")
 
 
-DESCRIPTION = """The distillation scorecard: every student distilled from the original and every calibrated
-teacher with every attack, over seeds, evaluated with one decoding; collapse flagged.
+def attacker_table(result: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: one row per student and attacker, one column per teacher; each cell the accuracy %,
+    its ratio to the original teacher's column and the collapse flag, or "not run"."""
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    teachers: list[str] = []
+    for row in result["arms"]:
+        if not row["teacher"]:
+            continue
+        teachers += [row["teacher"]] if row["teacher"] not in teachers else []
+        cell = f"{100 * row['accuracy_mean']:.1f}"
+        if row["teacher"] != ORIGINAL and row.get("relative_to_original") is not None:
+            cell += f" ({row['relative_to_original']:.2f})"
+        cell += " **collapse**" if row.get("collapse") else ""
+        cells.setdefault((row["student"], row.get("attack") or row["objective"]), {})[row["teacher"]] = cell
+    for row in result.get("not_run", []):
+        teachers += [row["teacher"]] if row["teacher"] not in teachers else []
+        cells.setdefault((row["student"], row["attack"]), {})[row["teacher"]] = "not run"
+    if not cells:
+        return []
+    lines = ["Per attacker: accuracy % (ratio to the same student and attacker from the original teacher).", "",
+             "| student | attacker | " + " | ".join(teachers) + " |", "|---|---|" + "---|" * len(teachers)]
+    for (student, attack), by_teacher in cells.items():
+        lines.append(f"| {student} | {attack} | " + " | ".join(by_teacher.get(t, "") for t in teachers) + " |")
+    return lines
 
-distillation objectives (attacks, recipe.objective): sft, seqkd, kd, gkd
+
+def describe_attackers() -> str:
+    """One line per attacker (the command's --help): its name, objective, settings and students."""
+    lines = []
+    for name, spec in ATTACKERS.items():
+        settings = "".join(f" {key}={value}" for key, value in spec.settings.items())
+        only = " (students sharing the teacher's tokenizer only)" if spec.same_tokenizer_only else ""
+        lines.append(f"  {name}: {spec.objective}{settings}{only}")
+    return "\n".join(lines + [f"  battery: {', '.join(BATTERY)}"])
+
+
+DESCRIPTION = f"""The distillation scorecard: every student distilled from the original and every calibrated
+teacher by every attacker, over seeds, evaluated with one decoding; collapse flagged.
+
+distillation objectives (recipe.objective): sft, seqkd, kd, gkd
+attackers (attacks=[...]): an objective and the recipe fields it sets
+{describe_attackers()}
 
 example:
   python -m jaxdistill.experiments.scorecard original_teacher=T teachers=[eta0=T0,distillable=Tp,undistillable=Tm] \\
       students=[proxy=runs/tiny/proxy] attacks=[seqkd,gkd] recipe.max_steps=200
+  the same with attacks=[battery] recipe.divergence=forward_kl: the five attackers of the battery
 Outputs: scorecard.json/.md/.png and runs/ in output_dir."""
 
 

@@ -127,7 +127,8 @@ def sweep_variants(args: UndistillableConfig) -> None:
     results = run_jobs(jobs, workers=args.workers or default_workers(), label="undistillable sweep",
                        compilation_cache=str(run / "compilation_cache"))
 
-    base = {(r["student"], r["objective"]): r["accuracy_mean"] for r in reference["arms"] if r["teacher"] == "original"}
+    base = {(r["student"], r.get("attack") or r["objective"]): r["accuracy_mean"] for r in reference["arms"]
+            if r["teacher"] == "original"}  # by attacker: a battery's seqkd_t0.7 is not seqkd
     students = sorted({r["student"] for r in reference["arms"]}, reverse=True)
     columns = [(s, a) for s in students for a in ATTACKS]
     original = results["teachers"]["original"]

@@ -46,6 +46,7 @@ from jaxdistill.tokenizer import load_tokenizer
 log = logging.getLogger("jaxdistill.world")
 
 ARITH_DIFFICULTY = 1  # two-step problems: learnable by a 0.3M-parameter model in minutes on a CPU
+DEFAULT_ATTACKS = ("seqkd", "gkd")  # the default run's attackers (scorecard.ATTACKERS; "battery" for all five)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,10 +249,11 @@ def write_knob_plot(card: Mapping[str, Any], path: Path) -> Path:
 
 
 def scorecard_config(world: Mapping[str, Path], teachers: Mapping[str, Path | str], output_dir: Path,
-                     profile: Profile, *, seeds: tuple[int, ...], workers: int) -> ScorecardConfig:
+                     profile: Profile, *, seeds: tuple[int, ...], workers: int,
+                     attacks: tuple[str, ...] = DEFAULT_ATTACKS) -> ScorecardConfig:
     """The default run's scorecard (``jaxdistill.experiments.scorecard.ScorecardConfig``): both students,
-    seqkd and gkd, the profile's distillation recipe and held-out set. ``teachers``: label -> HF folder of
-    each calibrated teacher."""
+    the profile's distillation recipe and held-out set. ``teachers``: label -> HF folder of each calibrated
+    teacher; ``attacks``: attacker names of ``scorecard.ATTACKERS`` or "battery" (default: seqkd, gkd)."""
     recipe = DistillConfig(task="arith", task_options=world_task_options(profile),
                            max_steps=profile.student_steps, train_batch_size=profile.student_batch,
                            learning_rate=profile.student_lr, lr_schedule="cosine",
@@ -262,7 +264,7 @@ def scorecard_config(world: Mapping[str, Path], teachers: Mapping[str, Path | st
                            teachers=tuple(f"{label}={path}" for label, path in teachers.items()),
                            students=(f"proxy_like={world['student_proxy_like']}",
                                      f"other={world['student_other']}"),
-                           attacks=("seqkd", "gkd"), seeds=seeds, recipe=recipe, workers=workers,
+                           attacks=tuple(attacks), seeds=seeds, recipe=recipe, workers=workers,
                            num_prompts=profile.eval_num_prompts, max_completion_length=profile.max_completion_length,
                            output_dir=str(output_dir))
 
@@ -306,7 +308,8 @@ def environment() -> str:
 
 
 def default_run(*, quick: bool = False, output_dir: str | Path | None = None, seed: int = 0,
-                seeds: tuple[int, ...] | None = None, workers: int = 0, world_version: int = 1) -> dict[str, Any]:
+                seeds: tuple[int, ...] | None = None, workers: int = 0, world_version: int = 1,
+                attacks: tuple[str, ...] = DEFAULT_ATTACKS) -> dict[str, Any]:
     """The whole tiny-world pipeline; writes ``<output_dir>/report.md`` and ``knob.png``.
 
     Every stage is a job of one graph (``jaxdistill.experiments.jobs``): the world's four trainings, the three
@@ -316,6 +319,7 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
     on the cores per worker (not on which worker ran what); finished stages are reused on a rerun of the
     same profile and seed (another one in the same folder is refused: ``check_run_folder``).
     ``world_version``: the arith world (1, the default; 2, gold text with detours: docs/tasks.md).
+    ``attacks``: the scorecard's attackers (``("battery",)``: the five of ``scorecard.BATTERY``).
     """
     profile = for_world(QUICK if quick else FULL, world_version)
     out = Path(output_dir or ("runs/quick" if quick else "runs/default"))
@@ -325,7 +329,8 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
     world = world_paths(out / "world")
     teachers = {name: out / "calibrate" / name / "teacher" for name in DEFAULT_RUN_ETAS}
     config = scorecard_config(world, teachers, out / "scorecard", profile,
-                              seeds=seeds or ((seed,) if quick else (seed, seed + 1, seed + 2)), workers=workers)
+                              seeds=seeds or ((seed,) if quick else (seed, seed + 1, seed + 2)), workers=workers,
+                              attacks=attacks)
     check_scorecard(config)
     producers = {str(world[name]): f"world {name}" for name in MODELS}
     producers.update({str(path): f"calibrate {name}" for name, path in teachers.items()})
