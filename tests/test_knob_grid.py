@@ -64,7 +64,7 @@ def test_a_run_folder_that_mixes_world_versions_or_is_unfinished_is_refused(tmp_
 
 
 def test_bad_grid_settings_are_refused_with_the_field_named():
-    KnobGridConfig(overrides=("max_steps=5",)).validate()
+    KnobGridConfig(overrides=("max_steps=5",), attacks=("battery", "kd")).validate()
     with pytest.raises(ConfigError, match="calibration_mode='spam'"):
         KnobGridConfig(modes=("spam",)).validate()
     with pytest.raises(ConfigError, match="set by the grid"):
@@ -84,10 +84,14 @@ def test_the_default_runs_student_runs_are_reused_only_with_the_same_recipe_and_
     config = scorecard_config(world, {}, tmp_path / "grid", QUICK, seeds=(0, 1), workers=1)
     runs = [{"seed": 0, "accuracy": 0.25}, {"seed": 1, "accuracy": 0.5}]
     card = {"settings": {"recipe": json.loads(json.dumps(dataclasses.asdict(config.recipe))),
-                         "decoding": decoding(config), "split": config.split, "num_prompts": config.num_prompts},
-            "arms": [{"student": "other", "arm": "seqkd/original", "runs": runs}]}
+                         "decoding": decoding(config), "split": config.split, "num_prompts": config.num_prompts,
+                         "seeds": [0, 1]},
+            "arms": [{"student": "other", "arm": "seqkd/original", "runs": runs}],
+            "not_run": [{"student": "proxy_like", "arm": "kd_top20/original", "attack": "kd_top20", "reason": "r"}]}
     assert default_run_students(card, config) == {("other", "seqkd/original", 0): 0.25,
-                                                  ("other", "seqkd/original", 1): 0.5}
+                                                  ("other", "seqkd/original", 1): 0.5,
+                                                  ("proxy_like", "kd_top20/original", 0): None,
+                                                  ("proxy_like", "kd_top20/original", 1): None}
     card["settings"]["recipe"]["learning_rate"] = 1.0
     assert default_run_students(card, config) == {}
 
@@ -152,6 +156,7 @@ def test_grid_md_and_the_knob_figure_per_mode_are_written(tmp_path):
     detours = {"corrections": 0.5, "hollow": 0.25, "real_corrections": 0.25, "result_first": 1.0,
                "answer_first": 0.0, "false_equations": 0.0}
     original = {s: {a: summary([0.4, 0.44]) for a in ("seqkd", "gkd", SFT)} for s in ("proxy_like", "other")}
+    original["other"]["kd_top20"] = summary([0.4, 0.44])  # an attacker that applies to one student only
     cells = []
     for beta, eta in [(0.04, 1.0), (0.04, -1.0), (0.2, 1.0), (0.2, -1.0)]:
         acc = 0.15 if eta < 0 else 0.6
@@ -159,22 +164,29 @@ def test_grid_md_and_the_knob_figure_per_mode_are_written(tmp_path):
         for per_attack in students.values():
             for entry in per_attack.values():
                 entry["ratio"] = entry["mean"] / 0.42
+        students["other"]["kd_top20"] = {**summary([0.1, 0.1]), "ratio": 0.1 / 0.42}
         teacher = {"accuracy": 0.61, "accuracy_change": -0.02, "kl_to_original": 0.3, "mean_length": 40.0,
                    "detours": {"greedy": detours, "sampled": detours}}
         cells.append({"mode": "span", "beta": beta, "eta": eta, "calibration_seed": 0, "teacher": teacher,
                       "calibration_reward": {"first": -0.2, "last": -1.0}, "students": students,
                       "targets": target_checks(-0.02, students, original)})
-    settings = {"run_dir": "runs/default", "world_version": 2, "modes": ["span"], "attacks": ["seqkd", "gkd"],
+    settings = {"run_dir": "runs/default", "world_version": 2, "modes": ["span"],
+                "attacks": ["seqkd", "gkd", "kd_top20"],
                 "seeds": [0, 1], "overrides": [], "accuracy_tolerance": 0.05, "ratio_target": 0.5,
                 "distillable_attacks": ["seqkd", "gkd"]}
     result = {"settings": settings, "cells": cells, "draws": draw_checks(cells),
               "original": {"teacher": {"accuracy": 0.63, "mean_length": 50.0, "detours": {"greedy": detours}},
-                           "students": original}}
+                           "students": original},
+              "not_run": [{"student": "proxy_like", "attack": "kd_top20", "reason": "another tokenizer"}]}
     write_grid(result, tmp_path)
     text = (tmp_path / "grid.md").read_text()
     assert "## span" in text and "(world v2)" in text
+    header = next(line for line in text.splitlines() if line.startswith("| beta"))
+    assert "| other gkd | other kd_top20 |" in header and "proxy_like kd_top20" not in header
+    assert "Not run: proxy_like kd_top20 (another tokenizer)." in text
     # eta -1: 15% students (0.36 x the original's), teacher 2 points down: the undistillable target's two checks
     assert "| 0.04 | -1 | 0 | 61.0 | -2.0 | 0.300 | 40.0 | 0.50 / 0.25 / 1.00 | -0.200 -> -1.000 | 15.0 ± 1.4 (0.36)" in text
+    assert "| 15.0 ± 1.4 (0.36) | 10.0 ± 0.0 (0.24) | **yes** | **yes** | no |" in text
     assert text.count("| **yes** | **yes** | no |") == 2 and text.count("| **yes** | no | **yes** |") == 2
     assert json.loads((tmp_path / "grid.json").read_text())["cells"][1]["targets"]["undistillable"] is True
     assert (tmp_path / "knob_span.png").stat().st_size > 10_000

@@ -152,17 +152,20 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def default_run_students(card: Mapping[str, Any], config: ScorecardConfig) -> dict[tuple[str, str, int], float]:
+def default_run_students(card: Mapping[str, Any], config: ScorecardConfig) -> dict[tuple[str, str, int], float | None]:
     """``{(student, arm, seed): accuracy}`` of the default run's scorecard (``card``: its scorecard.json),
     when it was scored with ``config``'s recipe, decoding and held-out set; else empty (then every arm
-    runs here)."""
+    runs here). None: an attacker that does not apply to that student (the scorecard's ``not_run``)."""
     settings = card.get("settings", {})
     wanted = {"recipe": dataclasses.asdict(config.recipe), "decoding": decoding(config), "split": config.split,
               "num_prompts": config.num_prompts}
     if any(settings.get(k) != _plain(v) for k, v in wanted.items()):
         return {}
-    return {(row["student"], row["arm"], run["seed"]): run["accuracy"] for row in card.get("arms", [])
-            for run in row.get("runs", [])}
+    runs: dict[tuple[str, str, int], float | None] = {
+        (row["student"], row["arm"], seed): None for row in card.get("not_run", []) for seed in settings["seeds"]}
+    runs.update({(row["student"], row["arm"], run["seed"]): run["accuracy"] for row in card.get("arms", [])
+                 for run in row.get("runs", [])})
+    return runs
 
 
 # ---- the teachers --------------------------------------------------------------------------------
@@ -284,6 +287,14 @@ def _detours(d: Mapping[str, float]) -> str:
     return f"{d['corrections']:.2f} / {d['hollow']:.2f} / {d['result_first']:.2f}"
 
 
+def student_columns(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(student, attacker) pairs of the grid, by student then attacker: those the original teacher's
+    students were distilled with (an attacker that does not apply to a student has none)."""
+    original = result["original"]["students"]
+    return [(student, attack) for student in original for attack in result["settings"]["attacks"]
+            if attack in original[student]]
+
+
 def grid_markdown(result: Mapping[str, Any]) -> str:
     """grid.md: per mode, one row per (beta, eta, calibration seed) with the teacher's measures, every
     student and attack (accuracy %, mean ± std over seeds, and x the original teacher's), and the target
@@ -291,7 +302,7 @@ def grid_markdown(result: Mapping[str, Any]) -> str:
     s = result["settings"]
     original = result["original"]
     students = list(original["students"])
-    columns = [(student, attack) for student in students for attack in s["attacks"]]
+    columns = student_columns(result)
     teacher = original["teacher"]
     lines = [f"# Knob grid on {s['run_dir']} (world v{s['world_version']})", "",
              f"Each row: the default run's base teacher calibrated at that mode, beta, eta and calibration seed "
@@ -306,6 +317,9 @@ def grid_markdown(result: Mapping[str, Any]) -> str:
              + ", ".join(f"{st} {a} {_pct(original['students'][st][a])}" for st, a in columns)
              + "; SFT on gold: " + ", ".join(f"{st} {_pct(original['students'][st][SFT])}" for st in students)
              + "."]
+    if result.get("not_run"):
+        lines += ["", "Not run: " + "; ".join(f"{row['student']} {row['attack']} ({row['reason']})"
+                                              for row in result["not_run"]) + "."]
     for mode in s["modes"]:
         lines += ["", f"## {mode}", "",
                   "| beta | eta | cal seed | teacher % | change | KL | length | detours | calibration reward | "
@@ -318,9 +332,9 @@ def grid_markdown(result: Mapping[str, Any]) -> str:
             reward = cell["calibration_reward"]
             cells = []
             for student, attack in columns:
-                entry = cell["students"][student][attack]
-                r = "-" if entry["ratio"] is None else f"{entry['ratio']:.2f}"
-                cells.append(f"{_pct(entry)} ({r})")
+                entry = cell["students"][student].get(attack)
+                r = "-" if entry is None or entry["ratio"] is None else f"{entry['ratio']:.2f}"
+                cells.append("-" if entry is None else f"{_pct(entry)} ({r})")
             checks = cell["targets"]
             lines.append(f"| {cell['beta']:g} | {cell['eta']:g} | {cell['calibration_seed']} | "
                          f"{100 * t['accuracy']:.1f} | {100 * t['accuracy_change']:+.1f} | {t['kl_to_original']:.3f} | "
@@ -349,13 +363,13 @@ def plot_grid_knob(result: Mapping[str, Any], mode: str, path: Path) -> Path:
 
     s, original = result["settings"], result["original"]
     cells = [c for c in result["cells"] if c["mode"] == mode]
-    panels = ["teacher"] + [f"{st} {a}" for st in original["students"] for a in s["attacks"]]
+    panels = ["teacher"] + [f"{st} {a}" for st, a in student_columns(result)]
 
     def runs(cell: Mapping[str, Any], panel: str) -> list[float]:
         if panel == "teacher":
             return [cell["teacher"]["accuracy"]]
         student, attack = panel.split(" ", 1)
-        return cell["students"][student][attack]["runs"]
+        return cell["students"][student].get(attack, {}).get("runs", [])
 
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
@@ -370,7 +384,8 @@ def plot_grid_knob(result: Mapping[str, Any], mode: str, path: Path) -> Path:
         etas: dict[str, float] = {}
         for cell in cells:
             line, point = f"beta={cell['beta']:g}", f"beta={cell['beta']:g} eta={cell['eta']:g}"
-            accuracy.setdefault(line, {ORIGINAL: reference}).setdefault(point, []).extend(runs(cell, panel))
+            if runs(cell, panel):
+                accuracy.setdefault(line, {ORIGINAL: reference}).setdefault(point, []).extend(runs(cell, panel))
             etas[point] = cell["eta"]
         draw_knob(ax, knob_table(accuracy, etas), list(accuracy), title=f"{mode}: {panel}")
     for ax in list(axes.flat)[len(panels):]:
@@ -442,8 +457,7 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
     seeds = tuple(args.seeds)
 
     def students_config(teachers: Mapping[str, str], folder: Path) -> ScorecardConfig:
-        config = scorecard_config(world, teachers, folder, profile, seeds=seeds, workers=1)
-        return dataclasses.replace(config, attacks=tuple(args.attacks))
+        return scorecard_config(world, teachers, folder, profile, seeds=seeds, workers=1, attacks=tuple(args.attacks))
 
     # the original teacher's students and SFT on gold: the default run's runs, else run here
     reference = students_config({}, out / "original")
@@ -451,7 +465,10 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
     reference_arms = [a for a in scorecard_arms(reference) if a["arm"] == SFT or a.get("teacher_key") == ORIGINAL]
     attacks = [a["attack"] for a in reference_arms if a["arm"] != SFT]  # the scorecard's names, in its order
     student_labels = list(parse_entries(reference.students, "students"))
-    known: dict[tuple[str, str, str, int], float] = {}  # (teacher or SFT, student, attack, seed) -> accuracy
+    # (teacher or SFT, student, attack, seed) -> accuracy; None: the attacker does not apply to the student
+    known: dict[tuple[str, str, str, int], float | None] = {}
+    not_run = {(row["student"], row["attack"]): row["reason"]  # (student, attack) -> why (the scorecard's reason)
+               for row in card.get("not_run", []) if row.get("attack") in args.attacks}
     jobs: list[Job] = []
     plan: dict[str, tuple[str, str]] = {}  # student job -> (teacher key, attack)
 
@@ -499,12 +516,17 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
                        compilation_cache=str(out / "compilation_cache"))
     for name, (key, attack) in plan.items():
         for row in results[name]:
-            known[(key, row["student"], attack, row["seed"])] = row["accuracy"]
+            known[(key, row["student"], attack, row["seed"])] = row.get("accuracy")
+            if "not_run" in row:
+                not_run[(row["student"], attack)] = row["not_run"]
 
-    def accuracy(key: str, student: str, attack: str) -> dict[str, Any]:
-        return summary([known[(key, student, attack, seed)] for seed in seeds])
+    def accuracy(key: str, student: str, attack: str) -> dict[str, Any] | None:
+        """The runs of one student and attacker over the seeds; None when the attacker does not apply."""
+        runs = [known[(key, student, attack, seed)] for seed in seeds]
+        return None if None in runs else summary(runs)
 
-    original_students = {s: {**{a: accuracy(ORIGINAL, s, a) for a in attacks}, SFT: accuracy(SFT, s, SFT)}
+    original_students = {s: {a: entry for a in (*attacks, SFT)
+                             if (entry := accuracy(SFT if a == SFT else ORIGINAL, s, a)) is not None}
                          for s in student_labels}
     original_teacher = results[f"teacher {ORIGINAL}"]
     rows = []
@@ -516,7 +538,8 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
             per_student[s] = {}
             for a in attacks:
                 entry = accuracy(cell.name, s, a)
-                per_student[s][a] = {**entry, "ratio": ratio(entry["mean"], original_students[s][a]["mean"])}
+                if entry is not None and a in original_students[s]:
+                    per_student[s][a] = {**entry, "ratio": ratio(entry["mean"], original_students[s][a]["mean"])}
         first, last = calibration_reward(Path(config.output_dir))
         rows.append({**dataclasses.asdict(cell), "name": cell.name, "calibration_dir": config.output_dir,
                      "reused_default_run_calibration": reused, "teacher": teacher,
@@ -532,6 +555,7 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
                            "student_runs": {"reused_from_default_run": stored_runs,
                                             "here": sum(len(results[name]) for name in plan)}},
               "original": {"teacher": original_teacher, "students": original_students},
+              "not_run": [{"student": st, "attack": a, "reason": why} for (st, a), why in not_run.items()],
               "cells": rows, "draws": draw_checks(rows), "seconds": time.perf_counter() - started}
     write_grid(result, out)
     return result
