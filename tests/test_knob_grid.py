@@ -185,7 +185,8 @@ def test_grid_md_and_the_knob_figure_per_mode_are_written(tmp_path):
     assert "| other gkd | other kd_top20 |" in header and "proxy_like kd_top20" not in header
     assert "Not run: proxy_like kd_top20 (another tokenizer)." in text
     # eta -1: 15% students (0.36 x the original's), teacher 2 points down: the undistillable target's two checks
-    assert "| 0.04 | -1 | 0 | 61.0 | -2.0 | 0.300 | 40.0 | 0.50 / 0.25 / 1.00 | -0.200 -> -1.000 | 15.0 ± 1.4 (0.36)" in text
+    assert ("| 0.04 | -1 | 0 | 61.0 | -2.0 | 0.300 | 40.0 | 0.50 / 0.25 / 1.00 | -0.200 -> -1.000 | "
+            "15.0 ± 1.4 (0.36)") in text
     assert "| 15.0 ± 1.4 (0.36) | 10.0 ± 0.0 (0.24) | **yes** | **yes** | no |" in text
     assert text.count("| **yes** | **yes** | no |") == 2 and text.count("| **yes** | no | **yes** |") == 2
     assert json.loads((tmp_path / "grid.json").read_text())["cells"][1]["targets"]["undistillable"] is True

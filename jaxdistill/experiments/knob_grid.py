@@ -361,7 +361,7 @@ def plot_grid_knob(result: Mapping[str, Any], mode: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s, original = result["settings"], result["original"]
+    original = result["original"]
     cells = [c for c in result["cells"] if c["mode"] == mode]
     panels = ["teacher"] + [f"{st} {a}" for st, a in student_columns(result)]
 
@@ -468,7 +468,7 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
     # (teacher or SFT, student, attack, seed) -> accuracy; None: the attacker does not apply to the student
     known: dict[tuple[str, str, str, int], float | None] = {}
     not_run = {(row["student"], row["attack"]): row["reason"]  # (student, attack) -> why (the scorecard's reason)
-               for row in card.get("not_run", []) if row.get("attack") in args.attacks}
+               for row in card.get("not_run", []) if row.get("attack") in attacks}
     jobs: list[Job] = []
     plan: dict[str, tuple[str, str]] = {}  # student job -> (teacher key, attack)
 
@@ -511,7 +511,7 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
                                       dict(config=reference, teacher=teacher), after=(f"calibrate {cell.name}",),
                                       cost=JOB_OVERHEAD_SECONDS + 0.2 * profile.eval_num_prompts)
     jobs += teacher_jobs.values()
-    stored_runs = len(known)
+    stored_runs = sum(value is not None for value in known.values())
     results = run_jobs(jobs, workers=args.workers or default_workers(), label="knob grid",
                        compilation_cache=str(out / "compilation_cache"))
     for name, (key, attack) in plan.items():
@@ -553,7 +553,8 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
                            "accuracy_tolerance": ACCURACY_TOLERANCE, "ratio_target": RATIO_TARGET,
                            "distillable_attacks": list(DISTILLABLE_ATTACKS), "min_draws": MIN_DRAWS,
                            "student_runs": {"reused_from_default_run": stored_runs,
-                                            "here": sum(len(results[name]) for name in plan)}},
+                                            "in_output_dir": sum("not_run" not in row for name in plan
+                                                        for row in results[name])}},
               "original": {"teacher": original_teacher, "students": original_students},
               "not_run": [{"student": st, "attack": a, "reason": why} for (st, a), why in not_run.items()],
               "cells": rows, "draws": draw_checks(rows), "seconds": time.perf_counter() - started}
