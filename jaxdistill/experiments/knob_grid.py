@@ -545,6 +545,7 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
                      "reused_default_run_calibration": reused, "teacher": teacher,
                      "calibration_reward": {"first": first, "last": last}, "students": per_student,
                      "targets": target_checks(teacher["accuracy_change"], per_student, original_students)})
+    grid_runs = sum("not_run" not in row for name in plan for row in results[name])  # trained now or reused
     result = {"settings": {"run_dir": str(run), "world_version": profile.world_version,
                            "profile": dataclasses.asdict(profile), "modes": list(args.modes),
                            "etas": list(args.etas), "betas": list(args.betas),
@@ -552,9 +553,7 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
                            "seeds": list(seeds), "overrides": list(args.overrides),
                            "accuracy_tolerance": ACCURACY_TOLERANCE, "ratio_target": RATIO_TARGET,
                            "distillable_attacks": list(DISTILLABLE_ATTACKS), "min_draws": MIN_DRAWS,
-                           "student_runs": {"reused_from_default_run": stored_runs,
-                                            "in_output_dir": sum("not_run" not in row for name in plan
-                                                        for row in results[name])}},
+                           "student_runs": {"reused_from_default_run": stored_runs, "in_output_dir": grid_runs}},
               "original": {"teacher": original_teacher, "students": original_students},
               "not_run": [{"student": st, "attack": a, "reason": why} for (st, a), why in not_run.items()],
               "cells": rows, "draws": draw_checks(rows), "seconds": time.perf_counter() - started}
