@@ -107,6 +107,16 @@ def plot_knob(rows: Sequence[Mapping[str, Any]], models: Sequence[str], path: Pa
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    draw_knob(ax, rows, models, title=title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def draw_knob(ax: Any, rows: Sequence[Mapping[str, Any]], models: Sequence[str], *, title: str) -> None:
+    """``plot_knob``'s curve drawn on the matplotlib axes ``ax`` (one panel of a larger figure)."""
     calibrated = sorted((r for r in rows if r["eta"] is not None), key=lambda r: r["eta"])
     original = next((r for r in rows if r["eta"] is None), None)
     for i, model in enumerate(models):
@@ -127,8 +137,3 @@ def plot_knob(rows: Sequence[Mapping[str, Any]], models: Sequence[str], path: Pa
     ax.set_title(title + ("\n(dashed: from the original teacher)" if original is not None else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8 if len(models) <= 8 else 6, ncol=1 if len(models) <= 8 else 2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
