@@ -28,7 +28,8 @@ class CalibrateConfig(TrainingConfig):
     teacher_tokenizer: str | None = option(None, "tokenizer folder of the teacher (default: the teacher folder)")
     proxy_tokenizer: str | None = option(None, "tokenizer folder of the proxy (default: the proxy folder)")
     task: str = option("arith", "task name", choices=list_tasks())
-    task_options: tuple[str, ...] = option((), "key=value options for the task, e.g. [difficulty=2] for arith")
+    task_options: tuple[str, ...] = option((), "key=value options for the task, e.g. [difficulty=2] for arith; "
+                                               "[version=2] selects arith world v2 (gold text with detours)")
     data_path: str | None = option(None, "local data folder for the task, holding a file per split (default: the "
                                          "HF hub); one file only with eval_data_path, so that the held-out "
                                          "split is never the training data")
