@@ -30,8 +30,8 @@ from jaxdistill.models import LoraConfig, save_lora, save_model
 from jaxdistill.models.qwen import check_remat
 from jaxdistill.rl.advantages import zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
-from jaxdistill.rl.influence import validation_batches
 from jaxdistill.rl.config import INPUT_FIELDS, CalibrateConfig
+from jaxdistill.rl.influence import ProxyBatch, validation_batches
 from jaxdistill.sharding import mesh_devices
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.proxy import ProxyLearner
@@ -164,7 +164,7 @@ class CalibrationRun:
                                         subtract_reference=c.calibration_subtract_reference,
                                         prompt_width=proxy_prompt_width,
                                         completion_width=proxy_completion_width,
-                                        validation=self.validation_batches())
+                                        validation=self.gold_validation())
         self.stability_warned = False
         self.peak_flops = peak_flops(list(self.cluster.mesh.devices.flat))  # None on a CPU
         self.checkpointer = Checkpointer(self.out / "checkpoints")
@@ -191,9 +191,9 @@ class CalibrationRun:
         return (bucket_length(int(lengths.max()), c.max_prompt_length), bucket_length(int(proxy_lengths.max())),
                 retokenized_width(tok, proxy_tok, c.max_completion_length, text_ratio))
 
-    def validation_batches(self) -> list:
+    def gold_validation(self) -> list[ProxyBatch]:
         """Influence mode: the held-out gold solutions as the proxy reads them, after their prompts rendered as
-        for the rollouts (``jaxdistill.rl.influence.validation_batches``); () in the other modes."""
+        for the rollouts (``jaxdistill.rl.influence.validation_batches``); [] in the other modes."""
         c, tok = self.config, self.cluster.teacher_tokenizer
         if not self.validation_examples:
             return []
