@@ -48,7 +48,8 @@ class CalibrateConfig(TrainingConfig):
                                            "byte, closest to the paper), alm (binary KL of span probs) or "
                                            "influence (this project's extension: minus the harm score, how "
                                            "much an SFT step on the text would raise the proxy's loss on "
-                                           "held-out gold text; docs/align.md)",
+                                           "held-out gold text; its selection test did not pass, so not "
+                                           "the default; docs/align.md)",
                                    choices=("span", "sequence", "alm", "influence"))
     calibration_scope: str = option("all", "all: every rollout earns calibration reward; correct: only "
                                            "rollouts with task reward 1 (wrong ones get 0 calibration advantage)",
