@@ -29,7 +29,7 @@ from jaxdistill.config import ConfigError, option, run_cli, to_dict
 from jaxdistill.rl.config import CalibrateConfig
 
 QUICK = "calibrate_quick.yaml"  # --quick: the default run's quick profile
-DEFAULT_RUN_FIELDS = ("output_dir", "seed", "world_profile")  # the settings the default run takes
+DEFAULT_RUN_FIELDS = ("output_dir", "seed", "world_profile", "world_version")  # what the default run takes
 
 
 @dataclasses.dataclass
@@ -38,12 +38,19 @@ class CalibrateCommand(CalibrateConfig):
 
     world_profile: str = option("full", "with no teacher and no proxy, the tiny-world default run: full, or quick "
                                         "(a few steps per stage; --quick)", choices=("full", "quick"))
+    world_version: int = option(1, "with no teacher and no proxy, the arith world of the default run: 1 (plain gold "
+                                   "solutions) or 2 (gold solutions with detours: docs/tasks.md); a folder "
+                                   "holding a world of another version is refused. One calibration: "
+                                   "task_options=[version=2]", choices=(1, 2))
 
     def validate(self) -> None:
         if self.is_default_run():
             super(CalibrateConfig, self).validate()  # ranges and output_dir; there is no teacher to check
         else:
             super().validate()
+            if self.world_version != 1:
+                raise ConfigError(f"world_version={self.world_version} picks the world of the default run (no teacher, "
+                                  "no proxy); one calibration reads its task's options: task_options=[version=2]")
 
     def is_default_run(self) -> bool:
         return not self.teacher and not self.proxy
@@ -58,7 +65,7 @@ def check_default_run(command: CalibrateCommand, config_file: str | None) -> Non
     if config_file is not None:
         raise ConfigError(f"--config {config_file} sets no teacher and no proxy: calibrate needs both (teacher=PATH "
                           "proxy=PATH). The tiny-world default run takes no config file: run with no arguments "
-                          "(or only output_dir, seed, --quick)")
+                          "(or only output_dir, seed, world_version, --quick)")
     defaults, given = to_dict(CalibrateCommand()), to_dict(command)
     ignored = [key for key in given if key not in DEFAULT_RUN_FIELDS and given[key] != defaults[key]]
     if ignored:
@@ -76,7 +83,7 @@ def run(command: CalibrateCommand, config_file: str | None = None) -> None:
         check_default_run(command, config_file)
         quick = command.world_profile == "quick"
         default_run(quick=quick, output_dir=None if command.output_dir == CalibrateConfig().output_dir
-                    else command.output_dir, seed=command.seed)
+                    else command.output_dir, seed=command.seed, world_version=command.world_version)
         return
     from jaxdistill.rl.loop import calibrate  # the training stack, loaded only when it runs
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers import build_world
+from jaxdistill.experiments.world import QUICK, check_run_folder, for_world
 from jaxdistill.calibrate import main as calibrate_main
 from jaxdistill.diagnose import main as diagnose_main
 from jaxdistill.distill.__main__ import main as distill_main
@@ -62,6 +63,19 @@ def world(tmp_path_factory):
     shutil.copytree(run / "model", small_embedding)
     config = json.loads((small_embedding / "config.json").read_text())
     (small_embedding / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] // 2}))
+    v2_run = root / "v2_run"  # a default run's folder holding a world v2 (its profile recorded, nothing built)
+    check_run_folder(v2_run, for_world(QUICK, 2), 0)
+    nfc_proxy = root / "nfc_proxy"  # a proxy whose tokenizer normalises text (NFC), and data it would change
+    shutil.copytree(models.student, nfc_proxy)
+    spec = json.loads((nfc_proxy / "tokenizer.json").read_text())
+    (nfc_proxy / "tokenizer.json").write_text(json.dumps({**spec, "normalizer": {"type": "NFC"}}))
+    decomposed = root / "decomposed"
+    decomposed.mkdir()
+    rows = [{"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(6)]
+    rows[-1]["answer"] = "cafe\u0301 #### 6"  # e + combining accent: NFC makes it one character
+    for split in ("train", "test"):
+        (decomposed / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files.update(v2_run=v2_run, nfc_proxy=nfc_proxy, decomposed=decomposed)
     files.update(teacherless=root / "teacherless.yaml", broken=root / "broken.yaml", renamed=root / "renamed.yaml",
                  a_file=root / "a_file", train_file=root / "train.jsonl", truncated=truncated,
                  small_embedding=small_embedding)
@@ -90,6 +104,21 @@ CASES = {
     "settings without a teacher": ("calibrate", lambda w: ["eta=-1", f"output_dir={w['run']}"], ["eta", "teacher"]),
     "empty teacher in YAML": ("calibrate", lambda w: [f"proxy={w['proxy']}", "teacher=", f"output_dir={w['run']}"],
                               ["needs teacher"]),
+    "calibrate without a proxy": ("calibrate", lambda w: [f"teacher={w['teacher']}", f"output_dir={w['run']}"],
+                                  ["needs proxy", "eta != 0"]),
+    "influence mode without validation text": ("calibrate", lambda w: [*models(w), f"output_dir={w['run']}",
+                                                                       "calibration_mode=influence",
+                                                                       "influence_validation_size=0"],
+                                               ["influence_validation_size=0", "at least 2"]),
+    "influence mode: validation text the proxy changes": (
+        "calibrate", lambda w: [f"teacher={w['teacher']}", f"proxy={w['nfc_proxy']}", f"data_path={w['decomposed']}",
+                                f"output_dir={w['root'] / 'new_nfc'}", "calibration_mode=influence",
+                                "influence_validation_size=2", *TINY],
+        ["changes the bytes of the gold solution of train example 5", "cafe\\u0301"]),
+    "default run into a folder of world v2": ("calibrate", lambda w: ["--quick", f"output_dir={w['v2_run']}"],
+                                              ["world_version: 2 there, 1 now"]),
+    "world_version with a teacher": ("calibrate", lambda w: [*models(w), f"output_dir={w['run']}", "world_version=2"],
+                                     ["world_version=2", "task_options=[version=2]"]),
     "one data_path file for two splits": ("calibrate", lambda w: [*models(w), f"output_dir={w['run']}",
                                                                   f"data_path={w['train_file']}"],
                                           ["data_path=", "eval_data_path"]),

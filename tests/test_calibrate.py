@@ -142,6 +142,17 @@ def test_help_lists_every_field(capsys):
     for key, doc, _ in field_docs(CalibrateConfig):
         assert key in out
     assert "calibration_mode" in out and "mesh.tensor" in out
+    assert "influence" in out and "world_version" in out and "[version=2] selects arith world v2" in out
+
+
+@pytest.mark.parametrize("argv, version", [(["--quick"], 1), (["--quick", "world_version=2"], 2)])
+def test_the_default_run_takes_the_world_version(argv, version, tmp_path, monkeypatch):
+    from jaxdistill.experiments import world
+
+    calls = []
+    monkeypatch.setattr(world, "default_run", lambda **kwargs: calls.append(kwargs))
+    assert main([*argv, f"output_dir={tmp_path / 'run'}"]) == 0
+    assert calls == [dict(quick=True, output_dir=str(tmp_path / "run"), seed=0, world_version=version)]
 
 
 def test_bad_command_lines_are_clear_errors(capsys, tmp_path):

@@ -4,7 +4,8 @@ Pure functions on log-probs already computed by the models (``docs/design.md`` s
 The knob's sign is applied upstream (``A = groupnorm(r_task) + eta * groupnorm(r_cal)``), never here:
 a higher r_cal always means "the proxy finds this output easier to match".
 
-Two modes:
+Two modes (``alm`` is ``span`` with the binary-KL gap; the ``influence`` mode's reward, minus the harm
+score, is ``jaxdistill.rl.influence``):
 
 * ``sequence`` (closest to the paper): the proxy's mean log-prob per byte of the completion, under
   its own tokenizer, optionally minus the reference teacher's mean log-prob per byte of the same

@@ -28,7 +28,8 @@ class CalibrateConfig(TrainingConfig):
     teacher_tokenizer: str | None = option(None, "tokenizer folder of the teacher (default: the teacher folder)")
     proxy_tokenizer: str | None = option(None, "tokenizer folder of the proxy (default: the proxy folder)")
     task: str = option("arith", "task name", choices=list_tasks())
-    task_options: tuple[str, ...] = option((), "key=value options for the task, e.g. [difficulty=2] for arith")
+    task_options: tuple[str, ...] = option((), "key=value options for the task, e.g. [difficulty=2] for arith; "
+                                               "[version=2] selects arith world v2 (gold text with detours)")
     data_path: str | None = option(None, "local data folder for the task, holding a file per split (default: the "
                                          "HF hub); one file only with eval_data_path, so that the held-out "
                                          "split is never the training data")
@@ -44,14 +45,23 @@ class CalibrateConfig(TrainingConfig):
     # -- the knob --
     eta: float = option(0.0, "calibration weight: > 0 distillable, < 0 undistillable, 0 plain RFT")
     calibration_mode: str = option("span", "span (aligned span log-prob gap), sequence (proxy log-prob per "
-                                           "byte, closest to the paper) or alm (binary KL of span probs)",
-                                   choices=("span", "sequence", "alm"))
+                                           "byte, closest to the paper), alm (binary KL of span probs) or "
+                                           "influence (this project's extension: minus the harm score, how "
+                                           "much an SFT step on the text would raise the proxy's loss on "
+                                           "held-out gold text; its selection test did not pass, so not "
+                                           "the default; docs/align.md)",
+                                   choices=("span", "sequence", "alm", "influence"))
     calibration_scope: str = option("all", "all: every rollout earns calibration reward; correct: only "
                                            "rollouts with task reward 1 (wrong ones get 0 calibration advantage)",
                                     choices=("all", "correct"))
     calibration_subtract_reference: bool = option(False, "sequence mode: minus the reference teacher's "
                                                          "log-prob per byte")
     calibration_tau: float = option(1.0, "alm mode: temperature of the span probabilities", gt=0)
+    influence_validation_size: int = option(1024, "influence mode: gold solutions behind the harm direction, "
+                                                  "held out from the end of train_split (never trained on)", ge=0)
+    influence_batch_size: int = option(64, "influence mode: validation texts per gradient pass (memory)", ge=1)
+    influence_direction_steps: int = option(1, "influence mode with proxy_learning_rate > 0: recompute the harm "
+                                               "direction every N steps (a frozen proxy's is computed once)", ge=1)
     advantage: str = option("knob", "advantage function (jaxdistill.rl.registry): knob = groupnorm(r_task) + eta "
                                     "groupnorm(r_cal); permuted_task_reward = the same after shuffling the task "
                                     "rewards across the batch (a placebo control)")
@@ -107,8 +117,14 @@ def check_config(config: CalibrateConfig) -> None:
     The ranges of single fields are declared with them and checked by ``config.validate()``."""
     missing = [name for name in ("teacher", "proxy") if not getattr(config, name)]
     if missing:
-        raise ValueError(f"calibrate needs {' and '.join(missing)}: set them in the YAML config or as "
+        why = (" (the calibration reward of eta != 0 is measured against the proxy; eta = 0, plain RFT, "
+               "still loads one)" if "proxy" in missing else "")
+        raise ValueError(f"calibrate needs {' and '.join(missing)}{why}: set them in the YAML config or as "
                          f"{missing[0]}=PATH (or run with no arguments for the tiny-world default run)")
+    if config.calibration_mode == "influence" and config.influence_validation_size < 2:
+        raise ValueError(f"influence_validation_size={config.influence_validation_size}: calibration_mode=influence "
+                         "takes the direction of harm and its stability (two disjoint halves) from gold "
+                         "validation text, so it needs at least 2 texts (1024 by default)")
     if config.num_generations < 2:
         raise ValueError(f"num_generations={config.num_generations}: GRPO normalises rewards within each prompt's "
                          "group of rollouts, so a group of one has no advantage to learn from; use 2 or more")

@@ -24,6 +24,7 @@ proxy reading the same bytes (``retokenized_batch``).
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any, NamedTuple, Sequence
 
@@ -39,7 +40,8 @@ from jaxdistill.token_maths import masked_mean
 from jaxdistill.tokenizer import Tokenizer
 
 __all__ = ["ProxyBatch", "split_proxy", "sequence_logprobs", "validation_loss", "validation_direction",
-           "harm_scores", "tree_cosine", "direction_stability", "text_batch", "retokenized_batch"]
+           "harm_scores", "tree_cosine", "direction_stability", "DirectionEstimate", "estimate_direction",
+           "text_batch", "validation_batches", "retokenized_batch"]
 
 
 class ProxyBatch(NamedTuple):
@@ -130,6 +132,39 @@ def direction_stability(params, graphdef, rest, half_a: Sequence[ProxyBatch], ha
     return tree_cosine(u_a, u_b)
 
 
+class DirectionEstimate(NamedTuple):
+    """The validation direction and what it rests on (``estimate_direction``).
+
+    direction: u, a unit-norm pytree like the proxy's params; grad_norm: ||grad L_V||; loss: L_V;
+    stability: the cosine between the directions of V's two halves (in [-1, 1])."""
+
+    direction: Any
+    grad_norm: float
+    loss: float
+    stability: float
+
+
+def estimate_direction(params, graphdef, rest, batches: Sequence[ProxyBatch], vocab_limit: int
+                       ) -> DirectionEstimate:
+    """u from all of ``batches`` and its stability from their two halves, in one pass over V.
+
+    With g_a, g_b the mean gradients of the first and second half (the same number of batches each),
+    the mean over all batches is g = (g_a + g_b) / 2, so u = g / ||g|| and stability = cos(g_a, g_b)."""
+    if len(batches) < 2 or len(batches) % 2:
+        raise ValueError(f"{len(batches)} validation batches: the stability needs an even number, at least 2 "
+                         "(``validation_batches`` makes such a list)")
+    half = len(batches) // 2
+    u_a, norm_a, loss_a = validation_direction(params, graphdef, rest, batches[:half], vocab_limit)
+    u_b, norm_b, loss_b = validation_direction(params, graphdef, rest, batches[half:], vocab_limit)
+    g = jax.tree.map(lambda a, b: (norm_a * a + norm_b * b) / 2, u_a, u_b)
+    norm = float(jnp.sqrt(_tree_dot(g, g)))
+    if not norm > 0:
+        raise ValueError("the validation gradient is zero: the two halves of the validation set pull in "
+                         "exactly opposite directions, so no direction of harm is defined")
+    return DirectionEstimate(jax.tree.map(lambda x: x / norm, g), norm, (loss_a + loss_b) / 2,
+                             tree_cosine(u_a, u_b))
+
+
 # ---- host side: texts and teacher tokens into the proxy's batches ------------------------------------
 
 def _pad_id(tokenizer: Tokenizer) -> int:
@@ -137,13 +172,14 @@ def _pad_id(tokenizer: Tokenizer) -> int:
 
 
 def _batch(tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequence[Sequence[int]],
-           num_bytes: Sequence[int]) -> ProxyBatch:
+           num_bytes: Sequence[int], widths: tuple[int, int] | None = None) -> ProxyBatch:
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     pad = _pad_id(tokenizer)
-    prompt_ids, prompt_mask = left_pad([tokenizer.encode(p) for p in prompts],
-                                       bucket_length(max(len(tokenizer.encode(p)) for p in prompts)), pad)
-    width = bucket_length(max(max(map(len, completions)), 1))
+    encoded = [tokenizer.encode(p) for p in prompts]
+    prompt_width, width = widths or (bucket_length(max(map(len, encoded))),
+                                     bucket_length(max(max(map(len, completions)), 1)))
+    prompt_ids, prompt_mask = left_pad(encoded, prompt_width, pad)
     tokens = np.full((len(completions), width), pad, np.int32)
     mask = np.zeros((len(completions), width), np.int32)
     for row, ids in enumerate(completions):
@@ -153,12 +189,57 @@ def _batch(tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequence[S
                       jnp.asarray(np.asarray(num_bytes, np.int32)))
 
 
+def _faithful_ids(tokenizer: Tokenizer, texts: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
+    """Each text's tokens, refusing an empty text or one whose bytes the tokenizer changes (a normaliser,
+    an unknown character), naming the first such text by its label."""
+    rows = []
+    for label, text in zip(labels, texts):
+        ids = tokenizer.encode(text)
+        if not ids:
+            raise ValueError(f"{label} is empty: the proxy has nothing to score")
+        if b"".join(tokenizer.bytes_of(ids)) != text.encode("utf-8"):
+            raise ValueError(f"the proxy's tokenizer ({tokenizer.path}) changes the bytes of {label} "
+                             f"({ascii(text[:80])}), so it cannot read it faithfully: fix or drop that text")
+        rows.append(ids)
+    return rows
+
+
 def text_batch(tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequence[str]) -> ProxyBatch:
-    """Prompts and completion texts in the proxy's own tokenization (gold validation text, for one)."""
-    ids = [tokenizer.encode(c) for c in completions]
-    if any(not row for row in ids) or any(not p for p in prompts):
-        raise ValueError("an empty prompt or completion: the proxy has nothing to score")
+    """Prompts and completion texts in the proxy's own tokenization (gold validation text, for one).
+    A completion whose bytes the tokenizer changes is an error naming it."""
+    ids = _faithful_ids(tokenizer, completions, [f"completion {i}" for i in range(len(completions))])
+    if any(not p for p in prompts):
+        raise ValueError("an empty prompt: the proxy has nothing to condition on")
     return _batch(tokenizer, prompts, ids, [len(c.encode("utf-8")) for c in completions])
+
+
+def validation_batches(tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequence[str],
+                       batch_size: int, labels: Sequence[str] | None = None) -> list[ProxyBatch]:
+    """Gold validation texts as an even number of batches of one shape (one compiled gradient program),
+    at most ``batch_size`` rows each; the first half of the list and the second are V's two disjoint
+    halves (``estimate_direction``). Text i goes to batch i mod n; a batch short of a row repeats its
+    first row with no completion tokens (mask 0, 0 bytes: it adds nothing to L_V).
+    Raises ValueError for fewer than 2 texts or a text the proxy cannot tokenize faithfully (named by
+    ``labels``, default ``validation text <i>``)."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} validation texts")
+    if len(completions) < 2:
+        raise ValueError(f"{len(completions)} validation text(s): the harm direction and its stability (two "
+                         "disjoint halves) need at least 2 gold texts")
+    ids = _faithful_ids(tokenizer, completions, labels or [f"validation text {i}" for i in range(len(completions))])
+    if any(not p for p in prompts):
+        raise ValueError("an empty validation prompt: the proxy has nothing to condition on")
+    n = min(2 * math.ceil(len(ids) / (2 * batch_size)), len(ids) - len(ids) % 2)
+    rows = math.ceil(len(ids) / n)
+    widths = (bucket_length(max(len(tokenizer.encode(p)) for p in prompts)), bucket_length(max(map(len, ids))))
+    batches = []
+    for b in range(n):
+        members = list(range(b, len(ids), n))
+        filler = [members[0]] * (rows - len(members))
+        batches.append(_batch(tokenizer, [prompts[i] for i in members + filler],
+                              [ids[i] for i in members] + [[] for _ in filler],
+                              [len(completions[i].encode("utf-8")) for i in members] + [0] * len(filler), widths))
+    return batches
 
 
 def retokenized_batch(teacher_tokenizer: Tokenizer, completion_ids: Sequence[Sequence[int]],

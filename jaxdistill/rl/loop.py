@@ -31,6 +31,7 @@ from jaxdistill.models.qwen import check_remat
 from jaxdistill.rl.advantages import zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
 from jaxdistill.rl.config import INPUT_FIELDS, CalibrateConfig
+from jaxdistill.rl.influence import ProxyBatch, validation_batches
 from jaxdistill.sharding import mesh_devices
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.proxy import ProxyLearner
@@ -46,6 +47,7 @@ from jaxdistill.training import (Checkpointer, MetricsLogger, PhaseClock, StepTi
 log = logging.getLogger("jaxdistill.calibrate")
 
 ROLLOUT_WARN_FRACTION = 0.9  # warn when this many groups carry no learning signal
+STABILITY_WARN = 0.5  # influence mode: warn when the two halves' directions agree less than this
 
 
 def greedy_accuracy(model, tokenizer, task, examples, *, max_new_tokens: int, chat: bool, mesh=None,
@@ -67,6 +69,30 @@ def compile_metrics(counter: CompileCounter) -> dict[str, float]:
     loading from the persistent cache)."""
     programs, seconds, xla_seconds = counter.take()
     return {"compile/programs": programs, "compile/seconds": seconds, "compile/xla_seconds": xla_seconds}
+
+
+def hold_out_validation(examples: list, size: int, split: str) -> tuple[list, list]:
+    """Influence mode: (training examples, gold validation examples). The validation examples are the last
+    ``size`` of the train split; the training examples are the others, less any whose prompt is also a
+    validation prompt (the same problem twice in the data), so the two never share a problem."""
+    if len(examples) <= size:
+        raise ValueError(f"the train split {split!r} holds {len(examples)} examples; calibration_mode=influence "
+                         f"holds out influence_validation_size={size} of them as gold validation text and needs "
+                         "some left to train on: lower influence_validation_size or give a larger train split")
+    validation = examples[len(examples) - size:]
+    missing = [i for i, e in enumerate(validation) if not e.solution]
+    if missing:
+        raise ValueError(f"{split} example {len(examples) - size + missing[0]} has no gold solution: "
+                         "calibration_mode=influence needs a task with solutions (its validation text)")
+    held = {e.prompt for e in validation}
+    train = [e for e in examples[:len(examples) - size] if e.prompt not in held]
+    if not train:
+        raise ValueError(f"every training example of {split!r} repeats a validation prompt: nothing is left to "
+                         "train on; lower influence_validation_size")
+    if len(train) < len(examples) - size:
+        log.info("%d training examples repeat a validation prompt: left out of training",
+                 len(examples) - size - len(train))
+    return train, validation
 
 
 MAX_BOUND_EXPANSION = 4  # pad the proxy's completions to at most this many tokens per teacher token
@@ -99,6 +125,11 @@ class CalibrationRun:
         tok = self.cluster.teacher_tokenizer
         self.task = get_task(c.task, **parse_task_options(c.task_options))
         self.train_examples = self.task.load(c.train_split, c.data_path)
+        self.train_split_size = len(self.train_examples)
+        self.validation_examples = []  # influence mode: gold text held out of training
+        if c.calibration_mode == "influence":
+            self.train_examples, self.validation_examples = hold_out_validation(
+                self.train_examples, c.influence_validation_size, c.train_split)
         self.eval_examples = self.task.load(c.eval_split, c.eval_data_path or c.data_path, limit=c.eval_num_prompts)
         self.pad_id = padding_id(tok)
         self.pipeline = make_pipeline(self.task, self.train_examples, tok.hf, mode="prompt",
@@ -132,7 +163,9 @@ class CalibrationRun:
                                         mode=c.calibration_mode, tau=c.calibration_tau,
                                         subtract_reference=c.calibration_subtract_reference,
                                         prompt_width=proxy_prompt_width,
-                                        completion_width=proxy_completion_width)
+                                        completion_width=proxy_completion_width,
+                                        validation=self.gold_validation())
+        self.stability_warned = False
         self.peak_flops = peak_flops(list(self.cluster.mesh.devices.flat))  # None on a CPU
         self.checkpointer = Checkpointer(self.out / "checkpoints")
         self.proxy_checkpointer = Checkpointer(self.out / "proxy_checkpoints") if self.proxy_learner else None
@@ -157,6 +190,32 @@ class CalibrationRun:
         text_ratio = float(np.max(proxy_lengths / np.maximum(lengths, 1)))
         return (bucket_length(int(lengths.max()), c.max_prompt_length), bucket_length(int(proxy_lengths.max())),
                 retokenized_width(tok, proxy_tok, c.max_completion_length, text_ratio))
+
+    def gold_validation(self) -> list[ProxyBatch]:
+        """Influence mode: the held-out gold solutions as the proxy reads them, after their prompts rendered as
+        for the rollouts (``jaxdistill.rl.influence.validation_batches``); [] in the other modes."""
+        c, tok = self.config, self.cluster.teacher_tokenizer
+        if not self.validation_examples:
+            return []
+        first = self.train_split_size - len(self.validation_examples)  # the index of the first held-out example
+        return validation_batches(
+            self.cluster.proxy_tokenizer,
+            [prompt_text(self.task, e, tok.hf, c.chat_template) for e in self.validation_examples],
+            [e.solution for e in self.validation_examples], c.influence_batch_size,
+            labels=[f"the gold solution of {c.train_split} example {first + i}"
+                    for i in range(len(self.validation_examples))])
+
+    def refresh_direction(self, step: int) -> None:
+        """Influence mode: the harm direction under the proxy as it is now (the proxy before this step's
+        update), and a warning, once, when its stability is low."""
+        c = self.config
+        estimate = self.scorer.refresh_direction()
+        if estimate.stability < STABILITY_WARN and not self.stability_warned:
+            self.stability_warned = True
+            log.warning("step %d: the harm direction is unstable: the directions of the two halves of the %d "
+                        "validation texts have cosine %.2f (< %.1f), so much of r_cal is noise. Raise "
+                        "influence_validation_size", step, c.influence_validation_size, estimate.stability,
+                        STABILITY_WARN)
 
     # ---- one step -------------------------------------------------------------------------------
     def rollout_seed(self, step: int) -> int:
@@ -189,6 +248,9 @@ class CalibrationRun:
                                  lora=True, chunk_size=128)
         ref_plain = (score_completions(cl.teacher, out.prompt_ids, out.prompt_mask, out.tokens, out.mask, plain,
                                  lora=False, chunk_size=128) if self.scorer.subtract_reference else None)
+        if c.calibration_mode == "influence" and (self.scorer.direction is None or (
+                self.proxy_learner is not None and (step - 1) % c.influence_direction_steps == 0)):
+            self.refresh_direction(step)  # frozen proxy: once; learning proxy: every influence_direction_steps
         r_cal, cal_metrics, proxy_batch = self.scorer(texts_in, completions, teacher_lp, ref_plain)
         clock.mark("rewards")  # task verdicts, teacher scoring, alignment, proxy scoring (r_cal on the host)
         if self.proxy_learner is not None:  # after scoring: the reward measured the proxy before this batch

@@ -10,7 +10,11 @@ and compared:
 - ``span`` mode: per aligned span, the gap between log p_teacher(span) and log p_proxy(span);
   r_cal = -(mean gap) (``jaxdistill.rl.calibration.span_calibration_reward``);
 - ``sequence`` mode: the proxy's log-prob per byte of the completion, optionally minus the reference
-  teacher's (``sequence_calibration_reward``).
+  teacher's (``sequence_calibration_reward``);
+- ``alm`` mode: as ``span``, with the binary KL of the span probabilities as the gap;
+- ``influence`` mode (this project's extension, not the paper's): r_cal = -harm, the harm score of
+  ``jaxdistill.rl.influence`` on the same re-tokenized batch, along the direction of gold validation
+  text (``refresh_direction``).
 
 Higher r_cal always means "easier for the proxy to match"; eta applies the sign upstream.
 """
@@ -31,12 +35,13 @@ from jaxdistill.generation.sampler import bucket_length, left_pad
 from jaxdistill.generation.tokenized_model import TokenizedModel, check_pair
 from jaxdistill.models.qwen import Qwen
 from jaxdistill.rl.calibration import calibration_metrics, sequence_calibration_reward, span_calibration_reward
+from jaxdistill.rl.influence import DirectionEstimate, ProxyBatch, estimate_direction, harm_scores, split_proxy
 from jaxdistill.tasks.base import Example, Task, Verdict
 from jaxdistill.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_MODES = ("span", "sequence", "alm")
+CALIBRATION_MODES = ("span", "sequence", "alm", "influence")
 
 
 def task_rewards(task: Task, completions: Sequence[str], examples: Sequence[Example]) -> list[Verdict]:
@@ -60,9 +65,13 @@ class CalibrationScorer:
 
     def __init__(self, proxy: Qwen, proxy_tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, *,
                  mode: str = "span", tau: float = 1.0, subtract_reference: bool = False,
-                 prompt_width: int | None = None, completion_width: int | None = None):
+                 prompt_width: int | None = None, completion_width: int | None = None,
+                 validation: Sequence[ProxyBatch] = ()):
         if mode not in CALIBRATION_MODES:
             raise ValueError(f"calibration_mode must be one of {CALIBRATION_MODES}, got {mode!r}")
+        if mode == "influence" and not validation:
+            raise ValueError("calibration_mode=influence needs gold validation text (``validation``: "
+                             "jaxdistill.rl.influence.validation_batches) for the direction of harm")
         check_pair(proxy.config, proxy_tokenizer, "proxy")
         self.proxy = TokenizedModel.of(proxy_tokenizer, model=proxy)  # it reads with its own tokenizer
         self.teacher_tokenizer = teacher_tokenizer
@@ -72,6 +81,22 @@ class CalibrationScorer:
         # bucket of a longer re-tokenization than seen so far), so each growth compiles once.
         self.prompt_width = prompt_width
         self.completion_width = completion_width
+        self.validation = list(validation)
+        self.direction: DirectionEstimate | None = None  # influence mode: set by refresh_direction
+
+    def refresh_direction(self) -> DirectionEstimate:
+        """Influence mode: the direction u of gold validation text under the proxy as it is now (call again
+        after the proxy learns), and its stability (``jaxdistill.rl.influence.estimate_direction``)."""
+        graphdef, params, rest = split_proxy(self.proxy.model)
+        self.direction = estimate_direction(params, graphdef, rest, self.validation, self.proxy.vocab_size)
+        return self.direction
+
+    def harm(self, proxy_batch: ProxyBatch) -> jax.Array:
+        """harm_i of every row of ``proxy_batch`` along the current direction (float [N])."""
+        if self.direction is None:
+            self.refresh_direction()
+        graphdef, params, rest = split_proxy(self.proxy.model)
+        return harm_scores(params, graphdef, rest, self.direction.direction, proxy_batch, self.proxy.vocab_size)
 
     def proxy_inputs(self, prompt_texts: Sequence[str], proxy_ids: np.ndarray, proxy_mask: np.ndarray
                      ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -122,7 +147,12 @@ class CalibrationScorer:
             total_bytes_a=jnp.asarray(spans.total_bytes_a), total_bytes_b=jnp.asarray(spans.total_bytes_b),
             bytes_match=jnp.asarray(spans.bytes_match), fully_aligned=jnp.asarray(spans.fully_aligned))
         exact = _pad_to(alignment.exact_spans, capacity, False)
-        if self.mode == "sequence":
+        harm = None
+        if self.mode == "influence":  # the same proxy tokens as the other modes, per byte of the teacher's text
+            harm = self.harm(ProxyBatch(*proxy_batch, num_bytes=jnp.asarray(spans.total_bytes_a, jnp.int32)))
+            reward = -harm
+            calibration = span_calibration_reward(teacher_logprobs, proxy_lp, aligned, span_weights=exact)
+        elif self.mode == "sequence":
             mask_a = _pad_to(alignment.mask_a, width, False)
             reward = sequence_calibration_reward(
                 proxy_lp, jnp.asarray(proxy_mask), jnp.asarray(spans.total_bytes_a),
@@ -139,6 +169,13 @@ class CalibrationScorer:
         metrics["calibration/proxy_logprob_per_token"] = float(np.mean(proxy_sums / proxy_count))
         metrics["calibration/proxy_logprob_per_byte"] = float(np.mean(proxy_sums / np.maximum(spans.total_bytes_a, 1)))
         metrics["calibration/byte_mismatches"] = float(len(alignment.mismatches))
+        if harm is not None:
+            harm_host = to_host(harm)
+            metrics.update({"calibration/harm_mean": float(np.mean(harm_host)),
+                            "calibration/harm_std": float(np.std(harm_host)),
+                            "calibration/direction_stability": self.direction.stability,
+                            "calibration/validation_loss": self.direction.loss,
+                            "calibration/validation_grad_norm": self.direction.grad_norm})
         return to_host(reward).astype(np.float32), metrics, proxy_batch
 
 

@@ -1,0 +1,109 @@
+"""calibration_mode=influence: r_cal = -harm along the direction of held-out gold text, on tiny random models."""
+import numpy as np
+import pytest
+
+from helpers import tiny_world as build_tiny_world
+from jaxdistill.models import load_model
+from jaxdistill.rl.config import CalibrateConfig
+from jaxdistill.rl.influence import harm_scores, retokenized_batch, split_proxy, validation_batches
+from jaxdistill.rl.loop import calibrate, hold_out_validation
+from jaxdistill.rl.rewards import CalibrationScorer
+from jaxdistill.sharding import MeshConfig
+from jaxdistill.tasks import get_task
+from jaxdistill.tasks.base import Example
+from jaxdistill.tokenizer import load_tokenizer
+from jaxdistill.training import read_metrics
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_tiny_world(tmp_path_factory.mktemp("world"))
+
+
+def _config(world, out, **overrides):
+    base = dict(teacher=str(world["teacher"]), proxy=str(world["proxy"]), task="arith", output_dir=str(out),
+                num_generations=2, prompts_per_step=2, max_steps=2, max_completion_length=8, learning_rate=1e-2,
+                lora_rank=4, lora_alpha=8.0, eval_steps=0, eval_num_prompts=2, save_steps=0, export=False,
+                progress=False, eta=-1.0, beta=0.04, mesh=MeshConfig(num_devices=1), calibration_mode="influence",
+                influence_validation_size=8, influence_batch_size=4)
+    base.update(overrides)
+    return CalibrateConfig(**base)
+
+
+def test_influence_run_logs_harm_and_a_stability_and_pays_minus_harm(world, tmp_path):
+    calibrate(_config(world, tmp_path / "frozen"))
+    records = read_metrics(tmp_path / "frozen")[1:]
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert np.isfinite(r["calibration/harm_mean"]) and r["calibration/harm_std"] > 0
+        assert -1.0 <= r["calibration/direction_stability"] <= 1.0
+        assert r["calibration/validation_loss"] > 0 and r["calibration/validation_grad_norm"] > 0
+        assert r["rewards/calibration/mean"] == pytest.approx(-r["calibration/harm_mean"], rel=1e-5, abs=1e-9)
+    # a frozen proxy: one direction for the run
+    assert records[0]["calibration/direction_stability"] == records[1]["calibration/direction_stability"]
+    assert records[0]["calibration/validation_loss"] == records[1]["calibration/validation_loss"]
+
+
+def test_a_learning_proxy_moves_the_direction_and_nothing_compiles_after_step_one(world, tmp_path):
+    calibrate(_config(world, tmp_path / "learning", max_steps=3, proxy_learning_rate=1e-2))
+    records = read_metrics(tmp_path / "learning")[1:]
+    assert records[0]["compile/programs"] > 0
+    assert [r["compile/programs"] for r in records[1:]] == [0, 0]  # the direction's programs are reused
+    losses = [r["calibration/validation_loss"] for r in records]
+    assert len(set(losses)) == 3, losses  # recomputed every step under the proxy as it learns
+
+
+def test_the_scorer_pays_minus_the_harm_of_the_text_the_proxy_reads(world):
+    """The scorer's own batch (fixed widths, teacher bytes) against the library's path for the same tokens."""
+    proxy, _ = load_model(world["proxy"], "float32")
+    proxy_tok, teacher_tok = load_tokenizer(world["proxy"]), load_tokenizer(world["teacher"])
+    examples = get_task("arith", difficulty=1).load("train", limit=12)
+    gold = validation_batches(proxy_tok, [e.prompt for e in examples[:8]], [e.solution for e in examples[:8]], 4)
+    scorer = CalibrationScorer(proxy, proxy_tok, teacher_tok, mode="influence", validation=gold,
+                               prompt_width=64, completion_width=64)
+    prompts = [e.prompt for e in examples[8:]]
+    completions = [teacher_tok.encode(e.solution[:20 + 7 * i]) + [teacher_tok.eos_id]
+                   for i, e in enumerate(examples[8:])]
+    teacher_lp = np.full((4, 40), -1.0, np.float32)  # not read by this mode's reward
+    reward, metrics, _ = scorer(prompts, completions, teacher_lp)
+    graphdef, params, rest = split_proxy(proxy)
+    harm = harm_scores(params, graphdef, rest, scorer.direction.direction,
+                       retokenized_batch(teacher_tok, completions, proxy_tok, prompts), proxy_tok.vocab_size)
+    assert np.all(np.abs(np.asarray(harm)) > 0)
+    np.testing.assert_allclose(reward, -np.asarray(harm), rtol=1e-5, atol=1e-8)
+    assert metrics["calibration/harm_mean"] == pytest.approx(float(np.mean(harm)), rel=1e-5)
+
+
+def test_validation_batches_split_the_texts_into_two_halves_of_one_shape(world):
+    proxy_tok = load_tokenizer(world["proxy"])
+    examples = get_task("arith", difficulty=1).load("train", limit=7)
+    batches = validation_batches(proxy_tok, [e.prompt for e in examples], [e.solution for e in examples], 2)
+    assert len(batches) == 4 and len({(b.tokens.shape, b.prompt_ids.shape) for b in batches}) == 1
+    assert [int((np.asarray(b.mask).sum(1) > 0).sum()) for b in batches] == [2, 2, 2, 1]  # 7 texts, i mod 4
+    assert sum(int(np.asarray(b.num_bytes).sum()) for b in batches) == sum(len(e.solution) for e in examples)
+    with pytest.raises(ValueError, match="at least 2 gold texts"):
+        validation_batches(proxy_tok, ["1 + 1"], ["2"], 4)
+
+
+def test_validation_text_the_proxy_cannot_read_faithfully_is_named(world, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "nfc"
+    shutil.copytree(world["proxy"], folder)
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    (folder / "tokenizer.json").write_text(json.dumps({**spec, "normalizer": {"type": "NFC"}}))
+    with pytest.raises(ValueError, match=r"changes the bytes of gold 1 \('cafe\\u0301'\)"):
+        validation_batches(load_tokenizer(folder), ["a", "b"], ["ok", "cafe\u0301"], 4, labels=["gold 0", "gold 1"])
+
+
+def test_validation_is_held_out_of_training():
+    examples = [Example(f"p{i % 6}", f"s{i}", "0") for i in range(10)]  # p0..p3 appear twice
+    train, validation = hold_out_validation(examples, 3, "train")
+    assert [e.solution for e in validation] == ["s7", "s8", "s9"]
+    assert {e.prompt for e in train}.isdisjoint({e.prompt for e in validation})
+    assert [e.solution for e in train] == ["s0", "s4", "s5", "s6"]  # s1..s3 repeat p1..p3 of the validation
+    with pytest.raises(ValueError, match="influence_validation_size=10"):
+        hold_out_validation(examples, 10, "train")
+    with pytest.raises(ValueError, match="no gold solution"):
+        hold_out_validation([*examples[:5], Example("q", "", "0")], 2, "train")
