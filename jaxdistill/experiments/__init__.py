@@ -7,6 +7,7 @@ no training code of their own.
     scorecard.py      every student distilled from every teacher, evaluated
     sweep.py          the knob curve: accuracy against eta
     undistillable.py  the undistillable arm under other calibration settings
+    knob_grid.py      the knob over calibration modes x eta x KL anchor (x calibration seeds), with the targets
     runner.py         the one runner: calibrate at eta, distill a student, evaluate; reuse what is finished
     knob.py           the knob eta in one place: the teachers' names and the one knob curve (table, plot)
     jobs.py           a graph of runs on worker processes
