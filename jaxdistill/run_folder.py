@@ -184,13 +184,33 @@ def inputs_of(config: Any, input_fields: Sequence[str]) -> dict[str, Any]:
     return {name: getattr(config, name, None) for name in input_fields}
 
 
-def changes(old: Mapping[str, Any], new: Mapping[str, Any], *, ignore: Sequence[str] = ()) -> dict[str, tuple]:
+def default_settings(config: Any) -> dict[str, Any]:
+    """The flattened default value of every field of a dataclass config (``{}`` for a mapping): what a
+    setting added in a later jaxdistill holds when nobody sets it."""
+    if not dataclasses.is_dataclass(config):
+        return {}
+    defaults = {}
+    for field in dataclasses.fields(config):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = field.default_factory()
+    return _flatten(config_dict({k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                                 for k, v in defaults.items()}))
+
+
+def changes(old: Mapping[str, Any], new: Mapping[str, Any], *, ignore: Sequence[str] = (),
+            defaults: Mapping[str, Any] | None = None) -> dict[str, tuple]:
     """``{dotted field: (old value, new value)}`` for every field that differs, less ``ignore`` (matched
-    by first dotted component). A field missing on one side reads as ``<absent>``."""
+    by first dotted component). A field missing on one side reads as ``<absent>``, except that a field
+    missing in ``old`` whose new value is its default (``defaults``, flattened) is no change: a setting
+    added by a later jaxdistill, left at the default that keeps the old behaviour."""
     a, b = _flatten(old), _flatten(new)
-    ignore = frozenset(ignore)
+    ignore, defaults = frozenset(ignore), defaults or {}
+    added_at_default = {k for k in b.keys() - a.keys() if k in defaults and defaults[k] == b[k]}
     return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(a.keys() | b.keys())
-            if a.get(k, "<absent>") != b.get(k, "<absent>") and not _is_safe(k, ignore)}
+            if a.get(k, "<absent>") != b.get(k, "<absent>") and not _is_safe(k, ignore)
+            and k not in added_at_default}
 
 
 def describe(diff: Mapping[str, tuple]) -> str:
@@ -235,8 +255,18 @@ def arm_is_finished(folder: str | Path, key: str) -> bool:
 
 def finished_as(config: Any, input_fields: Sequence[str]) -> bool:
     """Whether ``config.output_dir`` holds the finished run of exactly ``config`` and the inputs its
-    ``input_fields`` name: the one test of "reuse this arm" for sweeps and scorecards."""
-    return arm_is_finished(config.output_dir, key_for(config, inputs_of(config, input_fields), input_fields))
+    ``input_fields`` name: the one test of "reuse this arm" for sweeps and scorecards. A run recorded
+    before a setting was added to its config counts as the same when the setting holds its default
+    (``changes``); its key then differs only by that field."""
+    inputs = inputs_of(config, input_fields)
+    if arm_is_finished(config.output_dir, key_for(config, inputs, input_fields)):
+        return True
+    manifest = read_manifest(config.output_dir)
+    if not manifest or not is_finished(config.output_dir) or "config" not in manifest:
+        return False
+    ignore = [*NOT_IN_KEY, *input_fields]
+    return not (changes(manifest["config"], config_dict(config), ignore=ignore, defaults=default_settings(config))
+                or changes(manifest.get("inputs", {}), fingerprint(inputs)))
 
 
 def holds_work(folder: str | Path) -> list[str]:
@@ -351,8 +381,8 @@ def _move_aside(folder: Path, entries: Sequence[str]) -> Path:
 
 def _check_rerun(folder: Path, previous: dict[str, Any] | None, work: list[str], config: dict[str, Any],
                  inputs: dict[str, Any], key: str, *, resume: bool, resumable: bool, safe: frozenset[str],
-                 input_fields: Sequence[str], can_continue: Callable[[], bool] | None
-                 ) -> tuple[bool, dict[str, tuple]]:
+                 input_fields: Sequence[str], can_continue: Callable[[], bool] | None,
+                 defaults: Mapping[str, Any] | None = None) -> tuple[bool, dict[str, tuple]]:
     """(finished, safe changes) for a folder holding ``work``; raises where the rules refuse."""
     if previous is None:
         if resume:   # a folder of an earlier version of this program: resumable, but nothing to compare
@@ -363,7 +393,7 @@ def _check_rerun(folder: Path, previous: dict[str, Any] | None, work: list[str],
             "Set resume=true to continue it, overwrite=true to move it aside and start over, or choose "
             "another output_dir")
     ignore = [*NOT_SETTINGS, *input_fields]
-    setting_diff = changes(previous.get("config", {}), config, ignore=ignore)
+    setting_diff = changes(previous.get("config", {}), config, ignore=ignore, defaults=defaults)
     input_diff = {f"contents of {k}": ("fingerprint " + str(a)[:12], "fingerprint " + str(b)[:12])
                   for k, (a, b) in changes(previous.get("inputs", {}), inputs).items()}
     unsafe = {k: v for k, v in setting_diff.items() if not _is_safe(k, safe)} | input_diff
@@ -437,7 +467,8 @@ def open_run(output_dir: str | Path, config: Any, *, command: str, inputs: Mappi
             try:
                 finished, safe_diff = _check_rerun(folder, previous, work, settings, prints, key, resume=resume,
                                                    resumable=resumable, safe=safe_resume_fields,
-                                                   input_fields=input_fields, can_continue=can_continue)
+                                                   input_fields=input_fields, can_continue=can_continue,
+                                                   defaults=default_settings(config))
             except (SettingsChanged, FolderHoldsRun) as refusal:
                 if not overwrite:
                     raise

@@ -295,3 +295,24 @@ def test_a_finished_run_without_checkpoints_is_not_continued_from_step_0(tmp_pat
         _run(out, Config(max_steps=8, resume=True), can_continue=lambda: False)
     run = _run(out, Config(max_steps=8, resume=True, overwrite=True), can_continue=lambda: False)
     assert run.moved_to is not None and not run.resumed
+
+
+@dataclasses.dataclass
+class LaterConfig(Config):
+    """``Config`` as a later version declares it: one setting added, whose default keeps the old behaviour."""
+    influence_steps: int = 1
+
+
+def test_a_setting_added_later_at_its_default_is_the_same_run(tmp_path, teacher):
+    out = tmp_path / "run"
+    _run(out, Config(teacher=str(teacher), output_dir=str(out)))
+    before = _snapshot(out)
+    later = LaterConfig(teacher=str(teacher), output_dir=str(out))
+    assert run_folder.finished_as(later, ("teacher",))       # reused by a sweep after the upgrade
+    assert _run(out, later).finished and _snapshot(out) == before   # and read back by a rerun
+    changed = dataclasses.replace(later, influence_steps=4)  # set to another value: a change, named
+    assert not run_folder.finished_as(changed, ("teacher",))
+    with pytest.raises(SettingsChanged, match="influence_steps: \"<absent>\" there, 4 now"):
+        _run(out, changed)
+    assert not run_folder.finished_as(dataclasses.replace(later, eta=-1.0), ("teacher",))
+    assert _snapshot(out) == before
