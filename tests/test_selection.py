@@ -24,3 +24,36 @@ def test_ratio_to_random_and_its_standard_error():
     assert ratio_to_random([0.5], [0.25]) == (2.0, 0.0)
     with pytest.raises(ValueError, match="scored 0"):
         ratio_to_random([0.1], [0.0])
+
+
+def test_the_proxy_scores_read_prompts_as_the_proxy_was_trained(tmp_path, monkeypatch):
+    """Span gap and harm condition the proxy on the task's formatted prompt (as calibrate does), not the
+    bare question: a prompt format the proxy never saw shifts its log-probs and its gradient."""
+    from jaxdistill.experiments import selection
+    from jaxdistill.tasks.pipeline import prompt_text
+
+    task = selection._task(1)
+    seen = {}
+
+    def fake_sample_teacher(teacher_dir, task, examples, k, max_new_tokens, seed, cache):
+        ids = [[1, 2, 3]] * (len(examples) * k)
+        return ids, ["#### 1"] * len(ids), [True] * len(ids), None, None, [[1]] * len(examples)
+
+    def fake_span_gaps(teacher, side, prompts, prompt_texts, completions, proxy_dir):
+        seen["span_gap"] = list(prompt_texts)
+        return np.zeros(len(completions))
+
+    def fake_harm(side, prompt_texts, completions, proxy_dir, validation):
+        seen["harm"], seen["validation"] = list(prompt_texts), [p for p, _ in validation]
+        return np.zeros(len(completions)), {}
+
+    monkeypatch.setattr(selection, "sample_teacher", fake_sample_teacher)
+    monkeypatch.setattr(selection, "span_gaps", fake_span_gaps)
+    monkeypatch.setattr(selection, "harm", fake_harm)
+    samples, _ = selection.scored_samples(teacher="t", proxy="p", out=tmp_path, prompts=3, k=2, validation_texts=2)
+    train = task.load("train", limit=5)
+    formatted = [prompt_text(task, e, None, False) for e in train]
+    assert formatted[0] != train[0].prompt  # the test means something: the format adds to the question
+    assert seen["span_gap"] == seen["harm"] == [formatted[i // 2] for i in range(6)]
+    assert seen["validation"] == formatted[3:]
+    assert [s["prompt"] for s in samples] == [train[i // 2].prompt for i in range(6)]  # the sets keep the question

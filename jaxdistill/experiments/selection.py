@@ -239,6 +239,7 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
     scoring's statistics; kept in ``out/samples.jsonl`` and ``out/scores.json`` (a rerun reuses them). The
     harm direction comes from the gold solutions of the ``validation_texts`` train problems after them."""
     from jaxdistill.tasks.arith import detour_counts
+    from jaxdistill.tasks.pipeline import prompt_text
 
     samples_file = out / "samples.jsonl"
     if samples_file.exists():
@@ -253,6 +254,9 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
         teacher, task, examples, k, max_new_tokens, seed, out / "teacher_samples.json")
     correct = [task.verify(t, examples[i // k]).reward == 1.0 and "####" in t for i, t in enumerate(texts)]
     prompt_texts = [examples[i // k].prompt for i in range(len(texts))]
+    # the proxy reads each prompt as it was trained and as calibrate renders it (the task's format), not
+    # the bare question: a prompt it never saw shifts its log-probs and its gradient
+    proxy_prompts = [prompt_text(task, examples[i // k], None, False) for i in range(len(texts))]
     values = {"random": np.random.default_rng([seed, 1]).random(len(texts))}
     counts = [detour_counts(t) for t in texts]
     values["corrections"] = np.array([c.all_corrections for c in counts], np.float64)
@@ -260,10 +264,10 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
     stats: dict[str, Any] = {"sampling_seconds": time.perf_counter() - started}
     if "span_gap" in scores:
         values["span_gap"] = span_gaps(teacher_model, side, [prompt_ids[i // k] for i in range(len(texts))],
-                                       prompt_texts, ids, proxy)
+                                       proxy_prompts, ids, proxy)
     if "harm" in scores:
-        values["harm"], stats["harm"] = harm(side, prompt_texts, ids, proxy,
-                                             [(e.prompt, e.solution) for e in validation])
+        values["harm"], stats["harm"] = harm(side, proxy_prompts, ids, proxy,
+                                             [(prompt_text(task, e, None, False), e.solution) for e in validation])
     samples = [{"prompt": prompt_texts[i], "completion": texts[i], "correct": bool(correct[i]),
                 "finished": bool(finished[i]), "hollow": counts[i].hollow,
                 **{name: float(v[i]) for name, v in values.items()}} for i in range(len(texts))]
