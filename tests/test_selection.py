@@ -57,3 +57,27 @@ def test_the_proxy_scores_read_prompts_as_the_proxy_was_trained(tmp_path, monkey
     assert seen["span_gap"] == seen["harm"] == [formatted[i // 2] for i in range(6)]
     assert seen["validation"] == formatted[3:]
     assert [s["prompt"] for s in samples] == [train[i // 2].prompt for i in range(6)]  # the sets keep the question
+
+
+def test_a_student_run_is_reused_only_when_it_is_the_run_of_this_set(tmp_path, monkeypatch):
+    """A stored result.json is read back only for the finished run of the same settings and set contents
+    (``runner.finished``): a set whose contents changed is trained and scored again."""
+    import json
+
+    from jaxdistill import evaluate
+    from jaxdistill.experiments import runner, selection
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "result.json").write_text(json.dumps({"accuracy": 0.25}))
+    trained = []
+    monkeypatch.setattr(runner, "distilled_student", lambda config: trained.append(config.data_path))
+    monkeypatch.setattr(evaluate, "_model_and_tokenizer", lambda path, dtype: (None, None))
+    monkeypatch.setattr(evaluate, "score_model", lambda *a, **k: {"accuracy": 0.5})
+    args = dict(student="s", data_path=str(tmp_path / "set.jsonl"), options=("difficulty=1",), seed=0,
+                output_dir=str(out), recipe=selection.Recipe())
+    monkeypatch.setattr(runner, "finished", lambda config: True)
+    assert selection.train_and_score(**args) == {"accuracy": 0.25} and trained == []
+    monkeypatch.setattr(runner, "finished", lambda config: False)  # e.g. the set file holds other samples now
+    assert selection.train_and_score(**args) == {"accuracy": 0.5} and trained == [args["data_path"]]
+    assert json.loads((out / "result.json").read_text()) == {"accuracy": 0.5}

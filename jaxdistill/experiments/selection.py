@@ -208,18 +208,21 @@ def harm(side, prompt_texts: Sequence[str], completions: Sequence[Sequence[int]]
 def train_and_score(student: str, data_path: str, options: tuple[str, ...], seed: int, output_dir: str,
                     recipe: Recipe) -> dict[str, Any]:
     """One student trained on one set (the scorecard's seqkd recipe on fixed text) and scored greedy on the
-    held-out problems; the result is kept in ``<output_dir>/result.json`` (a rerun reuses it)."""
-    from jaxdistill.distill.trainer import DistillConfig, distill
+    held-out problems; the result is kept in ``<output_dir>/result.json``. A rerun reuses it only when the run
+    in ``output_dir`` is the finished run of these settings and this set's contents (``runner.finished``): a
+    set that changed (a fixed score picks other samples) is trained again, the old run moved aside."""
+    from jaxdistill.distill.trainer import DistillConfig
     from jaxdistill.evaluate import _model_and_tokenizer, make_task, score_model
+    from jaxdistill.experiments import runner
 
-    result_file = Path(output_dir) / "result.json"
-    if result_file.exists():
-        return json.loads(result_file.read_text())
     config = DistillConfig(student=student, objective="sft", task="arith", task_options=options, data_path=data_path,
                            max_steps=recipe.steps, train_batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
                            lr_schedule="cosine", max_completion_length=recipe.max_completion_length, seed=seed,
                            output_dir=output_dir, save_steps=0, eval_num_prompts=0, resume=True, progress=False)
-    distill(config)
+    result_file = Path(output_dir) / "result.json"
+    if runner.finished(config) and result_file.exists():
+        return json.loads(result_file.read_text())
+    runner.distilled_student(config)
     task = make_task("arith", options)
     examples = task.load("test", limit=recipe.eval_size)
     model, tokenizer = _model_and_tokenizer(output_dir, "float32")
