@@ -41,6 +41,19 @@ def tiny_qwen_folder(folder: Path, tokenizer_dir: Path, *, model_type: str = "qw
     return save_model(Qwen(config, rngs=nnx.Rngs(seed)), folder, tokenizer_dir=tokenizer_dir)
 
 
+def tiny_calibration(world, out, **overrides):
+    """A CalibrateConfig of a few cheap GRPO steps on ``tiny_world``'s teacher and proxy into ``out``;
+    ``overrides`` replace any field (each calibration test states what it changes)."""
+    from jaxdistill.rl.config import CalibrateConfig
+    from jaxdistill.sharding import MeshConfig
+
+    base = dict(teacher=str(world["teacher"]), proxy=str(world["proxy"]), task="arith", output_dir=str(out),
+                num_generations=4, prompts_per_step=2, max_steps=2, max_completion_length=12,
+                learning_rate=1e-2, lora_rank=4, lora_alpha=8.0, eval_steps=0, eval_num_prompts=4,
+                save_steps=2, progress=False, eta=1.0, beta=0.04, mesh=MeshConfig(num_devices=1))
+    return CalibrateConfig(**{**base, **overrides})
+
+
 def tiny_world(root: Path, n_problems: int = 400) -> dict[str, Path]:
     """A random teacher (Qwen3) and proxy (Qwen2) with the two tiny tokenizers: a calibration's inputs."""
     toks = train_tiny_tokenizers(root / "tokenizers", n_problems=n_problems)

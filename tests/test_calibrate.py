@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from helpers import tiny_world as build_tiny_world
+from helpers import tiny_calibration, tiny_world as build_tiny_world
 from jaxdistill.calibrate import main
 from jaxdistill.models import load_model
 from jaxdistill.rl.config import CalibrateConfig
@@ -21,12 +21,7 @@ def tiny_world(tmp_path_factory):
 
 
 def _config(world, out, **overrides):
-    base = dict(teacher=str(world["teacher"]), proxy=str(world["proxy"]), task="arith", output_dir=str(out),
-                num_generations=4, prompts_per_step=2, max_steps=2, max_completion_length=12,
-                learning_rate=1e-2, lora_rank=4, lora_alpha=8.0, eval_steps=0, eval_num_prompts=4,
-                save_steps=2, progress=False, eta=1.0, beta=0.04, mesh=MeshConfig(num_devices=1))
-    base.update(overrides)
-    return CalibrateConfig(**base)
+    return tiny_calibration(world, out, **overrides)
 
 
 METRIC_KEYS = ("reward", "rewards/task/mean", "rewards/calibration/mean", "kl", "entropy", "clip_ratio",

@@ -2,13 +2,11 @@
 import numpy as np
 import pytest
 
-from helpers import tiny_world as build_tiny_world
+from helpers import tiny_calibration, tiny_world as build_tiny_world
 from jaxdistill.models import load_model
-from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.rl.influence import harm_scores, retokenized_batch, split_proxy, validation_batches
 from jaxdistill.rl.loop import calibrate, hold_out_validation
 from jaxdistill.rl.rewards import CalibrationScorer
-from jaxdistill.sharding import MeshConfig
 from jaxdistill.tasks import get_task
 from jaxdistill.tasks.base import Example
 from jaxdistill.tokenizer import load_tokenizer
@@ -21,13 +19,10 @@ def world(tmp_path_factory):
 
 
 def _config(world, out, **overrides):
-    base = dict(teacher=str(world["teacher"]), proxy=str(world["proxy"]), task="arith", output_dir=str(out),
-                num_generations=2, prompts_per_step=2, max_steps=2, max_completion_length=8, learning_rate=1e-2,
-                lora_rank=4, lora_alpha=8.0, eval_steps=0, eval_num_prompts=2, save_steps=0, export=False,
-                progress=False, eta=-1.0, beta=0.04, mesh=MeshConfig(num_devices=1), calibration_mode="influence",
-                influence_validation_size=8, influence_batch_size=4)
-    base.update(overrides)
-    return CalibrateConfig(**base)
+    return tiny_calibration(world, out, **{**dict(num_generations=2, max_completion_length=8, eval_num_prompts=2,
+                                                  save_steps=0, export=False, eta=-1.0,
+                                                  calibration_mode="influence", influence_validation_size=8,
+                                                  influence_batch_size=4), **overrides})
 
 
 def test_influence_run_logs_harm_and_a_stability_and_pays_minus_harm(world, tmp_path):

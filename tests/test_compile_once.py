@@ -3,17 +3,15 @@ loads them from the persistent compilation cache."""
 import jax
 import pytest
 
-from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.rl.loop import calibrate
 from jaxdistill.compilation import use_compilation_cache
 from jaxdistill.generation.sampler import bucket_length
-from jaxdistill.sharding import MeshConfig
 from jaxdistill.tasks import get_task
 from jaxdistill.tasks.pipeline import prompt_text
 from jaxdistill.tokenizer import load_tokenizer
 from jaxdistill.training import read_metrics
 
-from helpers import tiny_world
+from helpers import tiny_calibration, tiny_world
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +20,9 @@ def world(tmp_path_factory):
 
 
 def _config(world, out, **overrides):
-    base = dict(teacher=str(world["teacher"]), proxy=str(world["proxy"]), task="arith", output_dir=str(out),
-                num_generations=2, prompts_per_step=2, max_steps=20, max_completion_length=8,
-                learning_rate=1e-2, lora_rank=4, lora_alpha=8.0, eval_steps=0, eval_num_prompts=2,
-                save_steps=10, progress=False, eta=1.0, beta=0.04, proxy_learning_rate=1e-3,
-                mesh=MeshConfig(num_devices=1))
-    base.update(overrides)
-    return CalibrateConfig(**base)
+    return tiny_calibration(world, out, **{**dict(num_generations=2, max_steps=20, max_completion_length=8,
+                                                  eval_num_prompts=2, save_steps=10, proxy_learning_rate=1e-3),
+                                           **overrides})
 
 
 @pytest.fixture
