@@ -47,11 +47,11 @@ import numpy as np
 from jaxdistill.config import BaseConfig, ConfigError, apply_overrides, check_ranges, from_dict, option, run_cli
 from jaxdistill.evaluate import _model_and_tokenizer, make_task, parse_entries, score_model
 from jaxdistill.experiments import runner
+from jaxdistill.experiments.runner import calibration_reward
 from jaxdistill.experiments.jobs import JOB_OVERHEAD_SECONDS, Job, default_workers, run_jobs
 from jaxdistill.experiments.knob import DEFAULT_RUN_ETAS, ORIGINAL, draw_knob, knob_table
 from jaxdistill.experiments.scorecard import (ScorecardConfig, compare_scorecard_teachers, decoding, scorecard_arms,
                                               scorecard_jobs)
-from jaxdistill.experiments.undistillable import calibration_reward
 from jaxdistill.experiments.world import (STEP_SECONDS, Profile, calibration_config, for_world, scorecard_config,
                                           world_paths)
 from jaxdistill.rl.config import CalibrateConfig

@@ -18,6 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from jaxdistill import run_folder
 from jaxdistill.distill.data import TeacherSampleCache
 from jaxdistill.distill.trainer import INPUT_FIELDS as DISTILLATION_INPUTS
@@ -26,6 +28,7 @@ from jaxdistill.evaluate import _model_and_tokenizer, score_model
 from jaxdistill.rl.config import INPUT_FIELDS as CALIBRATION_INPUTS
 from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.tasks import Example, Task
+from jaxdistill.training import read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +75,9 @@ def evaluated(model_dir: str | Path, task: Task, examples: Sequence[Example], *,
     """``score_model`` of the HF folder ``model_dir`` (accuracy, unparseable rate, length, EOS rate)."""
     model, tokenizer = _model_and_tokenizer(model_dir, dtype)
     return score_model(model, tokenizer, task, examples, **decoding)
+
+
+def calibration_reward(run: str | Path) -> tuple[float, float]:
+    """Mean calibration reward of the first five and the last five steps of a calibration run."""
+    values = [r["rewards/calibration/mean"] for r in read_metrics(run) if "rewards/calibration/mean" in r]
+    return float(np.mean(values[:5])), float(np.mean(values[-5:]))

@@ -29,12 +29,12 @@ import numpy as np
 from jaxdistill.config import BaseConfig, option, run_cli
 from jaxdistill.evaluate import compare_teachers, make_task
 from jaxdistill.experiments import runner
+from jaxdistill.experiments.runner import calibration_reward
 from jaxdistill.experiments.jobs import Job, default_workers, run_jobs
 from jaxdistill.experiments.knob import DEFAULT_RUN_ETAS
 from jaxdistill.experiments.scorecard import run_arm
 from jaxdistill.experiments.world import (ARITH_DIFFICULTY, FULL, STEP_SECONDS, calibration_config, scorecard_config,
                                           world_paths)
-from jaxdistill.training import read_metrics
 
 # name -> CalibrateConfig fields that replace the default run's (world.calibration_config): span mode,
 # calibration_scope=correct, beta 0.04, 8 prompts x 4 rollouts, 60 steps, LoRA r8, lr 1e-3.
@@ -70,12 +70,6 @@ def compare(original: str, calibrated: dict[str, str], eval_num_prompts: int, ma
     task = make_task("arith", [f"difficulty={ARITH_DIFFICULTY}"])
     examples = task.load("test", None, limit=eval_num_prompts)
     return compare_teachers(original, calibrated, task, examples, max_new_tokens=max_new_tokens)
-
-
-def calibration_reward(run: Path) -> tuple[float, float]:
-    """Mean calibration reward of the first five and the last five steps of a calibration run."""
-    values = [r["rewards/calibration/mean"] for r in read_metrics(run) if "rewards/calibration/mean" in r]
-    return float(np.mean(values[:5])), float(np.mean(values[-5:]))
 
 
 @dataclasses.dataclass
