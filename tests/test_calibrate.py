@@ -123,6 +123,24 @@ def test_nan_steps_are_skipped_then_stop_with_checkpoint_intact(tiny_world, tmp_
     assert steps and max(steps) <= 2  # the stop at step 3 saved nothing
 
 
+def test_at_eta_zero_span_and_sequence_mode_train_the_same_teacher(tiny_world, tmp_path):
+    """The knob grid trains an eta = 0 cell once for both modes (knob_grid.trained_cell): the reward is
+    computed but enters the advantages as 0 x r_cal."""
+    from safetensors.numpy import load_file
+
+    adapters = {}
+    for mode in ("span", "sequence"):
+        calibrate(_config(tiny_world, tmp_path / mode, eta=0.0, calibration_mode=mode, save_steps=0))
+        adapters[mode] = load_file(str(tmp_path / mode / "adapter" / "adapter.safetensors"))
+        assert read_metrics(tmp_path / mode)[-1]["rewards/calibration/std"] > 0  # a reward was computed
+    assert adapters["span"].keys() == adapters["sequence"].keys()
+    for name, value in adapters["span"].items():
+        np.testing.assert_array_equal(value, adapters["sequence"][name], err_msg=name)
+    calibrate(_config(tiny_world, tmp_path / "eta1", eta=1.0, calibration_mode="sequence", save_steps=0))
+    moved = load_file(str(tmp_path / "eta1" / "adapter" / "adapter.safetensors"))
+    assert any(not np.array_equal(v, moved[k]) for k, v in adapters["span"].items())  # eta != 0 differs
+
+
 def test_missing_models_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="calibrate needs teacher and proxy"):
         calibrate(CalibrateConfig(output_dir=str(tmp_path)))

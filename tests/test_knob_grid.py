@@ -8,7 +8,8 @@ import pytest
 from jaxdistill.config import ConfigError
 from jaxdistill.experiments.knob_grid import (SFT, Cell, KnobGridConfig, beats, cell_calibration,
                                               default_run_students, detour_rates, draw_checks, grid_cells,
-                                              parse_overrides, read_default_run, summary, target_checks, write_grid)
+                                              parse_overrides, read_default_run, summary, target_checks, trained_cell,
+                                              write_grid)
 from jaxdistill.experiments.scorecard import decoding
 from jaxdistill.experiments.world import QUICK, scorecard_config, world_paths
 
@@ -35,6 +36,15 @@ def test_cells_enumerate_the_grid_in_table_order():
     assert cells[-1] == Cell("sequence", 0.2, -1.0, 1)
     assert cells[5].name == "span_beta0.04_eta-1_cal1"
     assert len({c.name for c in cells}) == len(cells)
+
+
+def test_an_eta_zero_cell_trains_the_span_cells_teacher_except_in_influence_mode():
+    cells = grid_cells(["span", "sequence", "influence"], [0.04], [1, 0], [0, 1])
+    trained = {c.name: trained_cell(c).name for c in cells}
+    assert trained["sequence_beta0.04_eta0_cal1"] == "span_beta0.04_eta0_cal1"
+    assert trained["sequence_beta0.04_eta1_cal0"] == "sequence_beta0.04_eta1_cal0"
+    assert trained["influence_beta0.04_eta0_cal0"] == "influence_beta0.04_eta0_cal0"  # its own prompts
+    assert len(set(trained.values())) == len(cells) - 2  # the two sequence eta = 0 cells run as span
 
 
 @pytest.mark.parametrize("version", [None, 1, 2])

@@ -14,7 +14,9 @@ its held-out completions, greedy and at temperature 1 (``tasks.arith.detour_coun
 hollow ones among them, result-first lines, per sample). The denominators of the ratios, the original
 teacher's students per attack and SFT on gold, are the default run's scorecard runs where it holds
 them with the same recipe, decoding and seed, else run here; so are the cells that repeat one of the
-default run's own calibrations (span, beta 0.04, eta 0 / +1 / -1, its seed, no overrides). Everything
+default run's own calibrations (span, beta 0.04, eta 0 / +1 / -1, its seed, no overrides), and an eta = 0
+cell of any mode but influence is the span cell's calibration (``trained_cell``: the reward is unused
+at eta = 0). Everything
 runs on one job graph (``jobs.run_jobs``, one worker per core); finished runs in ``output_dir`` are
 reused (``runner.finished``), so an interrupted grid continues where it stopped.
 
@@ -87,6 +89,14 @@ def grid_cells(modes: Sequence[str], betas: Sequence[float], etas: Sequence[floa
     """Every (mode, beta, eta, calibration seed), in table order: by mode, then beta, eta, seed."""
     return [Cell(m, float(b), float(e), int(s)) for m, b, e, s in itertools.product(modes, betas, etas,
                                                                                   calibration_seeds)]
+
+
+def trained_cell(cell: Cell) -> Cell:
+    """The cell whose calibration trains ``cell``'s teacher. At eta = 0 the calibration reward enters the
+    advantages as 0 x r_cal, so every mode that trains on the same prompts trains the same teacher (a
+    test checks span against sequence): it is the span cell's, run once. Influence mode holds its
+    validation prompts out of training, so its eta = 0 teacher is its own."""
+    return dataclasses.replace(cell, mode="span") if cell.eta == 0 and cell.mode != "influence" else cell
 
 
 # ---- the default run that the grid starts from ------------------------------------------------------
@@ -336,7 +346,8 @@ def grid_markdown(result: Mapping[str, Any]) -> str:
                 r = "-" if entry is None or entry["ratio"] is None else f"{entry['ratio']:.2f}"
                 cells.append("-" if entry is None else f"{_pct(entry)} ({r})")
             checks = cell["targets"]
-            lines.append(f"| {cell['beta']:g} | {cell['eta']:g} | {cell['calibration_seed']} | "
+            shared = "" if cell.get("trained_as", cell["name"]) == cell["name"] else " (span's teacher)"
+            lines.append(f"| {cell['beta']:g} | {cell['eta']:g}{shared} | {cell['calibration_seed']} | "
                          f"{100 * t['accuracy']:.1f} | {100 * t['accuracy_change']:+.1f} | {t['kl_to_original']:.3f} | "
                          f"{t['mean_length']:.1f} | {_detours(t['detours']['greedy'])} | "
                          f"{reward['first']:.3f} -> {reward['last']:.3f} | " + " | ".join(cells)
@@ -493,8 +504,8 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
     teacher_jobs = {ORIGINAL: Job(f"teacher {ORIGINAL}", teacher_measures, dict(config=reference),
                                   cost=JOB_OVERHEAD_SECONDS + 0.15 * profile.eval_num_prompts)}
     cells = grid_cells(args.modes, args.betas, args.etas, args.calibration_seeds)
-    calibrations: dict[str, tuple[CalibrateConfig, str | None]] = {}
-    for cell in cells:
+    calibrations: dict[str, tuple[CalibrateConfig, str | None]] = {}  # trained cell -> its calibration
+    for cell in dict.fromkeys(trained_cell(c) for c in cells):
         config = cell_calibration(cell, world, out / cell.name / "calibrate", profile, overrides)
         reused = default_run_calibration(config, run)
         if reused:
@@ -531,17 +542,19 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
     original_teacher = results[f"teacher {ORIGINAL}"]
     rows = []
     for cell in cells:
-        config, reused = calibrations[cell.name]
-        teacher = results[f"teacher {cell.name}"]
+        trained = trained_cell(cell).name
+        config, reused = calibrations[trained]
+        teacher = results[f"teacher {trained}"]
         per_student = {}
         for s in student_labels:
             per_student[s] = {}
             for a in attacks:
-                entry = accuracy(cell.name, s, a)
+                entry = accuracy(trained, s, a)
                 if entry is not None and a in original_students[s]:
                     per_student[s][a] = {**entry, "ratio": ratio(entry["mean"], original_students[s][a]["mean"])}
         first, last = calibration_reward(Path(config.output_dir))
-        rows.append({**dataclasses.asdict(cell), "name": cell.name, "calibration_dir": config.output_dir,
+        rows.append({**dataclasses.asdict(cell), "name": cell.name, "trained_as": trained,
+                     "calibration_dir": config.output_dir,
                      "reused_default_run_calibration": reused, "teacher": teacher,
                      "calibration_reward": {"first": first, "last": last}, "students": per_student,
                      "targets": target_checks(teacher["accuracy_change"], per_student, original_students)})
