@@ -180,7 +180,9 @@ def test_grid_md_and_the_knob_figure_per_mode_are_written(tmp_path):
         cells.append({"mode": "span", "beta": beta, "eta": eta, "calibration_seed": 0, "teacher": teacher,
                       "calibration_reward": {"first": -0.2, "last": -1.0}, "students": students,
                       "targets": target_checks(-0.02, students, original)})
-    settings = {"run_dir": "runs/default", "world_version": 2, "modes": ["span"],
+    shared = dict(cells[0], mode="sequence", name="sequence_beta0.04_eta1_cal0", trained_as="span_beta0.04_eta1_cal0")
+    cells.append(shared)  # a row whose teacher another cell trained (at eta = 0 in a real grid)
+    settings = {"run_dir": "runs/default", "world_version": 2, "modes": ["span", "sequence"],
                 "attacks": ["seqkd", "gkd", "kd_top20"],
                 "seeds": [0, 1], "overrides": [], "accuracy_tolerance": 0.05, "ratio_target": 0.5,
                 "distillable_attacks": ["seqkd", "gkd"]}
@@ -198,6 +200,8 @@ def test_grid_md_and_the_knob_figure_per_mode_are_written(tmp_path):
     assert ("| 0.04 | -1 | 0 | 61.0 | -2.0 | 0.300 | 40.0 | 0.50 / 0.25 / 1.00 | -0.200 -> -1.000 | "
             "15.0 ± 1.4 (0.36)") in text
     assert "| 15.0 ± 1.4 (0.36) | 10.0 ± 0.0 (0.24) | **yes** | **yes** | no |" in text
-    assert text.count("| **yes** | **yes** | no |") == 2 and text.count("| **yes** | no | **yes** |") == 2
+    assert text.count("| **yes** | **yes** | no |") == 2 and text.count("| **yes** | no | **yes** |") == 3
+    assert text.count("(span's teacher)") == 1 and "## sequence\n" in text
+    assert text.split("## sequence")[1].splitlines()[4].startswith("| 0.04 | 1 (span's teacher) | 0 |")
     assert json.loads((tmp_path / "grid.json").read_text())["cells"][1]["targets"]["undistillable"] is True
     assert (tmp_path / "knob_span.png").stat().st_size > 10_000

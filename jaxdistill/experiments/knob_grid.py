@@ -346,7 +346,7 @@ def grid_markdown(result: Mapping[str, Any]) -> str:
                 r = "-" if entry is None or entry["ratio"] is None else f"{entry['ratio']:.2f}"
                 cells.append("-" if entry is None else f"{_pct(entry)} ({r})")
             checks = cell["targets"]
-            shared = "" if cell.get("trained_as", cell["name"]) == cell["name"] else " (span's teacher)"
+            shared = " (span's teacher)" if cell.get("trained_as", cell.get("name")) != cell.get("name") else ""
             lines.append(f"| {cell['beta']:g} | {cell['eta']:g}{shared} | {cell['calibration_seed']} | "
                          f"{100 * t['accuracy']:.1f} | {100 * t['accuracy_change']:+.1f} | {t['kl_to_original']:.3f} | "
                          f"{t['mean_length']:.1f} | {_detours(t['detours']['greedy'])} | "
