@@ -19,7 +19,12 @@ What is counted (bytes on the device holding the most):
 - training (one micro-batch): LoRA gradients, the activations the backward pass keeps, and one
   chunk of fp32 logits (``GRPOSettings.chunk_size`` positions at a time);
 - calibration scoring: one chunk of the proxy's fp32 logits (a learning proxy: also its gradients
-  and the activations of its backward pass).
+  and the activations of its backward pass);
+- ``calibration_mode=influence``: the harm direction u (static, one proxy-sized pytree), the
+  direction's estimate (a phase of its own, at step 1 and every ``influence_direction_steps`` for a
+  learning proxy: the proxy's backward over one validation batch of ``influence_batch_size`` rows,
+  split over the batch axes when they divide, and the gradient sums of the two halves), and the harm score's
+  forward pass with tangents (``jax.jvp``: primal and tangent, twice a plain forward).
 
 The static parts and the KV cache are exact sizes of the arrays the code allocates (a test checks
 them against arrays it builds). Activations and logits chunks are estimates of what XLA keeps alive
@@ -138,9 +143,12 @@ def _one_layer_model(config: QwenConfig, lora: LoraConfig | None) -> Qwen:
 
 # ---- the plan -------------------------------------------------------------------------------------
 
+PHASES = ("generation", "training", "scoring", "direction")  # one at a time, each on top of the static part
+
+
 @dataclasses.dataclass
 class PlanItem:
-    phase: str  # static | generation | training | scoring
+    phase: str  # static | generation | training | scoring | direction (influence mode)
     what: str
     bytes_per_device: int
     exact: bool  # an array size (True) or an estimate of what XLA keeps alive (False)
@@ -162,7 +170,7 @@ class MemoryPlan:
     @property
     def peak_bytes(self) -> int:
         """Static memory plus the largest of the phases (they do not overlap in time)."""
-        return self.phase_bytes("static") + max(self.phase_bytes(p) for p in ("generation", "training", "scoring"))
+        return self.phase_bytes("static") + max(self.phase_bytes(p) for p in PHASES)
 
     def table(self, device_memory_gib: float | None = None) -> str:
         mesh = " x ".join(f"{k}={v}" for k, v in self.mesh.items())
@@ -173,7 +181,7 @@ class MemoryPlan:
             mark = "" if item.exact else " ~"
             lines.append(f"  {item.phase:<11}{item.what:<34}{item.bytes_per_device / GIB:>9.3f}{mark:2} {item.detail}")
         lines.append(f"  {'':<11}{'static total':<34}{self.phase_bytes('static') / GIB:>9.3f}")
-        for phase in ("generation", "training", "scoring"):
+        for phase in (p for p in PHASES if any(i.phase == p for i in self.items)):
             lines.append(f"  {'':<11}{'peak while ' + phase:<34}"
                          f"{(self.phase_bytes('static') + self.phase_bytes(phase)) / GIB:>9.3f}")
         lines.append(f"  {'':<11}{'estimated peak':<34}{self.peak_bytes / GIB:>9.3f}")
@@ -279,9 +287,25 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
         items.append(PlanItem("scoring", "proxy activations (backward)",
                               _activation_bytes(proxy_cfg, None, proxy_rows, length, tensor, itemsize), False,
                               f"{proxy_rows} rows/device x {length} tokens"))
+    elif config.calibration_mode == "influence":  # the harm score's jvp outlives the plain forward
+        items.append(PlanItem("scoring", "proxy forward with tangents (harm)", 2 * proxy_chunk, False,
+                              "jax.jvp along u: primal + tangent hidden states and logits chunk"))
     else:
         items.append(PlanItem("scoring", "proxy forward (logits chunk)", proxy_chunk, False,
                               "hidden states + one fp32 logits chunk, no gradient"))
+    if config.calibration_mode == "influence":  # jaxdistill.rl.influence.estimate_direction
+        items.append(PlanItem("static", "harm direction u", proxy_dev, True, "a unit proxy gradient, kept"))
+        rows = config.influence_batch_size  # split over the batch axes when they divide (sharding.shard_rows)
+        split = rows % batch_shards == 0
+        rows = rows // batch_shards if split else rows
+        items.append(PlanItem("direction", "validation gradients", 4 * proxy_dev, False,
+                              "one batch's, the running sum, the two halves' directions"))
+        items.append(PlanItem("direction", "proxy activations (backward)",
+                              _activation_bytes(proxy_cfg, None, rows, length, tensor, itemsize), False,
+                              f"{rows} validation rows/device x {length} tokens"
+                              + ("" if split else " (influence_batch_size does not divide over data x fsdp)")))
+        items.append(PlanItem("direction", "proxy logits chunk (fp32)", 3 * rows * chunk * proxy_vocab * 4, False,
+                              f"{chunk} positions: logits, log-softmax, gradient"))
     return MemoryPlan(dict(mesh.shape), {"teacher": teacher_src, "proxy": proxy_src}, items)
 
 

@@ -141,6 +141,21 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, P(LOGICAL_RULES["batch"], *([None] * (ndim - 1))))
 
 
+def shard_rows(tree, mesh: Mesh | None):
+    """Every array of ``tree`` (leading dimension: rows) with its rows split over the mesh's batch axes
+    (``batch_sharding``), as the sampler places the rollouts; unchanged without a mesh, on one device,
+    or when the rows do not divide (then jit replicates them)."""
+    if mesh is None or mesh.size == 1:
+        return tree
+    shards = _axis_size(mesh, LOGICAL_RULES["batch"])
+
+    def place(x):
+        return (jax.device_put(x, batch_sharding(mesh, x.ndim)) if getattr(x, "ndim", 0) >= 1
+                and x.shape[0] % shards == 0 else x)
+
+    return jax.tree.map(place, tree)
+
+
 def describe_sharding(model: nnx.Module) -> dict[str, P | None]:
     """Path ("layers/0/mlp/up_proj/kernel") -> ``PartitionSpec`` of every parameter (None: unsharded)."""
     out = {}

@@ -48,14 +48,39 @@ def test_a_learning_proxy_moves_the_direction_and_nothing_compiles_after_step_on
     assert len(set(losses)) == 3, losses  # recomputed every step under the proxy as it learns
 
 
-def test_the_scorer_pays_minus_the_harm_of_the_text_the_proxy_reads(world):
-    """The scorer's own batch (fixed widths, teacher bytes) against the library's path for the same tokens."""
-    proxy, _ = load_model(world["proxy"], "float32")
+def test_eight_devices_measure_the_same_harm_as_one(world, tmp_path):
+    """On a (data 2, fsdp 2, tensor 2) mesh the rollouts and the validation batches are split over the
+    batch axes (sharding.shard_rows): the direction, its stability and every harm are those of one device."""
+    from jaxdistill.sharding import MeshConfig
+
+    one = calibrate(_config(world, tmp_path / "one", max_steps=1, save_steps=1, num_generations=4))
+    eight = calibrate(_config(world, tmp_path / "eight", max_steps=1, save_steps=1, num_generations=4,
+                              mesh=MeshConfig(data=2, fsdp=2, tensor=2)))
+    a, b = one["history"][1], eight["history"][1]
+    for key in ("calibration/harm_mean", "calibration/harm_std", "calibration/direction_stability",
+                "calibration/validation_loss", "calibration/validation_grad_norm", "rewards/task/mean", "loss"):
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_the_scorer_pays_minus_the_harm_of_the_text_the_proxy_reads(world, devices):
+    """The scorer's own batch (fixed widths, teacher bytes) against the library's path for the same tokens;
+    on 8 devices, with the proxy's inputs and validation batches split over the batch axes."""
+    from jax.sharding import PartitionSpec as P
+
+    from jaxdistill.sharding import MeshConfig, make_mesh
+
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)) if devices == 8 else None
+    proxy, _ = load_model(world["proxy"], "float32", mesh=mesh)
     proxy_tok, teacher_tok = load_tokenizer(world["proxy"]), load_tokenizer(world["teacher"])
     examples = get_task("arith", difficulty=1).load("train", limit=12)
     gold = validation_batches(proxy_tok, [e.prompt for e in examples[:8]], [e.solution for e in examples[:8]], 4)
     scorer = CalibrationScorer(proxy, proxy_tok, teacher_tok, mode="influence", validation=gold,
-                               prompt_width=64, completion_width=64)
+                               prompt_width=64, completion_width=64, mesh=mesh)
+    if mesh is not None:
+        assert scorer.validation[0].tokens.sharding.spec == P(("data", "fsdp"), None)
+        assert scorer.proxy_inputs(["1 + 2"] * 4, np.ones((4, 8), np.int32), np.ones((4, 8), bool))[2] \
+            .sharding.spec == P(("data", "fsdp"), None)
     prompts = [e.prompt for e in examples[8:]]
     completions = [teacher_tok.encode(e.solution[:20 + 7 * i]) + [teacher_tok.eos_id]
                    for i, e in enumerate(examples[8:])]

@@ -157,6 +157,17 @@ def test_shard_model_moves_an_existing_model(checkpoints):
     assert len(model.embed_tokens[...].sharding.device_set) == 8
 
 
+def test_shard_rows_splits_rows_over_the_batch_axes_when_they_divide():
+    from jaxdistill.sharding import shard_rows
+
+    mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    rows8, rows6 = shard_rows((np.zeros((8, 3)), np.arange(8)), mesh), shard_rows(np.zeros((6, 3)), mesh)
+    assert rows8[0].sharding.spec == P(("data", "fsdp"), None) and rows8[1].sharding.spec == P(("data", "fsdp"))
+    assert rows8[0].addressable_shards[0].data.shape == (2, 3)  # 8 rows over data x fsdp = 4
+    assert isinstance(rows6, np.ndarray)  # 6 rows do not divide by 4: left for jit to replicate
+    assert shard_rows(rows6, None) is rows6
+
+
 def test_new_model_saves_and_loads(tmp_path):
     config = QwenConfig(model_type="qwen3", vocab_size=40, hidden_size=16, intermediate_size=24,
                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=8,

@@ -135,6 +135,28 @@ def test_unknown_model_is_a_clear_error(capsys):
     assert set(PUBLISHED_CONFIGS) >= {"Qwen/Qwen3-8B", "Qwen/Qwen3-0.6B", "Qwen/Qwen2.5-0.5B-Instruct"}
 
 
+def test_influence_mode_counts_the_direction_and_the_harm_jvp(tiny_models):
+    mesh = MeshConfig(data=2, fsdp=2, tensor=2)
+    config = CalibrateConfig(teacher=str(tiny_models["teacher"]), proxy=str(tiny_models["proxy"]), mesh=mesh,
+                             prompts_per_step=3, num_generations=4, max_prompt_length=64, max_completion_length=32)
+    span = plan_memory(config, num_devices=8)
+    influence = plan_memory(dataclasses.replace(config, calibration_mode="influence", influence_batch_size=16),
+                            num_devices=8)
+    # the direction is a pytree like the proxy's parameters, placed like them
+    assert influence.get("harm direction u") == influence.get("proxy weights")
+    assert influence.phase_bytes("static") == span.phase_bytes("static") + influence.get("harm direction u")
+    assert influence.get("proxy forward with tangents (harm)") == 2 * span.get("proxy forward (logits chunk)")
+    assert span.phase_bytes("direction") == 0 and influence.phase_bytes("direction") > 0
+    larger = plan_memory(dataclasses.replace(config, calibration_mode="influence", influence_batch_size=64),
+                         num_devices=8)
+    assert larger.get("proxy activations (backward)") == 4 * influence.get("proxy activations (backward)")
+    # rows split over data x fsdp = 4 when they divide (sharding.shard_rows), else every device holds them all
+    odd = plan_memory(dataclasses.replace(config, calibration_mode="influence", influence_batch_size=18),
+                      num_devices=8)
+    assert odd.get("proxy activations (backward)") > 4 * influence.get("proxy activations (backward)")
+    assert "peak while direction" in influence.table() and "peak while direction" not in span.table()
+
+
 def test_docs_show_the_plan_the_code_prints(capsys):
     """docs/scale.md quotes the 8B plan; it must be what the CLI prints today."""
     main(["--config", str(REPO / "configs" / "qwen3_8b_gsm8k.yaml"), "devices=16", "device_memory_gib=95"])

@@ -164,7 +164,7 @@ class CalibrationRun:
                                         subtract_reference=c.calibration_subtract_reference,
                                         prompt_width=proxy_prompt_width,
                                         completion_width=proxy_completion_width,
-                                        validation=self.gold_validation())
+                                        validation=self.gold_validation(), mesh=self.cluster.mesh)
         self.stability_warned = False
         self.peak_flops = peak_flops(list(self.cluster.mesh.devices.flat))  # None on a CPU
         self.checkpointer = Checkpointer(self.out / "checkpoints")

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxdistill.align import SpanAlignment, align_retokenized
 from jaxdistill.distributed import to_host
@@ -36,6 +37,7 @@ from jaxdistill.generation.tokenized_model import TokenizedModel, check_pair
 from jaxdistill.models.qwen import Qwen
 from jaxdistill.rl.calibration import calibration_metrics, sequence_calibration_reward, span_calibration_reward
 from jaxdistill.rl.influence import DirectionEstimate, ProxyBatch, estimate_direction, harm_scores, split_proxy
+from jaxdistill.sharding import shard_rows
 from jaxdistill.tasks.base import Example, Task, Verdict
 from jaxdistill.tokenizer import Tokenizer
 
@@ -66,7 +68,7 @@ class CalibrationScorer:
     def __init__(self, proxy: Qwen, proxy_tokenizer: Tokenizer, teacher_tokenizer: Tokenizer, *,
                  mode: str = "span", tau: float = 1.0, subtract_reference: bool = False,
                  prompt_width: int | None = None, completion_width: int | None = None,
-                 validation: Sequence[ProxyBatch] = ()):
+                 validation: Sequence[ProxyBatch] = (), mesh: Mesh | None = None):
         if mode not in CALIBRATION_MODES:
             raise ValueError(f"calibration_mode must be one of {CALIBRATION_MODES}, got {mode!r}")
         if mode == "influence" and not validation:
@@ -81,7 +83,8 @@ class CalibrationScorer:
         # bucket of a longer re-tokenization than seen so far), so each growth compiles once.
         self.prompt_width = prompt_width
         self.completion_width = completion_width
-        self.validation = list(validation)
+        self.mesh = mesh  # the proxy's inputs are split over its batch axes, as the rollouts are
+        self.validation = [shard_rows(batch, mesh) for batch in validation]
         self.direction: DirectionEstimate | None = None  # influence mode: set by refresh_direction
 
     def refresh_direction(self) -> DirectionEstimate:
@@ -110,8 +113,8 @@ class CalibrationScorer:
                              f"{self.prompt_width}")
         prompt_ids, prompt_mask = left_pad(prompts, self.prompt_width or bucket_length(longest), pad)
         tokens = np.where(proxy_mask, proxy_ids, pad).astype(np.int32)
-        return (jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), jnp.asarray(tokens),
-                jnp.asarray(proxy_mask.astype(np.int32)))
+        return shard_rows((jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), jnp.asarray(tokens),
+                           jnp.asarray(proxy_mask.astype(np.int32))), self.mesh)
 
     def __call__(self, prompt_texts: Sequence[str], completion_ids: Sequence[Sequence[int]],
                  teacher_logprobs: jax.Array, reference_logprobs: jax.Array | None = None
@@ -149,7 +152,8 @@ class CalibrationScorer:
         exact = _pad_to(alignment.exact_spans, capacity, False)
         harm = None
         if self.mode == "influence":  # the same proxy tokens as the other modes, per byte of the teacher's text
-            harm = self.harm(ProxyBatch(*proxy_batch, num_bytes=jnp.asarray(spans.total_bytes_a, jnp.int32)))
+            num_bytes = shard_rows(jnp.asarray(spans.total_bytes_a, jnp.int32), self.mesh)
+            harm = self.harm(ProxyBatch(*proxy_batch, num_bytes=num_bytes))
             reward = -harm
             calibration = span_calibration_reward(teacher_logprobs, proxy_lp, aligned, span_weights=exact)
         elif self.mode == "sequence":
