@@ -52,6 +52,7 @@ from jaxdistill.models.config import LoraConfig, QwenConfig, as_dtype
 from jaxdistill.models.lora import LoraParam
 from jaxdistill.models.qwen import KVCache, Qwen
 from jaxdistill.rl.config import CalibrateConfig
+from jaxdistill.rl.influence import validation_shape
 from jaxdistill.sharding import MESH_AXES, LOGICAL_RULES, logical_to_spec, mesh_axis_sizes
 
 GIB = 1024 ** 3
@@ -246,6 +247,8 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
         scalars = sum(x.dtype.itemsize for x in leaves if x.ndim == 0)
         items.append(PlanItem("static", "proxy AdamW state (learning proxy)", 2 * proxy_dev + scalars, True,
                               "2x proxy (mu, nu) + counters"))
+    if config.calibration_mode == "influence":  # jaxdistill.rl.influence.estimate_direction
+        items.append(PlanItem("static", "harm direction u", proxy_dev, True, "a unit proxy gradient, kept"))
 
     # -- generation: the teacher's KV cache --
     rollout_rows = config.prompts_per_step * config.num_generations
@@ -287,23 +290,22 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
         items.append(PlanItem("scoring", "proxy activations (backward)",
                               _activation_bytes(proxy_cfg, None, proxy_rows, length, tensor, itemsize), False,
                               f"{proxy_rows} rows/device x {length} tokens"))
-    elif config.calibration_mode == "influence":  # the harm score's jvp outlives the plain forward
+    if config.calibration_mode == "influence":  # the harm score's jvp: after the plain forward or update
         items.append(PlanItem("scoring", "proxy forward with tangents (harm)", 2 * proxy_chunk, False,
                               "jax.jvp along u: primal + tangent hidden states and logits chunk"))
-    else:
+    elif not learning_proxy:
         items.append(PlanItem("scoring", "proxy forward (logits chunk)", proxy_chunk, False,
                               "hidden states + one fp32 logits chunk, no gradient"))
     if config.calibration_mode == "influence":  # jaxdistill.rl.influence.estimate_direction
-        items.append(PlanItem("static", "harm direction u", proxy_dev, True, "a unit proxy gradient, kept"))
-        rows = config.influence_batch_size  # split over the batch axes when they divide (sharding.shard_rows)
-        split = rows % batch_shards == 0
-        rows = rows // batch_shards if split else rows
+        # validation batches are padded to divide over data x fsdp (rl.influence.validation_shape)
+        _, rows = validation_shape(config.influence_validation_size, config.influence_batch_size, batch_shards)
+        rows //= batch_shards
         items.append(PlanItem("direction", "validation gradients", 4 * proxy_dev, False,
                               "one batch's, the running sum, the two halves' directions"))
         items.append(PlanItem("direction", "proxy activations (backward)",
                               _activation_bytes(proxy_cfg, None, rows, length, tensor, itemsize), False,
-                              f"{rows} validation rows/device x {length} tokens"
-                              + ("" if split else " (influence_batch_size does not divide over data x fsdp)")))
+                              f"{rows} validation rows/device x {length} tokens (gold text longer "
+                              "than the rollouts needs more)"))
         items.append(PlanItem("direction", "proxy logits chunk (fp32)", 3 * rows * chunk * proxy_vocab * 4, False,
                               f"{chunk} positions: logits, log-softmax, gradient"))
     return MemoryPlan(dict(mesh.shape), {"teacher": teacher_src, "proxy": proxy_src}, items)

@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -141,17 +142,21 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, P(LOGICAL_RULES["batch"], *([None] * (ndim - 1))))
 
 
+def batch_shards(mesh) -> int:
+    """How many ways rows are split: the size of the batch axes (data x fsdp) of a Mesh or AbstractMesh."""
+    return math.prod(mesh.shape[a] for a in LOGICAL_RULES["batch"])
+
+
 def shard_rows(tree, mesh: Mesh | None):
-    """Every array of ``tree`` (leading dimension: rows) with its rows split over the mesh's batch axes
-    (``batch_sharding``), as the sampler places the rollouts; unchanged without a mesh, on one device,
-    or when the rows do not divide (then jit replicates them)."""
-    if mesh is None or mesh.size == 1:
-        return tree
-    shards = _axis_size(mesh, LOGICAL_RULES["batch"])
+    """Every array of ``tree`` (leading dimension: rows, host or device) as a jax.Array with its rows split
+    over the mesh's batch axes (``batch_sharding``), as the sampler places the rollouts; on the default
+    device without a mesh, on one device, or when the rows do not divide (then jit replicates them)."""
+    shards = 1 if mesh is None or mesh.size == 1 else batch_shards(mesh)
 
     def place(x):
-        return (jax.device_put(x, batch_sharding(mesh, x.ndim)) if getattr(x, "ndim", 0) >= 1
-                and x.shape[0] % shards == 0 else x)
+        if shards > 1 and np.ndim(x) >= 1 and np.shape(x)[0] % shards == 0:
+            return jax.device_put(x, batch_sharding(mesh, np.ndim(x)))
+        return jnp.asarray(x)
 
     return jax.tree.map(place, tree)
 

@@ -100,6 +100,11 @@ def test_validation_batches_split_the_texts_into_two_halves_of_one_shape(world):
     batches = validation_batches(proxy_tok, [e.prompt for e in examples], [e.solution for e in examples], 2)
     assert len(batches) == 4 and len({(b.tokens.shape, b.prompt_ids.shape) for b in batches}) == 1
     assert [int((np.asarray(b.mask).sum(1) > 0).sum()) for b in batches] == [2, 2, 2, 1]  # 7 texts, i mod 4
+    padded = validation_batches(proxy_tok, [e.prompt for e in examples], [e.solution for e in examples], 2,
+                                row_multiple=4)  # rows that split over data x fsdp = 4; the filler adds nothing
+    assert [b.tokens.shape[0] for b in padded] == [4] * 4
+    assert [int((np.asarray(b.mask).sum(1) > 0).sum()) for b in padded] == [2, 2, 2, 1]
+    assert sum(int(np.asarray(b.num_bytes).sum()) for b in padded) == sum(len(e.solution) for e in examples)
     assert sum(int(np.asarray(b.num_bytes).sum()) for b in batches) == sum(len(e.solution) for e in examples)
     with pytest.raises(ValueError, match="at least 2 gold texts"):
         validation_batches(proxy_tok, ["1 + 1"], ["2"], 4)

@@ -127,6 +127,22 @@ def test_two_processes_export_and_checkpoint_like_one(two_runs):
     assert json.loads((two_runs["two"] / "config.json").read_text())["distributed"]["num_processes"] == 2
 
 
+def test_two_processes_measure_the_harm_of_one_in_influence_mode(two_runs, tmp_path):
+    """Influence mode: the validation batches and rollouts split over the 4 devices of both processes
+    (sharding.shard_rows); the direction, its stability and the harm are those of one process."""
+    influence = ("calibration_mode=influence", "influence_validation_size=8", "influence_batch_size=2",
+                 "eta=-1", "max_steps=1", "save_steps=1", "export=false")
+    logs = [tmp_path / f"two.process{i}.log" for i in range(2)] + [tmp_path / "one.log"]
+    processes = _two_processes(two_runs["config"], tmp_path / "two", *influence, logs=logs)
+    processes.append(_calibrate(two_runs["config"], f"output_dir={tmp_path / 'one'}", "distributed.mode=off",
+                                *influence, devices=4, log=logs[2]))
+    _wait(processes, logs)
+    one, two = read_metrics(tmp_path / "one")[1], read_metrics(tmp_path / "two")[1]
+    for key in ("calibration/harm_mean", "calibration/harm_std", "calibration/direction_stability",
+                "calibration/validation_loss", "calibration/validation_grad_norm", "loss"):
+        assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
+
+
 def _committed_checkpoints(out: Path) -> list[int]:
     """The steps of orbax's complete checkpoints (a checkpoint being written has a temporary name)."""
     try:

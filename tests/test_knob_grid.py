@@ -202,6 +202,8 @@ def test_grid_md_and_the_knob_figure_per_mode_are_written(tmp_path):
     assert "| 15.0 ± 1.4 (0.36) | 10.0 ± 0.0 (0.24) | **yes** | **yes** | no |" in text
     assert text.count("| **yes** | **yes** | no |") == 2 and text.count("| **yes** | no | **yes** |") == 3
     assert text.count("(span's teacher)") == 1 and "## sequence\n" in text
-    assert text.split("## sequence")[1].splitlines()[4].startswith("| 0.04 | 1 (span's teacher) | 0 |")
+    shared_row = text.split("## sequence")[1].splitlines()[4]
+    assert shared_row.startswith("| 0.04 | 1 (span's teacher) | 0 |")
+    assert "| - |" in shared_row and "->" not in shared_row  # its calibration reward is another mode's
     assert json.loads((tmp_path / "grid.json").read_text())["cells"][1]["targets"]["undistillable"] is True
     assert (tmp_path / "knob_span.png").stat().st_size > 10_000

@@ -101,8 +101,9 @@ def test_sign_of_eta(eta):
     assert a0[0] == pytest.approx(a0[1])
     assert np.sign(a[0] - a[1]) == np.sign(eta)
     np.testing.assert_allclose(a - a0, eta * adv.normalize_rewards(cal, 4), rtol=1e-5, atol=1e-6)
-    # eta = 0 and cal_rewards None are the same plain-RFT advantages
+    # eta = 0 and cal_rewards None are the same plain-RFT advantages, whatever r_cal holds
     np.testing.assert_array_equal(a0, adv.combined_advantages(task, None, 4))
+    np.testing.assert_array_equal(a0, adv.combined_advantages(task, jnp.full(4, jnp.nan), 4, eta=0.0))
 
 
 def test_eta_may_be_traced_under_jit():

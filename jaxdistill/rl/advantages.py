@@ -271,8 +271,8 @@ def combined_advantages(
     task_term = normalize_rewards(
         task_rewards, num_generations, mask=mask, scale_rewards=scale_rewards, eps=eps, ddof=ddof
     )
-    if cal_rewards is None:
-        return task_term
+    if cal_rewards is None or (isinstance(eta, (int, float)) and eta == 0):
+        return task_term  # plain RFT, whatever r_cal holds (0 x NaN would be NaN)
     cal_term = calibration_advantages(
         cal_rewards,
         task_rewards,

@@ -41,7 +41,7 @@ from jaxdistill.tokenizer import Tokenizer
 
 __all__ = ["ProxyBatch", "split_proxy", "sequence_logprobs", "validation_loss", "validation_direction",
            "harm_scores", "tree_cosine", "direction_stability", "DirectionEstimate", "estimate_direction",
-           "text_batch", "validation_batches", "retokenized_batch"]
+           "text_batch", "validation_shape", "validation_batches", "retokenized_batch"]
 
 
 class ProxyBatch(NamedTuple):
@@ -86,7 +86,10 @@ def validation_loss(params, graphdef, rest, batch: ProxyBatch, vocab_limit: int)
 _loss_grad = jax.jit(jax.value_and_grad(validation_loss), static_argnames=("graphdef", "vocab_limit"))
 
 
+@jax.jit
 def _tree_dot(a, b) -> jax.Array:
+    """<a, b> summed over the leaves: one program (on a multi-process mesh, eager reductions leaf by leaf
+    hang the processes' collectives)."""
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
@@ -99,7 +102,7 @@ def validation_direction(params, graphdef, rest, batches: Sequence[ProxyBatch], 
                          ) -> tuple[Any, float, float]:
     """(u, ||g||, L_V): g = the mean over ``batches`` of grad L_V (several batches: a larger V at the
     memory of one), u = g / ||g||. Raises ValueError for an empty validation set."""
-    if not batches or any(int(np.asarray(b.mask).sum()) == 0 for b in batches):
+    if not batches or any(int(jnp.sum(b.mask)) == 0 for b in batches):  # a scalar every process can read
         raise ValueError("the validation set is empty (or a batch holds no completion tokens): give gold "
                          "validation texts for the harm score's direction")
     total, loss = None, 0.0
@@ -213,12 +216,22 @@ def text_batch(tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequen
     return _batch(tokenizer, prompts, ids, [len(c.encode("utf-8")) for c in completions])
 
 
+def validation_shape(num_texts: int, batch_size: int, row_multiple: int = 1) -> tuple[int, int]:
+    """(batches, rows per batch) of ``validation_batches``: an even number n of batches, each of at most
+    ``batch_size`` texts (n <= num_texts, so every batch holds one), rows rounded up to a multiple of
+    ``row_multiple`` (the mesh's data x fsdp, so that each batch splits over it)."""
+    n = min(2 * math.ceil(num_texts / (2 * batch_size)), num_texts - num_texts % 2)
+    return n, math.ceil(math.ceil(num_texts / n) / row_multiple) * row_multiple
+
+
 def validation_batches(tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequence[str],
-                       batch_size: int, labels: Sequence[str] | None = None) -> list[ProxyBatch]:
+                       batch_size: int, labels: Sequence[str] | None = None, *,
+                       row_multiple: int = 1) -> list[ProxyBatch]:
     """Gold validation texts as an even number of batches of one shape (one compiled gradient program),
-    at most ``batch_size`` rows each; the first half of the list and the second are V's two disjoint
-    halves (``estimate_direction``). Text i goes to batch i mod n; a batch short of a row repeats its
-    first row with no completion tokens (mask 0, 0 bytes: it adds nothing to L_V).
+    at most ``batch_size`` texts each (``validation_shape``); the first half of the list and the second
+    are V's two disjoint halves (``estimate_direction``). Text i goes to batch i mod n; a batch short of
+    a row (or rounded up to ``row_multiple`` rows) repeats its first row with no completion tokens (mask
+    0, 0 bytes: it adds nothing to L_V).
     Raises ValueError for fewer than 2 texts or a text the proxy cannot tokenize faithfully (named by
     ``labels``, default ``validation text <i>``)."""
     if len(prompts) != len(completions):
@@ -229,8 +242,7 @@ def validation_batches(tokenizer: Tokenizer, prompts: Sequence[str], completions
     ids = _faithful_ids(tokenizer, completions, labels or [f"validation text {i}" for i in range(len(completions))])
     if any(not p for p in prompts):
         raise ValueError("an empty validation prompt: the proxy has nothing to condition on")
-    n = min(2 * math.ceil(len(ids) / (2 * batch_size)), len(ids) - len(ids) % 2)
-    rows = math.ceil(len(ids) / n)
+    n, rows = validation_shape(len(ids), batch_size, row_multiple)
     widths = (bucket_length(max(len(tokenizer.encode(p)) for p in prompts)), bucket_length(max(map(len, ids))))
     batches = []
     for b in range(n):

@@ -32,7 +32,7 @@ from jaxdistill.rl.advantages import zero_variance_group_fraction
 from jaxdistill.rl.cluster import Cluster
 from jaxdistill.rl.config import INPUT_FIELDS, CalibrateConfig
 from jaxdistill.rl.influence import ProxyBatch, validation_batches
-from jaxdistill.sharding import mesh_devices
+from jaxdistill.sharding import batch_shards, mesh_devices
 from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.proxy import ProxyLearner
 from jaxdistill.rl.registry import ADVANTAGE_FUNCTIONS
@@ -203,7 +203,8 @@ class CalibrationRun:
             [prompt_text(self.task, e, tok.hf, c.chat_template) for e in self.validation_examples],
             [e.solution for e in self.validation_examples], c.influence_batch_size,
             labels=[f"the gold solution of {c.train_split} example {first + i}"
-                    for i in range(len(self.validation_examples))])
+                    for i in range(len(self.validation_examples))],
+            row_multiple=batch_shards(self.cluster.mesh))  # each batch splits over data x fsdp
 
     def refresh_direction(self, step: int) -> None:
         """Influence mode: the harm direction under the proxy as it is now (the proxy before this step's

@@ -113,8 +113,7 @@ class CalibrationScorer:
                              f"{self.prompt_width}")
         prompt_ids, prompt_mask = left_pad(prompts, self.prompt_width or bucket_length(longest), pad)
         tokens = np.where(proxy_mask, proxy_ids, pad).astype(np.int32)
-        return shard_rows((jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), jnp.asarray(tokens),
-                           jnp.asarray(proxy_mask.astype(np.int32))), self.mesh)
+        return shard_rows((prompt_ids, prompt_mask, tokens, proxy_mask.astype(np.int32)), self.mesh)
 
     def __call__(self, prompt_texts: Sequence[str], completion_ids: Sequence[Sequence[int]],
                  teacher_logprobs: jax.Array, reference_logprobs: jax.Array | None = None
@@ -152,7 +151,7 @@ class CalibrationScorer:
         exact = _pad_to(alignment.exact_spans, capacity, False)
         harm = None
         if self.mode == "influence":  # the same proxy tokens as the other modes, per byte of the teacher's text
-            num_bytes = shard_rows(jnp.asarray(spans.total_bytes_a, jnp.int32), self.mesh)
+            num_bytes = shard_rows(np.asarray(spans.total_bytes_a, np.int32), self.mesh)
             harm = self.harm(ProxyBatch(*proxy_batch, num_bytes=num_bytes))
             reward = -harm
             calibration = span_calibration_reward(teacher_logprobs, proxy_lp, aligned, span_weights=exact)
