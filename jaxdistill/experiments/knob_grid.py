@@ -350,7 +350,7 @@ def grid_markdown(result: Mapping[str, Any]) -> str:
             lines.append(f"| {cell['beta']:g} | {cell['eta']:g}{shared} | {cell['calibration_seed']} | "
                          f"{100 * t['accuracy']:.1f} | {100 * t['accuracy_change']:+.1f} | {t['kl_to_original']:.3f} | "
                          f"{t['mean_length']:.1f} | {_detours(t['detours']['greedy'])} | "
-                         + ("- | " if shared else f"{reward['first']:.3f} -> {reward['last']:.3f} | ")  # span's r_cal
+                         + ("- | " if shared else f"{reward['first']:.3f} -> {reward['last']:.3f} | ")  # r_cal: another mode's
                          + " | ".join(cells)
                          + f" | {_yes(checks['within_tolerance'])} | {_yes(checks['ratios_at_most_target'])} | "
                            f"{_yes(checks['distillable'])} |")
