@@ -23,8 +23,8 @@ What is counted (bytes on the device holding the most):
 - ``calibration_mode=influence``: the harm direction u (static, one proxy-sized pytree), the
   direction's estimate (a phase of its own, at step 1 and every ``influence_direction_steps`` for a
   learning proxy: the proxy's backward over one validation batch of ``influence_batch_size`` rows,
-  split over the batch axes when they divide, and the gradient sums of the two halves), and the harm score's
-  forward pass with tangents (``jax.jvp``: primal and tangent, twice a plain forward).
+  padded to split over the batch axes, and the gradient sums of the two halves), and the harm
+  score's forward pass with tangents (``jax.jvp``: primal and tangent, twice a plain forward).
 
 The static parts and the KV cache are exact sizes of the arrays the code allocates (a test checks
 them against arrays it builds). Activations and logits chunks are estimates of what XLA keeps alive
@@ -53,7 +53,7 @@ from jaxdistill.models.lora import LoraParam
 from jaxdistill.models.qwen import KVCache, Qwen
 from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.rl.influence import validation_shape
-from jaxdistill.sharding import MESH_AXES, LOGICAL_RULES, logical_to_spec, mesh_axis_sizes
+from jaxdistill.sharding import MESH_AXES, batch_shards, logical_to_spec, mesh_axis_sizes
 
 GIB = 1024 ** 3
 
@@ -202,7 +202,7 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
         num_devices = (config.mesh.num_devices if config.mesh.num_devices > 0
                        else math.prod(sizes) if -1 not in sizes else jax.device_count())
     mesh = AbstractMesh(mesh_axis_sizes(config.mesh, num_devices), MESH_AXES)
-    batch_shards = math.prod(mesh.shape[a] for a in LOGICAL_RULES["batch"])
+    shards = batch_shards(mesh)
     tensor = mesh.shape["tensor"]
     dtype = config.dtype
     itemsize = np.dtype(as_dtype(dtype)).itemsize
@@ -254,7 +254,7 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
     rollout_rows = config.prompts_per_step * config.num_generations
     eval_rows = min(config.eval_num_prompts, 64)  # greedy_accuracy generates 64 prompts at a time
     rows = max(rollout_rows, eval_rows)
-    rows_padded = math.ceil(rows / batch_shards) * batch_shards  # generate() pads rows to divide
+    rows_padded = math.ceil(rows / shards) * shards  # generate() pads rows to divide
     # prompts are left-padded to a bucket of 16, 24, 32, 48, 64, ... tokens (at most max_prompt_length for
     # rollouts; evaluation prompts may use the bucket above it), then max_completion_length slots follow
     length = bucket_length(config.max_prompt_length) + config.max_completion_length
@@ -267,7 +267,7 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
                           f"{rows_padded} rows x {length} tokens x {teacher_cfg.num_hidden_layers} layers"))
 
     # -- training: gradients, activations, a logits chunk --
-    micro_rows = math.ceil(rollout_rows / config.gradient_accumulation_steps / batch_shards)
+    micro_rows = math.ceil(rollout_rows / config.gradient_accumulation_steps / shards)
     grads = lora_dev * (2 if config.gradient_accumulation_steps > 1 else 1)
     items.append(PlanItem("training", "LoRA gradients", grads, True,
                           "+ running sum" if config.gradient_accumulation_steps > 1 else ""))
@@ -280,7 +280,7 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
                           f"{chunk} positions: logits, log-softmax, gradient"))
 
     # -- scoring: the proxy reads the rollouts --
-    proxy_rows = math.ceil(rollout_rows / batch_shards)
+    proxy_rows = math.ceil(rollout_rows / shards)
     proxy_vocab = _split(proxy_cfg.vocab_size, tensor)
     proxy_chunk = 2 * proxy_rows * chunk * proxy_vocab * 4 + proxy_rows * length * proxy_cfg.hidden_size * itemsize
     if learning_proxy:
@@ -298,8 +298,8 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
                               "hidden states + one fp32 logits chunk, no gradient"))
     if config.calibration_mode == "influence":  # jaxdistill.rl.influence.estimate_direction
         # validation batches are padded to divide over data x fsdp (rl.influence.validation_shape)
-        _, rows = validation_shape(config.influence_validation_size, config.influence_batch_size, batch_shards)
-        rows //= batch_shards
+        _, rows = validation_shape(config.influence_validation_size, config.influence_batch_size, shards)
+        rows //= shards
         items.append(PlanItem("direction", "validation gradients", 4 * proxy_dev, False,
                               "one batch's, the running sum, the two halves' directions"))
         items.append(PlanItem("direction", "proxy activations (backward)",

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxdistill.distributed import to_host
 from jaxdistill.models.qwen import KVCache, Qwen
-from jaxdistill.sharding import LOGICAL_RULES, batch_sharding
+from jaxdistill.sharding import LOGICAL_RULES, batch_shards, batch_sharding
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ def generate(model: Qwen, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
     n_rows = len(rows)
     ids, mask = jnp.asarray(prompt_ids), jnp.asarray(prompt_mask)
     if mesh is not None:
-        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        shards = batch_shards(mesh)
         extra = (-n_rows) % shards  # pad rows so the batch divides over (data, fsdp)
         if extra:
             ids = jnp.concatenate([ids, jnp.tile(ids[-1:], (extra, 1))])
