@@ -144,7 +144,9 @@ def check_model_folder(path: str | Path, what: str) -> None:
         raise type(err)(f"{what}: {err}") from None
 
 
-def _model_and_tokenizer(path: str | Path, dtype: str) -> tuple[Qwen, Any]:
+def model_and_tokenizer(path: str | Path, dtype: str) -> tuple[Qwen, Any]:
+    """The model of an HF folder (or a run folder that exported one: ``resolve_model_dir``) in ``dtype``, and
+    its tokenizer, checked to fit the model's vocabulary."""
     folder = resolve_model_dir(path)
     tokenizer = _tokenizer_of(folder)
     model, _ = load_model(folder, dtype)
@@ -194,7 +196,7 @@ def evaluate_models(models: Mapping[str, str | Sequence[str]], tasks: Sequence[s
     for label, paths in groups.items():
         runs = []
         for path in paths:
-            model, tokenizer = _model_and_tokenizer(path, dtype)
+            model, tokenizer = model_and_tokenizer(path, dtype)
             run = {"path": str(path)}
             for name, task in task_objects.items():
                 run[name] = score_model(model, tokenizer, task, examples[name], max_new_tokens=max_new_tokens,
@@ -311,11 +313,11 @@ def compare_teachers(original: str | Path, calibrated: Mapping[str, str | Path],
     original on the calibrated teacher's own samples (temperature 1), mean response length."""
     decoding = dict(max_new_tokens=max_new_tokens, temperature=temperature, samples_per_prompt=samples_per_prompt,
                     top_p=top_p, seed=seed, batch_size=batch_size, chat=chat)
-    base, base_tokenizer = _model_and_tokenizer(original, dtype)
+    base, base_tokenizer = model_and_tokenizer(original, dtype)
     out = {"original": {"path": str(original), **score_model(base, base_tokenizer, task, examples, **decoding)}}
     prompts = [TokenizedModel.of(base_tokenizer, chat).prompt(task, e) for e in examples]
     for label, path in calibrated.items():
-        model, tokenizer = _model_and_tokenizer(path, dtype)
+        model, tokenizer = model_and_tokenizer(path, dtype)
         if not same_tokenizer(tokenizer, base_tokenizer):
             raise ValueError(f"calibrated teacher {label} ({path}) has another tokenizer than the original "
                              f"teacher ({original}); a KL between them needs one vocabulary")

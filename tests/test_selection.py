@@ -72,7 +72,7 @@ def test_a_student_run_is_reused_only_when_it_is_the_run_of_this_set(tmp_path, m
     (out / "result.json").write_text(json.dumps({"accuracy": 0.25}))
     trained = []
     monkeypatch.setattr(runner, "distilled_student", lambda config: trained.append(config.data_path))
-    monkeypatch.setattr(evaluate, "_model_and_tokenizer", lambda path, dtype: (None, None))
+    monkeypatch.setattr(evaluate, "model_and_tokenizer", lambda path, dtype: (None, None))
     monkeypatch.setattr(evaluate, "score_model", lambda *a, **k: {"accuracy": 0.5})
     args = dict(student="s", data_path=str(tmp_path / "set.jsonl"), options=("difficulty=1",), seed=0,
                 output_dir=str(out), recipe=selection.Recipe())

@@ -47,7 +47,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxdistill.config import BaseConfig, ConfigError, apply_overrides, check_ranges, from_dict, option, run_cli
-from jaxdistill.evaluate import _model_and_tokenizer, make_task, parse_entries, score_model
+from jaxdistill.evaluate import model_and_tokenizer, make_task, parse_entries, score_model
 from jaxdistill.experiments import runner
 from jaxdistill.experiments.runner import calibration_reward
 from jaxdistill.experiments.jobs import JOB_OVERHEAD_SECONDS, Job, default_workers, run_jobs
@@ -207,7 +207,7 @@ def teacher_measures(config: ScorecardConfig, teacher: str | None = None) -> dic
     recipe = config.recipe
     task = make_task(recipe.task, recipe.task_options)
     examples = task.load(config.split, recipe.data_path or None, limit=config.num_prompts or None)
-    model, tokenizer = _model_and_tokenizer(teacher or config.original_teacher, config.dtype)
+    model, tokenizer = model_and_tokenizer(teacher or config.original_teacher, config.dtype)
     greedy = score_model(model, tokenizer, task, examples, **decoding(config), keep_completions=True)
     sampled = score_model(model, tokenizer, task, examples, **{**decoding(config), "temperature": 1.0,
                                                                "samples_per_prompt": 1}, keep_completions=True)

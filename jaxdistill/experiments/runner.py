@@ -24,7 +24,7 @@ from jaxdistill import run_folder
 from jaxdistill.distill.data import TeacherSampleCache
 from jaxdistill.distill.trainer import INPUT_FIELDS as DISTILLATION_INPUTS
 from jaxdistill.distill.trainer import DistillConfig, distill
-from jaxdistill.evaluate import _model_and_tokenizer, score_model
+from jaxdistill.evaluate import model_and_tokenizer, score_model
 from jaxdistill.rl.config import INPUT_FIELDS as CALIBRATION_INPUTS
 from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.tasks import Example, Task
@@ -73,7 +73,7 @@ def distilled_student(config: DistillConfig, *, teacher_samples: TeacherSampleCa
 def evaluated(model_dir: str | Path, task: Task, examples: Sequence[Example], *, dtype: str = "float32",
               **decoding: Any) -> dict[str, Any]:
     """``score_model`` of the HF folder ``model_dir`` (accuracy, unparseable rate, length, EOS rate)."""
-    model, tokenizer = _model_and_tokenizer(model_dir, dtype)
+    model, tokenizer = model_and_tokenizer(model_dir, dtype)
     return score_model(model, tokenizer, task, examples, **decoding)
 
 

@@ -114,11 +114,11 @@ def task_options(world_version: int) -> tuple[str, ...]:
 def sample_teacher(teacher_dir: str, task, examples, k: int, max_new_tokens: int, seed: int, cache: Path):
     """k completions per example at T = 1: (token rows without EOS, texts, finished flags, the teacher, its
     side, the prompts' tokens). The token rows are kept in ``cache`` (a rerun reuses them)."""
-    from jaxdistill.evaluate import _model_and_tokenizer
+    from jaxdistill.evaluate import model_and_tokenizer
     from jaxdistill.generation.batched import sample_batched
     from jaxdistill.generation.tokenized_model import TokenizedModel
 
-    model, tokenizer = _model_and_tokenizer(teacher_dir, "float32")
+    model, tokenizer = model_and_tokenizer(teacher_dir, "float32")
     side = TokenizedModel.of(tokenizer, model=model)
     prompts = [side.prompt(task, e) for e in examples]
     if cache.exists():
@@ -139,11 +139,11 @@ def span_gaps(teacher, side, prompts: Sequence[Sequence[int]], prompt_texts: Seq
     aligned spans of |log p_teacher(span) - log p_proxy(span)|, teacher at T = 1."""
     import jax.numpy as jnp
 
-    from jaxdistill.evaluate import _model_and_tokenizer
+    from jaxdistill.evaluate import model_and_tokenizer
     from jaxdistill.generation.sampler import bucket_length, left_pad
     from jaxdistill.rl.rewards import CalibrationScorer, plain_scoring, score_completions
 
-    proxy, proxy_tokenizer = _model_and_tokenizer(proxy_dir, "float32")
+    proxy, proxy_tokenizer = model_and_tokenizer(proxy_dir, "float32")
     scorer = CalibrationScorer(proxy, proxy_tokenizer, side.tokenizer, mode="span")
     scoring = plain_scoring(side.vocab_size)
     p_width = bucket_length(max(map(len, prompts)))
@@ -171,13 +171,13 @@ def harm(side, prompt_texts: Sequence[str], completions: Sequence[Sequence[int]]
          validation: Sequence[tuple[str, str]], batch: int = 64) -> tuple[np.ndarray, dict[str, float]]:
     """The harm score of every sample against the proxy (``jaxdistill.rl.influence``), its direction from
     the gold ``validation`` (prompt, solution) pairs; and the direction's stability (cosine of halves)."""
-    from jaxdistill.evaluate import _model_and_tokenizer
+    from jaxdistill.evaluate import model_and_tokenizer
     from jaxdistill.rl.influence import (harm_scores, retokenized_batch, split_proxy, text_batch, tree_cosine,
                                          validation_direction)
 
     import jax
 
-    proxy, proxy_tokenizer = _model_and_tokenizer(proxy_dir, "float32")
+    proxy, proxy_tokenizer = model_and_tokenizer(proxy_dir, "float32")
     graphdef, params, rest = split_proxy(proxy)
     vocab = proxy_tokenizer.vocab_size
     batches = [text_batch(proxy_tokenizer, [p for p, _ in validation[i:i + batch]],
@@ -212,7 +212,7 @@ def train_and_score(student: str, data_path: str, options: tuple[str, ...], seed
     in ``output_dir`` is the finished run of these settings and this set's contents (``runner.finished``): a
     set that changed (a fixed score picks other samples) is trained again, the old run moved aside."""
     from jaxdistill.distill.trainer import DistillConfig
-    from jaxdistill.evaluate import _model_and_tokenizer, make_task, score_model
+    from jaxdistill.evaluate import model_and_tokenizer, make_task, score_model
     from jaxdistill.experiments import runner
 
     config = DistillConfig(student=student, objective="sft", task="arith", task_options=options, data_path=data_path,
@@ -225,7 +225,7 @@ def train_and_score(student: str, data_path: str, options: tuple[str, ...], seed
     runner.distilled_student(config)
     task = make_task("arith", options)
     examples = task.load("test", limit=recipe.eval_size)
-    model, tokenizer = _model_and_tokenizer(output_dir, "float32")
+    model, tokenizer = model_and_tokenizer(output_dir, "float32")
     result = score_model(model, tokenizer, task, examples, max_new_tokens=recipe.max_completion_length,
                          batch_size=64)
     result_file.write_text(json.dumps(result, indent=2))
