@@ -49,7 +49,6 @@ import numpy as np
 from jaxdistill.config import BaseConfig, ConfigError, apply_overrides, check_ranges, from_dict, option, run_cli
 from jaxdistill.evaluate import model_and_tokenizer, make_task, parse_entries, score_model
 from jaxdistill.experiments import runner
-from jaxdistill.experiments.runner import calibration_reward
 from jaxdistill.experiments.jobs import JOB_OVERHEAD_SECONDS, Job, default_workers, run_jobs
 from jaxdistill.experiments.knob import DEFAULT_RUN_ETAS, ORIGINAL, draw_knob, knob_table
 from jaxdistill.experiments.scorecard import (ScorecardConfig, compare_scorecard_teachers, decoding, scorecard_arms,
@@ -553,7 +552,7 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
                 entry = accuracy(trained, s, a)
                 if entry is not None and a in original_students[s]:
                     per_student[s][a] = {**entry, "ratio": ratio(entry["mean"], original_students[s][a]["mean"])}
-        first, last = calibration_reward(Path(config.output_dir))
+        first, last = runner.calibration_reward(Path(config.output_dir))
         rows.append({**dataclasses.asdict(cell), "name": cell.name, "trained_as": trained,
                      "calibration_dir": config.output_dir,
                      "reused_default_run_calibration": reused, "teacher": teacher,

@@ -29,7 +29,6 @@ import numpy as np
 from jaxdistill.config import BaseConfig, option, run_cli
 from jaxdistill.evaluate import compare_teachers, make_task
 from jaxdistill.experiments import runner
-from jaxdistill.experiments.runner import calibration_reward
 from jaxdistill.experiments.jobs import Job, default_workers, run_jobs
 from jaxdistill.experiments.knob import DEFAULT_RUN_ETAS
 from jaxdistill.experiments.scorecard import run_arm
@@ -134,7 +133,7 @@ def sweep_variants(args: UndistillableConfig) -> None:
              "|---" * (5 + len(columns)) + "|"]
     for name in args.variants:
         teacher = results["teachers"][name]
-        first, last = calibration_reward(out / name / "calibrate")
+        first, last = runner.calibration_reward(out / name / "calibrate")
         cells = []
         for student, attack in columns:
             accs = [row["accuracy"] for seed in args.seeds for row in results[f"{attack} {name} seed {seed}"]
