@@ -89,6 +89,22 @@ def test_bad_grid_settings_are_refused_with_the_field_named():
         KnobGridConfig(attacks=("sft",)).validate()
 
 
+def test_validation_covers_the_modes_that_train_a_teacher(monkeypatch):
+    """A sequence-mode grid with eta = 0 trains span's teacher (``trained_cell``): its span calibration is
+    checked too."""
+    from jaxdistill.rl.config import CalibrateConfig
+
+    checked = []
+    original = CalibrateConfig.validate
+    monkeypatch.setattr(CalibrateConfig, "validate",
+                        lambda self: (checked.append(self.calibration_mode), original(self))[1])
+    KnobGridConfig(modes=("sequence",), etas=(1.0, 0.0), betas=(0.04,)).validate()
+    assert set(checked) == {"sequence", "span"}
+    checked.clear()
+    KnobGridConfig(modes=("influence",), etas=(0.0,), betas=(0.04,)).validate()
+    assert set(checked) == {"influence"}
+
+
 def test_the_default_runs_student_runs_are_reused_only_with_the_same_recipe_and_decoding(tmp_path):
     world = world_paths(tmp_path / "world")
     config = scorecard_config(world, {}, tmp_path / "grid", QUICK, seeds=(0, 1), workers=1)

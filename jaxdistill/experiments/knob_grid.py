@@ -439,7 +439,10 @@ class KnobGridConfig(BaseConfig):
                 raise ConfigError(f"{name}={list(values)} repeats a value; give each once")
         check_ranges(dataclasses.replace(ScorecardConfig(), attacks=tuple(self.attacks)))
         data = parse_overrides(self.overrides)
-        for mode, beta in itertools.product(self.modes, self.betas):  # an unknown mode: CalibrateConfig's error
+        # every mode that trains a teacher (an eta = 0 cell of sequence mode trains span's: ``trained_cell``);
+        # an unknown mode: CalibrateConfig's error
+        trained_modes = dict.fromkeys(trained_cell(Cell(m, 0.0, eta, 0)).mode for m in self.modes for eta in self.etas)
+        for mode, beta in itertools.product(trained_modes, self.betas):
             try:
                 from_dict(CalibrateConfig, data, base=CalibrateConfig(teacher="t", proxy="p", calibration_mode=mode,
                                                                       beta=beta)).validate()
