@@ -334,6 +334,20 @@ class FolderLock:
         self.lock.release()
 
 
+@contextmanager
+def held(folder: str | Path, command: str) -> Iterator[FolderLock]:
+    """Hold ``folder``'s lock for a block: an experiment that writes many runs and one table into a folder
+    (a default run, a scorecard, a sweep, a knob grid, a selection or ceiling test) runs there one at a
+    time, like every single run (``open_run``); a second is refused at once (``FolderBusy``, naming the
+    holder). The runs it starts lock their own subfolders."""
+    lock = FolderLock(folder, command)
+    lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 # ---- opening a run ----------------------------------------------------------------------------
 
 @dataclasses.dataclass

@@ -316,3 +316,27 @@ def test_a_setting_added_later_at_its_default_is_the_same_run(tmp_path, teacher)
         _run(out, changed)
     assert not run_folder.finished_as(dataclasses.replace(later, eta=-1.0), ("teacher",))
     assert _snapshot(out) == before
+
+
+def test_an_experiment_holds_its_folder_for_the_block(tmp_path):
+    """``held``: a second experiment (or run) into the folder is refused while the block runs, naming the
+    holder; the folder is free again after it, also when the block raised."""
+    with run_folder.held(tmp_path, "knob grid"):
+        with pytest.raises(run_folder.FolderBusy, match="knob grid"):
+            run_folder.FolderLock(tmp_path, "ceiling test").acquire()
+    with pytest.raises(RuntimeError, match="boom"):
+        with run_folder.held(tmp_path, "knob grid"):
+            raise RuntimeError("boom")
+    lock = run_folder.FolderLock(tmp_path, "scorecard")
+    lock.acquire()
+    assert lock.stale is None  # released cleanly: no owner record left behind
+    lock.release()
+
+
+def test_an_experiment_into_a_held_folder_is_refused_before_it_writes(tmp_path):
+    from jaxdistill.experiments import ceiling
+
+    with run_folder.held(tmp_path, "ceiling test"):
+        with pytest.raises(run_folder.FolderBusy, match="in use by another run"):
+            ceiling.run_ceiling(students={"a": "A"}, out=tmp_path, prompts=5)
+    assert not (tmp_path / "sets").exists()

@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxdistill import run_folder
 from jaxdistill.config import BaseConfig, option, run_cli
 from jaxdistill.experiments.selection import Recipe, ratio_to_random, train_and_score
 
@@ -114,35 +115,36 @@ def run_ceiling(*, students: Mapping[str, str], out: Path, world_version: int = 
     unknown = [s for s in styles if s not in STYLES]
     if unknown or "plain" not in styles:
         raise ValueError(f"styles {unknown or styles}: choose among {list(STYLES)}, plain included")
-    started = time.perf_counter()
-    sets_dir = out / "sets"
-    sets_dir.mkdir(parents=True, exist_ok=True)
-    set_stats = {}
-    for style in styles:
-        rows = gold_set(style, prompts)
-        (sets_dir / f"{style}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        set_stats[style] = {"rates": style_rates(style), **set_statistics(rows)}
-    options = task_options(world_version)
-    for s in seeds if train else ():  # seed by seed: a stopped run holds every set at its first seeds
-        jobs = [Job(f"{style} {student} seed {s}", train_and_score, dict(
-            student=students[student], data_path=str(sets_dir / f"{style}.jsonl"), options=options, seed=s,
-            output_dir=str(out / "runs" / style / student / f"seed{s}"), recipe=recipe), cost=60.0, kind="sft")
-            for style in styles for student in students]
-        run_jobs(jobs, workers=workers, label=f"ceiling seed {s}", compilation_cache=str(out / "compilation_cache"))
-    accuracy: dict[str, dict[str, list[float]]] = {}
-    for style in styles:
-        for student in students:
-            files = [out / "runs" / style / student / f"seed{s}" / "result.json" for s in seeds]
-            accuracy.setdefault(style, {})[student] = [json.loads(f.read_text())["accuracy"] for f in files
-                                                       if f.exists()]
-    if not all(accuracy["plain"].values()):
-        raise ValueError(f"no finished student run of the plain set in {out / 'runs'}: nothing to compare with")
-    summary = {"students": dict(students), "world_version": world_version, "prompts": prompts,
-               "seeds": list(seeds), "recipe": dataclasses.asdict(recipe), "sets": set_stats,
-               "accuracy": accuracy, "seconds": time.perf_counter() - started}
-    (out / "ceiling.json").write_text(json.dumps(summary, indent=2))
-    (out / "ceiling.md").write_text(ceiling_table(summary))
-    return summary
+    with run_folder.held(out, "ceiling test"):
+        started = time.perf_counter()
+        sets_dir = out / "sets"
+        sets_dir.mkdir(parents=True, exist_ok=True)
+        set_stats = {}
+        for style in styles:
+            rows = gold_set(style, prompts)
+            (sets_dir / f"{style}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            set_stats[style] = {"rates": style_rates(style), **set_statistics(rows)}
+        options = task_options(world_version)
+        for s in seeds if train else ():  # seed by seed: a stopped run holds every set at its first seeds
+            jobs = [Job(f"{style} {student} seed {s}", train_and_score, dict(
+                student=students[student], data_path=str(sets_dir / f"{style}.jsonl"), options=options, seed=s,
+                output_dir=str(out / "runs" / style / student / f"seed{s}"), recipe=recipe), cost=60.0, kind="sft")
+                for style in styles for student in students]
+            run_jobs(jobs, workers=workers, label=f"ceiling seed {s}", compilation_cache=str(out / "compilation_cache"))
+        accuracy: dict[str, dict[str, list[float]]] = {}
+        for style in styles:
+            for student in students:
+                files = [out / "runs" / style / student / f"seed{s}" / "result.json" for s in seeds]
+                accuracy.setdefault(style, {})[student] = [json.loads(f.read_text())["accuracy"] for f in files
+                                                           if f.exists()]
+        if not all(accuracy["plain"].values()):
+            raise ValueError(f"no finished student run of the plain set in {out / 'runs'}: nothing to compare with")
+        summary = {"students": dict(students), "world_version": world_version, "prompts": prompts,
+                   "seeds": list(seeds), "recipe": dataclasses.asdict(recipe), "sets": set_stats,
+                   "accuracy": accuracy, "seconds": time.perf_counter() - started}
+        (out / "ceiling.json").write_text(json.dumps(summary, indent=2))
+        (out / "ceiling.md").write_text(ceiling_table(summary))
+        return summary
 
 
 def ceiling_table(summary: Mapping[str, Any]) -> str:

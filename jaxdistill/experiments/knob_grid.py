@@ -46,6 +46,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxdistill import run_folder
 from jaxdistill.config import BaseConfig, ConfigError, apply_overrides, check_ranges, from_dict, option, run_cli
 from jaxdistill.evaluate import model_and_tokenizer, make_task, parse_entries, score_model
 from jaxdistill.experiments import runner
@@ -463,118 +464,119 @@ def run(args: KnobGridConfig) -> None:
 def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
     """Run the grid (see the module docstring); returns what grid.json holds."""
     started = time.perf_counter()
-    run, out = Path(args.run_dir), Path(args.output_dir)
-    profile, _ = read_default_run(run)
-    world = world_paths(run / "world")
-    card = json.loads((run / "scorecard" / "scorecard.json").read_text())
-    overrides = parse_overrides(args.overrides)
-    seeds = tuple(args.seeds)
+    with run_folder.held(args.output_dir, "knob grid"):
+        run, out = Path(args.run_dir), Path(args.output_dir)
+        profile, _ = read_default_run(run)
+        world = world_paths(run / "world")
+        card = json.loads((run / "scorecard" / "scorecard.json").read_text())
+        overrides = parse_overrides(args.overrides)
+        seeds = tuple(args.seeds)
 
-    def students_config(teachers: Mapping[str, str], folder: Path) -> ScorecardConfig:
-        return scorecard_config(world, teachers, folder, profile, seeds=seeds, workers=1, attacks=tuple(args.attacks))
+        def students_config(teachers: Mapping[str, str], folder: Path) -> ScorecardConfig:
+            return scorecard_config(world, teachers, folder, profile, seeds=seeds, workers=1, attacks=tuple(args.attacks))
 
-    # the original teacher's students and SFT on gold: the default run's runs, else run here
-    reference = students_config({}, out / "original")
-    stored = default_run_students(card, reference)
-    reference_arms = [a for a in scorecard_arms(reference) if a["arm"] == SFT or a.get("teacher_key") == ORIGINAL]
-    attacks = [a["attack"] for a in reference_arms if a["arm"] != SFT]  # the scorecard's names, in its order
-    student_labels = list(parse_entries(reference.students, "students"))
-    # (teacher or SFT, student, attack, seed) -> accuracy; None: the attacker does not apply to the student
-    known: dict[tuple[str, str, str, int], float | None] = {}
-    not_run = {(row["student"], row["attack"]): row["reason"]  # (student, attack) -> why (the scorecard's reason)
-               for row in card.get("not_run", []) if row.get("attack") in attacks}
-    jobs: list[Job] = []
-    plan: dict[str, tuple[str, str]] = {}  # student job -> (teacher key, attack)
+        # the original teacher's students and SFT on gold: the default run's runs, else run here
+        reference = students_config({}, out / "original")
+        stored = default_run_students(card, reference)
+        reference_arms = [a for a in scorecard_arms(reference) if a["arm"] == SFT or a.get("teacher_key") == ORIGINAL]
+        attacks = [a["attack"] for a in reference_arms if a["arm"] != SFT]  # the scorecard's names, in its order
+        student_labels = list(parse_entries(reference.students, "students"))
+        # (teacher or SFT, student, attack, seed) -> accuracy; None: the attacker does not apply to the student
+        known: dict[tuple[str, str, str, int], float | None] = {}
+        not_run = {(row["student"], row["attack"]): row["reason"]  # (student, attack) -> why (the scorecard's reason)
+                   for row in card.get("not_run", []) if row.get("attack") in attacks}
+        jobs: list[Job] = []
+        plan: dict[str, tuple[str, str]] = {}  # student job -> (teacher key, attack)
 
-    def add_arms(config: ScorecardConfig, arms: Sequence[Mapping[str, Any]], key: str, stored_arm,
-                 producers: Mapping[str, str], prefix: str) -> None:
-        names = {a["arm"] for a in arms}
-        for job in scorecard_jobs(config, producers=producers, step_seconds=STEP_SECONDS["student"]):
-            arm, seed = job.kwargs.get("arm"), job.kwargs.get("seed")
-            if arm is None or arm["arm"] not in names:
-                continue
-            attack = arm.get("attack", arm["arm"])
-            name = stored_arm(arm)
-            if name and all((s, name, seed) in stored for s in student_labels):
-                known.update({(key if arm["arm"] != SFT else SFT, s, attack, seed): stored[(s, name, seed)]
-                              for s in student_labels})
-                continue
-            job = dataclasses.replace(job, name=f"{prefix}{job.name}")
-            plan[job.name] = (key if arm["arm"] != SFT else SFT, attack)
-            jobs.append(job)
+        def add_arms(config: ScorecardConfig, arms: Sequence[Mapping[str, Any]], key: str, stored_arm,
+                     producers: Mapping[str, str], prefix: str) -> None:
+            names = {a["arm"] for a in arms}
+            for job in scorecard_jobs(config, producers=producers, step_seconds=STEP_SECONDS["student"]):
+                arm, seed = job.kwargs.get("arm"), job.kwargs.get("seed")
+                if arm is None or arm["arm"] not in names:
+                    continue
+                attack = arm.get("attack", arm["arm"])
+                name = stored_arm(arm)
+                if name and all((s, name, seed) in stored for s in student_labels):
+                    known.update({(key if arm["arm"] != SFT else SFT, s, attack, seed): stored[(s, name, seed)]
+                                  for s in student_labels})
+                    continue
+                job = dataclasses.replace(job, name=f"{prefix}{job.name}")
+                plan[job.name] = (key if arm["arm"] != SFT else SFT, attack)
+                jobs.append(job)
 
-    add_arms(reference, reference_arms, ORIGINAL, lambda arm: arm["arm"], {}, "")
-    teacher_jobs = {ORIGINAL: Job(f"teacher {ORIGINAL}", teacher_measures, dict(config=reference),
-                                  cost=JOB_OVERHEAD_SECONDS + 0.15 * profile.eval_num_prompts)}
-    cells = grid_cells(args.modes, args.betas, args.etas, args.calibration_seeds)
-    calibrations: dict[str, tuple[CalibrateConfig, str | None]] = {}  # trained cell -> its calibration
-    for cell in dict.fromkeys(trained_cell(c) for c in cells):
-        config = cell_calibration(cell, world, out / cell.name / "calibrate", profile, overrides)
-        reused = default_run_calibration(config, run)
-        if reused:
-            config = dataclasses.replace(config, output_dir=str(run / "calibrate" / reused))
-        calibrations[cell.name] = (config, reused)
-        teacher = str(Path(config.output_dir) / "teacher")
-        jobs.append(Job(f"calibrate {cell.name}", runner.calibrated_teacher, dict(config=config), kind="calibrate",
-                        cost=JOB_OVERHEAD_SECONDS + (0 if reused else config.max_steps * STEP_SECONDS["calibrate"])))
-        students = students_config({CALIBRATED: teacher}, out / cell.name / "students")
-        add_arms(students, [a for a in scorecard_arms(students) if a.get("teacher_key") == CALIBRATED], cell.name,
-                 lambda arm: f"{arm['attack']}/{reused}" if reused else None, {teacher: f"calibrate {cell.name}"},
-                 f"{cell.name} ")
-        teacher_jobs[cell.name] = Job(f"teacher {cell.name}", teacher_measures,
-                                      dict(config=reference, teacher=teacher), after=(f"calibrate {cell.name}",),
-                                      cost=JOB_OVERHEAD_SECONDS + 0.2 * profile.eval_num_prompts)
-    jobs += teacher_jobs.values()
-    stored_runs = sum(value is not None for value in known.values())
-    results = run_jobs(jobs, workers=args.workers or default_workers(), label="knob grid",
-                       compilation_cache=str(out / "compilation_cache"))
-    for name, (key, attack) in plan.items():
-        for row in results[name]:
-            known[(key, row["student"], attack, row["seed"])] = row.get("accuracy")
-            if "not_run" in row:
-                not_run[(row["student"], attack)] = row["not_run"]
+        add_arms(reference, reference_arms, ORIGINAL, lambda arm: arm["arm"], {}, "")
+        teacher_jobs = {ORIGINAL: Job(f"teacher {ORIGINAL}", teacher_measures, dict(config=reference),
+                                      cost=JOB_OVERHEAD_SECONDS + 0.15 * profile.eval_num_prompts)}
+        cells = grid_cells(args.modes, args.betas, args.etas, args.calibration_seeds)
+        calibrations: dict[str, tuple[CalibrateConfig, str | None]] = {}  # trained cell -> its calibration
+        for cell in dict.fromkeys(trained_cell(c) for c in cells):
+            config = cell_calibration(cell, world, out / cell.name / "calibrate", profile, overrides)
+            reused = default_run_calibration(config, run)
+            if reused:
+                config = dataclasses.replace(config, output_dir=str(run / "calibrate" / reused))
+            calibrations[cell.name] = (config, reused)
+            teacher = str(Path(config.output_dir) / "teacher")
+            jobs.append(Job(f"calibrate {cell.name}", runner.calibrated_teacher, dict(config=config), kind="calibrate",
+                            cost=JOB_OVERHEAD_SECONDS + (0 if reused else config.max_steps * STEP_SECONDS["calibrate"])))
+            students = students_config({CALIBRATED: teacher}, out / cell.name / "students")
+            add_arms(students, [a for a in scorecard_arms(students) if a.get("teacher_key") == CALIBRATED], cell.name,
+                     lambda arm: f"{arm['attack']}/{reused}" if reused else None, {teacher: f"calibrate {cell.name}"},
+                     f"{cell.name} ")
+            teacher_jobs[cell.name] = Job(f"teacher {cell.name}", teacher_measures,
+                                          dict(config=reference, teacher=teacher), after=(f"calibrate {cell.name}",),
+                                          cost=JOB_OVERHEAD_SECONDS + 0.2 * profile.eval_num_prompts)
+        jobs += teacher_jobs.values()
+        stored_runs = sum(value is not None for value in known.values())
+        results = run_jobs(jobs, workers=args.workers or default_workers(), label="knob grid",
+                           compilation_cache=str(out / "compilation_cache"))
+        for name, (key, attack) in plan.items():
+            for row in results[name]:
+                known[(key, row["student"], attack, row["seed"])] = row.get("accuracy")
+                if "not_run" in row:
+                    not_run[(row["student"], attack)] = row["not_run"]
 
-    def accuracy(key: str, student: str, attack: str) -> dict[str, Any] | None:
-        """The runs of one student and attacker over the seeds; None when the attacker does not apply."""
-        runs = [known[(key, student, attack, seed)] for seed in seeds]
-        return None if None in runs else summary(runs)
+        def accuracy(key: str, student: str, attack: str) -> dict[str, Any] | None:
+            """The runs of one student and attacker over the seeds; None when the attacker does not apply."""
+            runs = [known[(key, student, attack, seed)] for seed in seeds]
+            return None if None in runs else summary(runs)
 
-    original_students = {s: {a: entry for a in (*attacks, SFT)
-                             if (entry := accuracy(SFT if a == SFT else ORIGINAL, s, a)) is not None}
-                         for s in student_labels}
-    original_teacher = results[f"teacher {ORIGINAL}"]
-    rows = []
-    for cell in cells:
-        trained = trained_cell(cell).name
-        config, reused = calibrations[trained]
-        teacher = results[f"teacher {trained}"]
-        per_student = {}
-        for s in student_labels:
-            per_student[s] = {}
-            for a in attacks:
-                entry = accuracy(trained, s, a)
-                if entry is not None and a in original_students[s]:
-                    per_student[s][a] = {**entry, "ratio": ratio(entry["mean"], original_students[s][a]["mean"])}
-        first, last = runner.calibration_reward(Path(config.output_dir))
-        rows.append({**dataclasses.asdict(cell), "name": cell.name, "trained_as": trained,
-                     "calibration_dir": config.output_dir,
-                     "reused_default_run_calibration": reused, "teacher": teacher,
-                     "calibration_reward": {"first": first, "last": last}, "students": per_student,
-                     "targets": target_checks(teacher["accuracy_change"], per_student, original_students)})
-    grid_runs = sum("not_run" not in row for name in plan for row in results[name])  # trained now or reused
-    result = {"settings": {"run_dir": str(run), "world_version": profile.world_version,
-                           "profile": dataclasses.asdict(profile), "modes": list(args.modes),
-                           "etas": list(args.etas), "betas": list(args.betas),
-                           "calibration_seeds": list(args.calibration_seeds), "attacks": attacks,
-                           "seeds": list(seeds), "overrides": list(args.overrides),
-                           "accuracy_tolerance": ACCURACY_TOLERANCE, "ratio_target": RATIO_TARGET,
-                           "distillable_attacks": list(DISTILLABLE_ATTACKS), "min_draws": MIN_DRAWS,
-                           "student_runs": {"reused_from_default_run": stored_runs, "in_output_dir": grid_runs}},
-              "original": {"teacher": original_teacher, "students": original_students},
-              "not_run": [{"student": st, "attack": a, "reason": why} for (st, a), why in not_run.items()],
-              "cells": rows, "draws": draw_checks(rows), "seconds": time.perf_counter() - started}
-    write_grid(result, out)
-    return result
+        original_students = {s: {a: entry for a in (*attacks, SFT)
+                                 if (entry := accuracy(SFT if a == SFT else ORIGINAL, s, a)) is not None}
+                             for s in student_labels}
+        original_teacher = results[f"teacher {ORIGINAL}"]
+        rows = []
+        for cell in cells:
+            trained = trained_cell(cell).name
+            config, reused = calibrations[trained]
+            teacher = results[f"teacher {trained}"]
+            per_student = {}
+            for s in student_labels:
+                per_student[s] = {}
+                for a in attacks:
+                    entry = accuracy(trained, s, a)
+                    if entry is not None and a in original_students[s]:
+                        per_student[s][a] = {**entry, "ratio": ratio(entry["mean"], original_students[s][a]["mean"])}
+            first, last = runner.calibration_reward(Path(config.output_dir))
+            rows.append({**dataclasses.asdict(cell), "name": cell.name, "trained_as": trained,
+                         "calibration_dir": config.output_dir,
+                         "reused_default_run_calibration": reused, "teacher": teacher,
+                         "calibration_reward": {"first": first, "last": last}, "students": per_student,
+                         "targets": target_checks(teacher["accuracy_change"], per_student, original_students)})
+        grid_runs = sum("not_run" not in row for name in plan for row in results[name])  # trained now or reused
+        result = {"settings": {"run_dir": str(run), "world_version": profile.world_version,
+                               "profile": dataclasses.asdict(profile), "modes": list(args.modes),
+                               "etas": list(args.etas), "betas": list(args.betas),
+                               "calibration_seeds": list(args.calibration_seeds), "attacks": attacks,
+                               "seeds": list(seeds), "overrides": list(args.overrides),
+                               "accuracy_tolerance": ACCURACY_TOLERANCE, "ratio_target": RATIO_TARGET,
+                               "distillable_attacks": list(DISTILLABLE_ATTACKS), "min_draws": MIN_DRAWS,
+                               "student_runs": {"reused_from_default_run": stored_runs, "in_output_dir": grid_runs}},
+                  "original": {"teacher": original_teacher, "students": original_students},
+                  "not_run": [{"student": st, "attack": a, "reason": why} for (st, a), why in not_run.items()],
+                  "cells": rows, "draws": draw_checks(rows), "seconds": time.perf_counter() - started}
+        write_grid(result, out)
+        return result
 
 
 def write_grid(result: Mapping[str, Any], out: Path) -> None:

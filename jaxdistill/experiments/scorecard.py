@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from jaxdistill import run_folder
 from jaxdistill.config import EvalConfig, option, run_cli
 from jaxdistill.distill.data import TeacherSampleCache, same_tokenizer
 from jaxdistill.distill.trainer import DistillConfig
@@ -305,10 +306,11 @@ def scorecard(config: ScorecardConfig) -> dict[str, Any]:
     Returns the JSON dict written to ``scorecard.json``.
     """
     config.validate()
-    started = time.perf_counter()
-    results = run_jobs(scorecard_jobs(config), workers=config.workers or default_workers(), label="scorecard",
-                       compilation_cache=str(Path(config.output_dir) / "compilation_cache"))
-    return assemble_scorecard(config, results, time.perf_counter() - started)
+    with run_folder.held(config.output_dir, "scorecard"):
+        started = time.perf_counter()
+        results = run_jobs(scorecard_jobs(config), workers=config.workers or default_workers(), label="scorecard",
+                           compilation_cache=str(Path(config.output_dir) / "compilation_cache"))
+        return assemble_scorecard(config, results, time.perf_counter() - started)
 
 
 def flag_collapse(rows: Sequence[dict[str, Any]], ratio: float = 0.2) -> None:

@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxdistill import run_folder
 from jaxdistill.config import BaseConfig, option, run_cli
 
 log = logging.getLogger("jaxdistill.selection")
@@ -294,48 +295,49 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
     unknown = [s for s in selections if s not in SELECTIONS]
     if unknown or "random" not in selections:
         raise ValueError(f"selections {unknown or selections}: choose among {list(SELECTIONS)}, random included")
-    started = time.perf_counter()
-    samples, stats = scored_samples(teacher=teacher, proxy=proxy, out=out, world_version=world_version,
-                                    prompts=prompts, k=k, scores={SELECTIONS[s][0] for s in selections},
-                                    validation_texts=validation_texts,
-                                    max_new_tokens=recipe.max_completion_length, seed=seed)
-    correct = np.array([s["correct"] for s in samples]).reshape(prompts, k)
-    keep = correct.any(axis=1)  # the same prompts in every set
-    sets_dir = out / "sets"
-    sets_dir.mkdir(exist_ok=True)
-    set_stats = {}
-    for name in selections:
-        score, direction = SELECTIONS[name]
-        values = np.array([s[score] for s in samples]).reshape(prompts, k)
-        picked = pick_one_per_prompt(values, correct, direction, np.random.default_rng([seed, 2, len(name)]))
-        rows = [samples[p * k + picked[p]] for p in np.flatnonzero(keep)]
-        (sets_dir / f"{name}.jsonl").write_text("".join(
-            json.dumps({"question": r["prompt"], "answer": r["completion"]}) + "\n" for r in rows))
-        set_stats[name] = {"rows": len(rows), "mean_chars": float(np.mean([len(r["completion"]) for r in rows])),
-                           **{f"mean_{s}": float(np.mean([r[s] for r in rows]))
-                              for s in ("corrections", "result_first", "span_gap", "harm") if s in rows[0]}}
-    options = task_options(world_version)
-    for s in seeds if train else ():  # seed by seed: a stopped run holds every set at its first seeds
-        jobs = [Job(f"{name} {student} seed {s}", train_and_score, dict(
-            student=students[student], data_path=str(sets_dir / f"{name}.jsonl"), options=options, seed=s,
-            output_dir=str(out / "runs" / name / student / f"seed{s}"), recipe=recipe), cost=60.0, kind="sft")
-            for name in selections for student in students]
-        run_jobs(jobs, workers=workers, label=f"selection seed {s}", compilation_cache=str(out / "compilation_cache"))
-    accuracy: dict[str, dict[str, list[float]]] = {}
-    for name in selections:
-        for student in students:
-            files = [out / "runs" / name / student / f"seed{s}" / "result.json" for s in seeds]
-            accuracy.setdefault(name, {})[student] = [json.loads(f.read_text())["accuracy"] for f in files
-                                                      if f.exists()]
-    if not all(accuracy["random"].values()):
-        raise ValueError(f"no finished student run of the random set in {out / 'runs'}: nothing to compare with")
-    summary = {"teacher": teacher, "proxy": proxy, "students": dict(students), "world_version": world_version,
-               "prompts": prompts, "samples_per_prompt": k, "seeds": list(seeds), "recipe": dataclasses.asdict(recipe),
-               "teacher_accuracy_t1": float(correct.mean()), "prompts_kept": int(keep.sum()), "scoring": stats,
-               "sets": set_stats, "accuracy": accuracy, "seconds": time.perf_counter() - started}
-    (out / "selection.json").write_text(json.dumps(summary, indent=2))
-    (out / "selection.md").write_text(selection_table(summary))
-    return summary
+    with run_folder.held(out, "selection test"):
+        started = time.perf_counter()
+        samples, stats = scored_samples(teacher=teacher, proxy=proxy, out=out, world_version=world_version,
+                                        prompts=prompts, k=k, scores={SELECTIONS[s][0] for s in selections},
+                                        validation_texts=validation_texts,
+                                        max_new_tokens=recipe.max_completion_length, seed=seed)
+        correct = np.array([s["correct"] for s in samples]).reshape(prompts, k)
+        keep = correct.any(axis=1)  # the same prompts in every set
+        sets_dir = out / "sets"
+        sets_dir.mkdir(exist_ok=True)
+        set_stats = {}
+        for name in selections:
+            score, direction = SELECTIONS[name]
+            values = np.array([s[score] for s in samples]).reshape(prompts, k)
+            picked = pick_one_per_prompt(values, correct, direction, np.random.default_rng([seed, 2, len(name)]))
+            rows = [samples[p * k + picked[p]] for p in np.flatnonzero(keep)]
+            (sets_dir / f"{name}.jsonl").write_text("".join(
+                json.dumps({"question": r["prompt"], "answer": r["completion"]}) + "\n" for r in rows))
+            set_stats[name] = {"rows": len(rows), "mean_chars": float(np.mean([len(r["completion"]) for r in rows])),
+                               **{f"mean_{s}": float(np.mean([r[s] for r in rows]))
+                                  for s in ("corrections", "result_first", "span_gap", "harm") if s in rows[0]}}
+        options = task_options(world_version)
+        for s in seeds if train else ():  # seed by seed: a stopped run holds every set at its first seeds
+            jobs = [Job(f"{name} {student} seed {s}", train_and_score, dict(
+                student=students[student], data_path=str(sets_dir / f"{name}.jsonl"), options=options, seed=s,
+                output_dir=str(out / "runs" / name / student / f"seed{s}"), recipe=recipe), cost=60.0, kind="sft")
+                for name in selections for student in students]
+            run_jobs(jobs, workers=workers, label=f"selection seed {s}", compilation_cache=str(out / "compilation_cache"))
+        accuracy: dict[str, dict[str, list[float]]] = {}
+        for name in selections:
+            for student in students:
+                files = [out / "runs" / name / student / f"seed{s}" / "result.json" for s in seeds]
+                accuracy.setdefault(name, {})[student] = [json.loads(f.read_text())["accuracy"] for f in files
+                                                          if f.exists()]
+        if not all(accuracy["random"].values()):
+            raise ValueError(f"no finished student run of the random set in {out / 'runs'}: nothing to compare with")
+        summary = {"teacher": teacher, "proxy": proxy, "students": dict(students), "world_version": world_version,
+                   "prompts": prompts, "samples_per_prompt": k, "seeds": list(seeds), "recipe": dataclasses.asdict(recipe),
+                   "teacher_accuracy_t1": float(correct.mean()), "prompts_kept": int(keep.sum()), "scoring": stats,
+                   "sets": set_stats, "accuracy": accuracy, "seconds": time.perf_counter() - started}
+        (out / "selection.json").write_text(json.dumps(summary, indent=2))
+        (out / "selection.md").write_text(selection_table(summary))
+        return summary
 
 
 def selection_table(summary: Mapping[str, Any]) -> str:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from jaxdistill import run_folder
 from jaxdistill.config import BaseConfig, load_config, option, preset_path, run_cli, to_dict
 from jaxdistill.distill.trainer import DistillConfig
 from jaxdistill.evaluate import evaluate_models, parse_entries
@@ -196,21 +197,22 @@ def sweep_jobs(config: SweepConfig, teacher: str, proxy: str, students: Mapping[
 def sweep(config: SweepConfig) -> dict[str, Any]:
     """Calibrate, distill, evaluate; write knob.png, knob.md and knob.json. Returns the JSON dict."""
     config.validate()
-    started = time.perf_counter()
-    teacher, proxy, students = resolve_models(config)
-    config = resolve_data(config)
-    results = run_jobs(sweep_jobs(config, teacher, proxy, students), workers=config.workers or default_workers(),
-                       label="sweep", compilation_cache=str(Path(config.output_dir) / "compilation_cache"))
-    accuracy: dict[str, dict[str, list[float]]] = {}
-    for key, entry in results[EVALUATE_JOB]["models"].items():
-        model, name = key.rsplit("@", 1)
-        accuracy.setdefault(model, {})[name] = [run[config.task]["accuracy"] for run in entry["runs"]]
-    models = ["teacher", *students]
-    rows = knob_table(accuracy, {eta_label(eta): eta for eta in config.etas}, config.collapse_ratio)
-    result = {"settings": {**to_dict(config), "teacher": teacher, "proxy": proxy, "students": students},
-              "models": models, "rows": rows, "seconds": time.perf_counter() - started}
-    write_knob(result, Path(config.output_dir))
-    return result
+    with run_folder.held(config.output_dir, "sweep"):
+        started = time.perf_counter()
+        teacher, proxy, students = resolve_models(config)
+        config = resolve_data(config)
+        results = run_jobs(sweep_jobs(config, teacher, proxy, students), workers=config.workers or default_workers(),
+                           label="sweep", compilation_cache=str(Path(config.output_dir) / "compilation_cache"))
+        accuracy: dict[str, dict[str, list[float]]] = {}
+        for key, entry in results[EVALUATE_JOB]["models"].items():
+            model, name = key.rsplit("@", 1)
+            accuracy.setdefault(model, {})[name] = [run[config.task]["accuracy"] for run in entry["runs"]]
+        models = ["teacher", *students]
+        rows = knob_table(accuracy, {eta_label(eta): eta for eta in config.etas}, config.collapse_ratio)
+        result = {"settings": {**to_dict(config), "teacher": teacher, "proxy": proxy, "students": students},
+                  "models": models, "rows": rows, "seconds": time.perf_counter() - started}
+        write_knob(result, Path(config.output_dir))
+        return result
 
 
 def write_knob(result: Mapping[str, Any], out: Path) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxdistill import run_folder
 from jaxdistill.config import BaseConfig, option, run_cli
 from jaxdistill.evaluate import compare_teachers, make_task
 from jaxdistill.experiments import runner
@@ -96,56 +97,57 @@ def sweep_variants(args: UndistillableConfig) -> None:
     if not world["teacher"].exists() or not reference.get("arms"):
         raise FileNotFoundError(f"run_dir={run} is not a finished default run: run `python -m jaxdistill.calibrate` "
                                 "first")
-    jobs, teachers = [], {}
-    for name in args.variants:
-        teachers[name] = out / name / "calibrate" / "teacher"
-        overrides = dict(VARIANTS[name])
-        eta = overrides.pop("eta", DEFAULT_RUN_ETAS["undistillable"])
-        calibration = calibration_config(str(world["teacher"]), str(world["proxy"]), str(out / name / "calibrate"),
-                                         eta, FULL, 0, progress=False, overrides=overrides)
-        jobs.append(Job(f"calibrate {name}", runner.calibrated_teacher, dict(config=calibration),
-                        cost=calibration.max_steps * STEP_SECONDS["calibrate"], kind="calibrate"))
-        config = scorecard_config(world, {"undistillable": teachers[name]}, out / name / "students", FULL,
-                                  seeds=tuple(args.seeds), workers=1)
-        for attack in ATTACKS:
-            arm = {"arm": f"{attack}/undistillable", "objective": attack, "teacher": str(teachers[name])}
-            for seed in args.seeds:
-                jobs.append(Job(f"{attack} {name} seed {seed}", run_arm, dict(config=config, arm=arm, seed=seed),
-                                after=(f"calibrate {name}",), cost=2 * FULL.student_steps * STEP_SECONDS["student"],
-                                kind=attack))
-    jobs.append(Job("teachers", compare, dict(original=str(world["teacher"]),
-                                              calibrated={k: str(v) for k, v in teachers.items()},
-                                              eval_num_prompts=FULL.eval_num_prompts, max_new_tokens=FULL.max_completion_length),
-                    after=tuple(f"calibrate {name}" for name in args.variants), cost=30))
-    results = run_jobs(jobs, workers=args.workers or default_workers(), label="undistillable sweep",
-                       compilation_cache=str(run / "compilation_cache"))
+    with run_folder.held(out, "undistillable sweep"):
+        jobs, teachers = [], {}
+        for name in args.variants:
+            teachers[name] = out / name / "calibrate" / "teacher"
+            overrides = dict(VARIANTS[name])
+            eta = overrides.pop("eta", DEFAULT_RUN_ETAS["undistillable"])
+            calibration = calibration_config(str(world["teacher"]), str(world["proxy"]), str(out / name / "calibrate"),
+                                             eta, FULL, 0, progress=False, overrides=overrides)
+            jobs.append(Job(f"calibrate {name}", runner.calibrated_teacher, dict(config=calibration),
+                            cost=calibration.max_steps * STEP_SECONDS["calibrate"], kind="calibrate"))
+            config = scorecard_config(world, {"undistillable": teachers[name]}, out / name / "students", FULL,
+                                      seeds=tuple(args.seeds), workers=1)
+            for attack in ATTACKS:
+                arm = {"arm": f"{attack}/undistillable", "objective": attack, "teacher": str(teachers[name])}
+                for seed in args.seeds:
+                    jobs.append(Job(f"{attack} {name} seed {seed}", run_arm, dict(config=config, arm=arm, seed=seed),
+                                    after=(f"calibrate {name}",), cost=2 * FULL.student_steps * STEP_SECONDS["student"],
+                                    kind=attack))
+        jobs.append(Job("teachers", compare, dict(original=str(world["teacher"]),
+                                                  calibrated={k: str(v) for k, v in teachers.items()},
+                                                  eval_num_prompts=FULL.eval_num_prompts, max_new_tokens=FULL.max_completion_length),
+                        after=tuple(f"calibrate {name}" for name in args.variants), cost=30))
+        results = run_jobs(jobs, workers=args.workers or default_workers(), label="undistillable sweep",
+                           compilation_cache=str(run / "compilation_cache"))
 
-    base = {(r["student"], r.get("attack") or r["objective"]): r["accuracy_mean"] for r in reference["arms"]
-            if r["teacher"] == "original"}  # by attacker: a battery's seqkd_t0.7 is not seqkd
-    students = sorted({r["student"] for r in reference["arms"]}, reverse=True)
-    columns = [(s, a) for s in students for a in ATTACKS]
-    original = results["teachers"]["original"]
-    lines = [f"original teacher: {100 * original['accuracy']:.0f}%, {original['mean_length']:.1f} tokens; students "
-             "of the original (default run, mean over its seeds): "
-             + ", ".join(f"{s}/{a} {100 * base[(s, a)]:.1f}" for s, a in columns), "",
-             "| variant | teacher % | KL | length | calibration reward | "
-             + " | ".join(f"{s} {a}: % (x original)" for s, a in columns) + " |",
-             "|---" * (5 + len(columns)) + "|"]
-    for name in args.variants:
-        teacher = results["teachers"][name]
-        first, last = runner.calibration_reward(out / name / "calibrate")
-        cells = []
-        for student, attack in columns:
-            accs = [row["accuracy"] for seed in args.seeds for row in results[f"{attack} {name} seed {seed}"]
-                    if row["student"] == student]
-            mean = float(np.mean(accs))
-            spread = f" ± {100 * np.std(accs, ddof=1):.1f}" if len(accs) > 1 else ""
-            cells.append(f"{100 * mean:.1f}{spread} ({mean / base[(student, attack)]:.2f})")
-        lines.append(f"| {name} | {100 * teacher['accuracy']:.0f} | {teacher['kl_to_original']:.3f} | "
-                     f"{teacher['mean_length']:.1f} | {first:.3f} -> {last:.3f} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    (out / "table.md").write_text(table + "\n")
-    print(table)
+        base = {(r["student"], r.get("attack") or r["objective"]): r["accuracy_mean"] for r in reference["arms"]
+                if r["teacher"] == "original"}  # by attacker: a battery's seqkd_t0.7 is not seqkd
+        students = sorted({r["student"] for r in reference["arms"]}, reverse=True)
+        columns = [(s, a) for s in students for a in ATTACKS]
+        original = results["teachers"]["original"]
+        lines = [f"original teacher: {100 * original['accuracy']:.0f}%, {original['mean_length']:.1f} tokens; students "
+                 "of the original (default run, mean over its seeds): "
+                 + ", ".join(f"{s}/{a} {100 * base[(s, a)]:.1f}" for s, a in columns), "",
+                 "| variant | teacher % | KL | length | calibration reward | "
+                 + " | ".join(f"{s} {a}: % (x original)" for s, a in columns) + " |",
+                 "|---" * (5 + len(columns)) + "|"]
+        for name in args.variants:
+            teacher = results["teachers"][name]
+            first, last = runner.calibration_reward(out / name / "calibrate")
+            cells = []
+            for student, attack in columns:
+                accs = [row["accuracy"] for seed in args.seeds for row in results[f"{attack} {name} seed {seed}"]
+                        if row["student"] == student]
+                mean = float(np.mean(accs))
+                spread = f" ± {100 * np.std(accs, ddof=1):.1f}" if len(accs) > 1 else ""
+                cells.append(f"{100 * mean:.1f}{spread} ({mean / base[(student, attack)]:.2f})")
+            lines.append(f"| {name} | {100 * teacher['accuracy']:.0f} | {teacher['kl_to_original']:.3f} | "
+                         f"{teacher['mean_length']:.1f} | {first:.3f} -> {last:.3f} | " + " | ".join(cells) + " |")
+        table = "\n".join(lines)
+        (out / "table.md").write_text(table + "\n")
+        print(table)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 from flax import nnx
 
+from jaxdistill import run_folder
 from jaxdistill.distill.trainer import DistillConfig
 from jaxdistill.experiments import runner
 from jaxdistill.experiments.jobs import JOB_OVERHEAD_SECONDS, Job, available_cores, default_workers, run_jobs
@@ -323,33 +324,34 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
     """
     profile = for_world(QUICK if quick else FULL, world_version)
     out = Path(output_dir or ("runs/quick" if quick else "runs/default"))
-    check_run_folder(out, profile, seed)
-    workers = workers or default_workers()
-    start = time.perf_counter()
-    world = world_paths(out / "world")
-    teachers = {name: out / "calibrate" / name / "teacher" for name in DEFAULT_RUN_ETAS}
-    config = scorecard_config(world, teachers, out / "scorecard", profile,
-                              seeds=seeds or ((seed,) if quick else (seed, seed + 1, seed + 2)), workers=workers,
-                              attacks=attacks)
-    check_scorecard(config)
-    producers = {str(world[name]): f"world {name}" for name in MODELS}
-    producers.update({str(path): f"calibrate {name}" for name, path in teachers.items()})
-    progress = workers == 1  # several workers share one terminal: only the graph's progress lines
-    jobs = (world_jobs(out / "world", profile, seed, progress=progress)
-            + calibration_jobs(world, out, profile, seed, progress=progress)
-            + scorecard_jobs(config, producers=producers, step_seconds=STEP_SECONDS["student"]))
-    log.info("default run: %d jobs on %d worker(s)", len(jobs), workers)
-    results = run_jobs(jobs, workers=workers, label="default run", compilation_cache=str(out / "compilation_cache"))
-    (out / "world" / "world.json").write_text(json.dumps({k: str(v) for k, v in world.items()}, indent=2))
-    result = assemble_scorecard(config, results, time.perf_counter() - start)
-    write_knob_plot(result, out / "knob.png")
-    report = out / "report.md"
-    card_md = (out / "scorecard" / "scorecard.md").read_text()
-    report.write_text(f"# jaxdistill default run ({'quick' if quick else 'full'} profile)\n\n"
-                      f"Total time: {(time.perf_counter() - start) / 60:.1f} min on {workers} worker(s) (stages "
-                      f"already finished in this folder are reused, not re-timed). Teachers calibrated with "
-                      f"eta = +1 (distillable), -1 (undistillable), 0 (control) from the same base.\n\n"
-                      f"Environment: {environment()}.\n\n"
-                      f"{card_md}\n\n![knob](knob.png)\n")
-    log.info("report written to %s", report)
-    return {"output_dir": str(out), "report": str(report), "knob": str(out / "knob.png"), "scorecard": result}
+    with run_folder.held(out, "default run"):
+        check_run_folder(out, profile, seed)
+        workers = workers or default_workers()
+        start = time.perf_counter()
+        world = world_paths(out / "world")
+        teachers = {name: out / "calibrate" / name / "teacher" for name in DEFAULT_RUN_ETAS}
+        config = scorecard_config(world, teachers, out / "scorecard", profile,
+                                  seeds=seeds or ((seed,) if quick else (seed, seed + 1, seed + 2)), workers=workers,
+                                  attacks=attacks)
+        check_scorecard(config)
+        producers = {str(world[name]): f"world {name}" for name in MODELS}
+        producers.update({str(path): f"calibrate {name}" for name, path in teachers.items()})
+        progress = workers == 1  # several workers share one terminal: only the graph's progress lines
+        jobs = (world_jobs(out / "world", profile, seed, progress=progress)
+                + calibration_jobs(world, out, profile, seed, progress=progress)
+                + scorecard_jobs(config, producers=producers, step_seconds=STEP_SECONDS["student"]))
+        log.info("default run: %d jobs on %d worker(s)", len(jobs), workers)
+        results = run_jobs(jobs, workers=workers, label="default run", compilation_cache=str(out / "compilation_cache"))
+        (out / "world" / "world.json").write_text(json.dumps({k: str(v) for k, v in world.items()}, indent=2))
+        result = assemble_scorecard(config, results, time.perf_counter() - start)
+        write_knob_plot(result, out / "knob.png")
+        report = out / "report.md"
+        card_md = (out / "scorecard" / "scorecard.md").read_text()
+        report.write_text(f"# jaxdistill default run ({'quick' if quick else 'full'} profile)\n\n"
+                          f"Total time: {(time.perf_counter() - start) / 60:.1f} min on {workers} worker(s) (stages "
+                          f"already finished in this folder are reused, not re-timed). Teachers calibrated with "
+                          f"eta = +1 (distillable), -1 (undistillable), 0 (control) from the same base.\n\n"
+                          f"Environment: {environment()}.\n\n"
+                          f"{card_md}\n\n![knob](knob.png)\n")
+        log.info("report written to %s", report)
+        return {"output_dir": str(out), "report": str(report), "knob": str(out / "knob.png"), "scorecard": result}
