@@ -288,8 +288,8 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
                               f"{chunk} positions: logits, log-softmax, gradient"))
         items.append(PlanItem("scoring", "proxy gradients", proxy_dev, True, "one SFT step per calibration step"))
         items.append(PlanItem("scoring", "proxy activations (backward)",
-                              _activation_bytes(proxy_cfg, None, proxy_rows, length, tensor, itemsize), False,
-                              f"{proxy_rows} rows/device x {length} tokens"))
+                              _activation_bytes(proxy_cfg, None, proxy_rows, length, tensor, itemsize, config.remat),
+                              False, f"{proxy_rows} rows/device x {length} tokens, remat={config.remat}"))
     if config.calibration_mode == "influence":  # the harm score's jvp: after the plain forward or update
         items.append(PlanItem("scoring", "proxy forward with tangents (harm)", 2 * proxy_chunk, False,
                               "jax.jvp along u: primal + tangent hidden states and logits chunk"))
@@ -303,9 +303,9 @@ def plan_memory(config, num_devices: int | None = None) -> MemoryPlan:
         items.append(PlanItem("direction", "validation gradients", 4 * proxy_dev, False,
                               "one batch's, the running sum, the two halves' directions"))
         items.append(PlanItem("direction", "proxy activations (backward)",
-                              _activation_bytes(proxy_cfg, None, rows, length, tensor, itemsize), False,
-                              f"{rows} validation rows/device x {length} tokens (gold text longer "
-                              "than the rollouts needs more)"))
+                              _activation_bytes(proxy_cfg, None, rows, length, tensor, itemsize, config.remat),
+                              False, f"{rows} validation rows/device x {length} tokens, remat={config.remat} "
+                              "(gold text longer than the rollouts needs more)"))
         items.append(PlanItem("direction", "proxy logits chunk (fp32)", 3 * rows * chunk * proxy_vocab * 4, False,
                               f"{chunk} positions: logits, log-softmax, gradient"))
     return MemoryPlan(dict(mesh.shape), {"teacher": teacher_src, "proxy": proxy_src}, items)

@@ -108,6 +108,11 @@ def test_remat_shrinks_the_activations_the_backward_keeps():
     act = {remat: plan_memory(dataclasses.replace(config, remat=remat), num_devices=1).get(
         "teacher activations (backward)") for remat in ("none", "dots", "full")}
     assert act["none"] > 2 * act["dots"] > 2 * act["full"], act
+    # influence mode: the proxy's backward over a validation batch (the direction phase) follows remat too
+    influence = dataclasses.replace(config, calibration_mode="influence")
+    proxy = {remat: plan_memory(dataclasses.replace(influence, remat=remat), num_devices=1).get(
+        "proxy activations (backward)") for remat in ("none", "full")}
+    assert proxy["none"] > 2 * proxy["full"], proxy
 
 
 def test_sharding_divides_the_static_parts():

@@ -83,3 +83,22 @@ def test_stability_is_the_cosine_of_two_halves(world):
     assert tree_cosine({"x": jnp.array([1.0, 0.0])}, {"x": jnp.array([1.0, 1.0])}) == pytest.approx(2 ** -0.5)
     with pytest.raises(ValueError, match="validation set is empty"):
         validation_direction(params, graphdef, rest, [], vocab)
+
+
+def test_a_rematerialised_proxy_gives_the_same_direction_and_harm(world):
+    """calibrate sets the proxy's ``remat`` to the config's in influence mode (its backward is the
+    direction phase's memory peak): recomputing layers changes memory, not u or harm."""
+    vocab = world["proxy_tok"].vocab_size
+    rollouts = text_batch(world["proxy_tok"], world["prompts"][6:], world["texts"][6:])
+    proxy = world["proxy"]
+    try:
+        proxy.remat = "full"
+        graphdef, params, rest = split_proxy(proxy)
+        u, norm, loss = validation_direction(params, graphdef, rest, [world["validation"]], vocab)
+        harm = np.asarray(harm_scores(params, graphdef, rest, u, rollouts, vocab))
+    finally:
+        proxy.remat = "none"
+    assert graphdef != world["graphdef"]  # a test of something: the program is another (remat in the graph)
+    want = np.asarray(harm_scores(world["params"], world["graphdef"], world["rest"], world["u"], rollouts, vocab))
+    np.testing.assert_allclose(harm, want, rtol=1e-5, atol=1e-7)
+    assert tree_cosine(u, world["u"]) == pytest.approx(1.0, abs=1e-6)

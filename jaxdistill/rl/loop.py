@@ -144,6 +144,8 @@ class CalibrationRun:
             warnings.warn("top_p/top_k filtering during calibration: log-probs are scored under the filtered "
                           "distribution, so the policy gradient ignores tokens outside the filter", stacklevel=2)
         self.cluster.teacher.remat = check_remat(c.remat)  # before the learner splits the model
+        if c.calibration_mode == "influence" or c.proxy_learning_rate > 0:  # the proxy has a backward pass too
+            self.cluster.proxy.remat = c.remat  # before the scorer and the proxy learner split it
         settings = GRPOSettings(sampling=self.sampling, epsilon=c.epsilon, epsilon_high=c.epsilon_high,
                                 beta=c.beta, kl_estimator=c.kl_estimator, loss_type=c.loss_type)
         optimizer = cached_optimizer(c.learning_rate, c.max_steps, c.warmup_steps, c.lr_schedule, c.weight_decay,
