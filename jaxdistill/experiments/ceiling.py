@@ -39,7 +39,7 @@ import numpy as np
 
 from jaxdistill import run_folder
 from jaxdistill.config import BaseConfig, option, run_cli
-from jaxdistill.experiments.selection import Recipe, ratio_to_random, train_and_score
+from jaxdistill.experiments.selection import Recipe, accuracy_and_ratio, task_options, train_on_sets
 
 log = logging.getLogger("jaxdistill.ceiling")
 
@@ -108,9 +108,6 @@ def run_ceiling(*, students: Mapping[str, str], out: Path, world_version: int = 
     finished student run; ``train=False`` only tabulates the runs already finished. ``world_version`` is the
     students' world: it sets the task options they are trained and scored under (the problems are the same
     in both worlds)."""
-    from jaxdistill.experiments.jobs import Job, run_jobs
-    from jaxdistill.experiments.selection import task_options
-
     styles = list(styles or STYLES)
     unknown = [s for s in styles if s not in STYLES]
     if unknown or "plain" not in styles:
@@ -124,19 +121,8 @@ def run_ceiling(*, students: Mapping[str, str], out: Path, world_version: int = 
             rows = gold_set(style, prompts)
             (sets_dir / f"{style}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             set_stats[style] = {"rates": style_rates(style), **set_statistics(rows)}
-        options = task_options(world_version)
-        for s in seeds if train else ():  # seed by seed: a stopped run holds every set at its first seeds
-            jobs = [Job(f"{style} {student} seed {s}", train_and_score, dict(
-                student=students[student], data_path=str(sets_dir / f"{style}.jsonl"), options=options, seed=s,
-                output_dir=str(out / "runs" / style / student / f"seed{s}"), recipe=recipe), cost=60.0, kind="sft")
-                for style in styles for student in students]
-            run_jobs(jobs, workers=workers, label=f"ceiling seed {s}", compilation_cache=str(out / "compilation_cache"))
-        accuracy: dict[str, dict[str, list[float]]] = {}
-        for style in styles:
-            for student in students:
-                files = [out / "runs" / style / student / f"seed{s}" / "result.json" for s in seeds]
-                accuracy.setdefault(style, {})[student] = [json.loads(f.read_text())["accuracy"] for f in files
-                                                           if f.exists()]
+        accuracy = train_on_sets(styles, students, out, options=task_options(world_version), seeds=seeds,
+                                 recipe=recipe, workers=workers, label="ceiling", train=train)
         if not all(accuracy["plain"].values()):
             raise ValueError(f"no finished student run of the plain set in {out / 'runs'}: nothing to compare with")
         summary = {"students": dict(students), "world_version": world_version, "prompts": prompts,
@@ -158,12 +144,8 @@ def ceiling_table(summary: Mapping[str, Any]) -> str:
     for style, by_student in accuracy.items():
         if not all(by_student.values()):
             continue  # not trained yet
-        cells = []
-        for student in students:
-            acc = np.asarray(by_student[student]) * 100
-            ratio, se = ratio_to_random(by_student[student], accuracy["plain"][student])
-            std = acc.std(ddof=1) if len(acc) > 1 else 0.0
-            cells += [f"{acc.mean():.1f} ± {std:.1f}", f"{ratio:.2f} ± {se:.2f}"]
+        cells = [cell for student in students
+                 for cell in accuracy_and_ratio(by_student[student], accuracy["plain"][student])]
         st = summary["sets"][style]
         extra = [f"{st['corrections']:.2f} ({st['hollow']:.2f})", f"{st['result_first']:.2f}",
                  f"{st['answer_first']:.2f}", f"{st['mean_chars']:.0f}"]

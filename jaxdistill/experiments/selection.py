@@ -233,6 +233,37 @@ def train_and_score(student: str, data_path: str, options: tuple[str, ...], seed
     return result
 
 
+def train_on_sets(sets: Sequence[str], students: Mapping[str, str], out: Path, *, options: tuple[str, ...],
+                  seeds: Sequence[int], recipe: Recipe, workers: int, label: str, train: bool = True
+                  ) -> dict[str, dict[str, list[float]]]:
+    """Every student trained on every set ``out/sets/<set>.jsonl`` (``train_and_score``, into
+    ``out/runs/<set>/<student>/seed<s>``), seed by seed so that a stopped run holds every set at its first
+    seeds; ``train=False`` trains nothing. Returns ``{set: {student: [accuracy of each finished seed]}}``."""
+    from jaxdistill.experiments.jobs import Job, run_jobs
+
+    for s in seeds if train else ():
+        jobs = [Job(f"{name} {student} seed {s}", train_and_score, dict(
+            student=students[student], data_path=str(out / "sets" / f"{name}.jsonl"), options=options, seed=s,
+            output_dir=str(out / "runs" / name / student / f"seed{s}"), recipe=recipe), cost=60.0, kind="sft")
+            for name in sets for student in students]
+        run_jobs(jobs, workers=workers, label=f"{label} seed {s}", compilation_cache=str(out / "compilation_cache"))
+    accuracy: dict[str, dict[str, list[float]]] = {}
+    for name in sets:
+        for student in students:
+            files = [out / "runs" / name / student / f"seed{s}" / "result.json" for s in seeds]
+            accuracy.setdefault(name, {})[student] = [json.loads(f.read_text())["accuracy"] for f in files
+                                                      if f.exists()]
+    return accuracy
+
+
+def accuracy_and_ratio(runs: Sequence[float], reference: Sequence[float]) -> list[str]:
+    """Two table cells: accuracy % (mean ± std over seeds) and its ratio to ``reference``'s (± se)."""
+    acc = np.asarray(runs) * 100
+    ratio, se = ratio_to_random(runs, reference)
+    std = acc.std(ddof=1) if len(acc) > 1 else 0.0
+    return [f"{acc.mean():.1f} ± {std:.1f}", f"{ratio:.2f} ± {se:.2f}"]
+
+
 # ---- the experiment ---------------------------------------------------------------------------------
 
 def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 1, prompts: int = 1000, k: int = 4,
@@ -288,8 +319,6 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
     """The whole test (module docstring); returns what it writes to ``out/selection.json``. Reruns reuse
     the scored samples and every finished student run in ``out``; ``train=False`` only tabulates the
     student runs already finished (each set over the seeds it has)."""
-    from jaxdistill.experiments.jobs import Job, run_jobs
-
     selections = list(selections or [s for s, (score, _) in SELECTIONS.items()
                                      if world_version == 2 or score not in V2_ONLY])
     unknown = [s for s in selections if s not in SELECTIONS]
@@ -316,19 +345,8 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
             set_stats[name] = {"rows": len(rows), "mean_chars": float(np.mean([len(r["completion"]) for r in rows])),
                                **{f"mean_{s}": float(np.mean([r[s] for r in rows]))
                                   for s in ("corrections", "result_first", "span_gap", "harm") if s in rows[0]}}
-        options = task_options(world_version)
-        for s in seeds if train else ():  # seed by seed: a stopped run holds every set at its first seeds
-            jobs = [Job(f"{name} {student} seed {s}", train_and_score, dict(
-                student=students[student], data_path=str(sets_dir / f"{name}.jsonl"), options=options, seed=s,
-                output_dir=str(out / "runs" / name / student / f"seed{s}"), recipe=recipe), cost=60.0, kind="sft")
-                for name in selections for student in students]
-            run_jobs(jobs, workers=workers, label=f"selection seed {s}", compilation_cache=str(out / "compilation_cache"))
-        accuracy: dict[str, dict[str, list[float]]] = {}
-        for name in selections:
-            for student in students:
-                files = [out / "runs" / name / student / f"seed{s}" / "result.json" for s in seeds]
-                accuracy.setdefault(name, {})[student] = [json.loads(f.read_text())["accuracy"] for f in files
-                                                          if f.exists()]
+        accuracy = train_on_sets(selections, students, out, options=task_options(world_version), seeds=seeds,
+                                 recipe=recipe, workers=workers, label="selection", train=train)
         if not all(accuracy["random"].values()):
             raise ValueError(f"no finished student run of the random set in {out / 'runs'}: nothing to compare with")
         summary = {"teacher": teacher, "proxy": proxy, "students": dict(students), "world_version": world_version,
@@ -350,12 +368,8 @@ def selection_table(summary: Mapping[str, Any]) -> str:
     for name, by_student in accuracy.items():
         if not all(by_student.values()):
             continue  # not trained yet
-        cells = []
-        for student in students:
-            acc = np.asarray(by_student[student]) * 100
-            ratio, se = ratio_to_random(by_student[student], accuracy["random"][student])
-            std = acc.std(ddof=1) if len(acc) > 1 else 0.0
-            cells += [f"{acc.mean():.1f} ± {std:.1f}", f"{ratio:.2f} ± {se:.2f}"]
+        cells = [cell for student in students
+                 for cell in accuracy_and_ratio(by_student[student], accuracy["random"][student])]
         st = summary["sets"][name]
         extra = [f"{st.get('mean_corrections', 0):.2f}", f"{st.get('mean_result_first', 0):.2f}",
                  f"{st['mean_span_gap']:.3f}" if "mean_span_gap" in st else "",
