@@ -29,7 +29,8 @@ from jaxdistill.config import ConfigError, option, run_cli, to_dict
 from jaxdistill.rl.config import CalibrateConfig
 
 QUICK = "calibrate_quick.yaml"  # --quick: the default run's quick profile
-DEFAULT_RUN_FIELDS = ("output_dir", "seed", "world_profile", "world_version")  # what the default run takes
+DEFAULT_RUN_FIELDS = ("output_dir", "seed", "world_profile", "world_version",  # what the default run takes
+                      "student_world_version")
 
 
 @dataclasses.dataclass
@@ -42,15 +43,21 @@ class CalibrateCommand(CalibrateConfig):
                                    "solutions) or 2 (gold solutions with detours: docs/tasks.md); a folder "
                                    "holding a world of another version is refused. One calibration: "
                                    "task_options=[version=2]", choices=(1, 2))
+    student_world_version: int = option(0, "with no teacher and no proxy, the gold the proxy and students are "
+                                           "pretrained on: 0 (the teacher's, world_version), or 1 with "
+                                           "world_version=2: the mixed world (a teacher that learnt the detours, "
+                                           "students that never saw one; this project's extension)",
+                                        choices=(0, 1, 2))
 
     def validate(self) -> None:
         if self.is_default_run():
             super(CalibrateConfig, self).validate()  # ranges and output_dir; there is no teacher to check
         else:
             super().validate()
-            if self.world_version != 1:
-                raise ConfigError(f"world_version={self.world_version} picks the world of the default run (no teacher, "
-                                  "no proxy); one calibration reads its task's options: task_options=[version=2]")
+            if self.world_version != 1 or self.student_world_version != 0:
+                raise ConfigError(f"world_version={self.world_version} and student_world_version="
+                                  f"{self.student_world_version} pick the world of the default run (no teacher, no "
+                                  "proxy); one calibration reads its task's options: task_options=[version=2]")
 
     def is_default_run(self) -> bool:
         return not self.teacher and not self.proxy
@@ -83,7 +90,8 @@ def run(command: CalibrateCommand, config_file: str | None = None) -> None:
         check_default_run(command, config_file)
         quick = command.world_profile == "quick"
         default_run(quick=quick, output_dir=None if command.output_dir == CalibrateConfig().output_dir
-                    else command.output_dir, seed=command.seed, world_version=command.world_version)
+                    else command.output_dir, seed=command.seed, world_version=command.world_version,
+                    student_world_version=command.student_world_version)
         return
     from jaxdistill.rl.loop import calibrate  # the training stack, loaded only when it runs
 

@@ -158,14 +158,16 @@ def test_help_lists_every_field(capsys):
     assert "influence" in out and "world_version" in out and "[version=2] selects arith world v2" in out
 
 
-@pytest.mark.parametrize("argv, version", [(["--quick"], 1), (["--quick", "world_version=2"], 2)])
-def test_the_default_run_takes_the_world_version(argv, version, tmp_path, monkeypatch):
+@pytest.mark.parametrize("argv, version, students", [(["--quick"], 1, 0), (["--quick", "world_version=2"], 2, 0),
+                                                     (["--quick", "world_version=2", "student_world_version=1"], 2, 1)])
+def test_the_default_run_takes_the_world_version(argv, version, students, tmp_path, monkeypatch):
     from jaxdistill.experiments import world
 
     calls = []
     monkeypatch.setattr(world, "default_run", lambda **kwargs: calls.append(kwargs))
     assert main([*argv, f"output_dir={tmp_path / 'run'}"]) == 0
-    assert calls == [dict(quick=True, output_dir=str(tmp_path / "run"), seed=0, world_version=version)]
+    assert calls == [dict(quick=True, output_dir=str(tmp_path / "run"), seed=0, world_version=version,
+                          student_world_version=students)]
 
 
 def test_bad_command_lines_are_clear_errors(capsys, tmp_path):

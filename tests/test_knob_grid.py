@@ -64,6 +64,17 @@ def test_each_cell_calibrates_the_default_runs_teacher_in_its_world(tmp_path, ve
     config.validate()
 
 
+def test_a_mixed_worlds_grid_keeps_its_students_world(tmp_path):
+    run = fake_run(tmp_path / "run", 2)
+    profile = json.loads((run / "profile.json").read_text()) | {"student_world_version": 1}
+    (run / "profile.json").write_text(json.dumps(profile))
+    with pytest.raises(ValueError, match=r"says world v2 \(students: v1\) but .* says v2: the folder mixes"):
+        read_default_run(run)
+    (run / "world" / "world_version.json").write_text(json.dumps({"world_version": 2, "student_world_version": 1}))
+    profile, _ = read_default_run(run)
+    assert (profile.world_version, profile.student_world_version) == (2, 1)
+
+
 def test_a_run_folder_that_mixes_world_versions_or_is_unfinished_is_refused(tmp_path):
     run = fake_run(tmp_path / "run", 2)
     (run / "world" / "world_version.json").write_text(json.dumps({"world_version": 1}))

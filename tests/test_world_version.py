@@ -27,3 +27,24 @@ def test_a_world_of_another_version_is_refused(tmp_path):
     check_world_version(old, 1)
     with pytest.raises(ValueError, match="holds a world v1"):
         check_world_version(old, 2)
+
+
+def test_the_mixed_world_pretrains_the_students_on_their_own_worlds_gold(tmp_path):
+    """world_version=2, student_world_version=1: the teacher's stage is v2's, the proxy's and the other
+    student's are exactly v1's (so a v1 world's runs are the same runs); the folder records both."""
+    from jaxdistill.experiments.world import student_profile, world_jobs
+
+    mixed = for_world(FULL, 2, 1)
+    assert (mixed.world_version, mixed.student_world_version, mixed.max_completion_length) == (2, 1, 128)
+    assert student_profile(mixed) == FULL  # v1's profile, field for field
+    assert student_profile(for_world(FULL, 2)) == for_world(FULL, 2)  # a plain world: its own
+    assert for_world(FULL, 2, 2) == for_world(FULL, 2)  # students of the teacher's world: not mixed
+    (tmp_path / "w" / "tokenizers").mkdir(parents=True)
+    jobs = {job.name: job.kwargs["profile"] for job in world_jobs(tmp_path / "w", for_world(QUICK, 2, 1))}
+    assert world_task_options(jobs["world teacher"]) == ("difficulty=1", "version=2")
+    assert world_task_options(jobs["world proxy"]) == world_task_options(jobs["world student_other"]) == \
+        ("difficulty=1",)
+    assert json.loads((tmp_path / "w" / "world_version.json").read_text()) == {"world_version": 2,
+                                                                              "student_world_version": 1}
+    with pytest.raises(ValueError, match=r"holds a world v2 \(students: v1\), but this run asks for world v2:"):
+        check_world_version(tmp_path / "w", 2)

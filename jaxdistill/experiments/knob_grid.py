@@ -55,7 +55,7 @@ from jaxdistill.experiments.knob import DEFAULT_RUN_ETAS, ORIGINAL, draw_knob, k
 from jaxdistill.experiments.scorecard import (ScorecardConfig, compare_scorecard_teachers, decoding, scorecard_arms,
                                               scorecard_jobs)
 from jaxdistill.experiments.world import (STEP_SECONDS, Profile, calibration_config, for_world, scorecard_config,
-                                          world_paths)
+                                          world_name, world_paths)
 from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.tasks.arith import detour_counts
 
@@ -117,13 +117,17 @@ def read_default_run(run_dir: str | Path) -> tuple[Profile, int]:
                                 f"output_dir={run}` first")
     stored = json.loads((run / "profile.json").read_text())
     version_file = run / "world" / "world_version.json"
-    world_version = json.loads(version_file.read_text())["world_version"] if version_file.exists() else 1
-    if stored.get("world_version", world_version) != world_version:
-        raise ValueError(f"{run}/profile.json says world v{stored['world_version']} but {version_file} says "
-                         f"v{world_version}: the folder mixes two runs; rerun the default run into a new folder")
+    versions = json.loads(version_file.read_text()) if version_file.exists() else {"world_version": 1}
+    world_version, student_version = versions["world_version"], versions.get("student_world_version", 0)
+    in_profile = (stored.get("world_version", world_version), stored.get("student_world_version", student_version))
+    if in_profile != (world_version, student_version):
+        raise ValueError(f"{run}/profile.json says world {world_name(*in_profile)} but {version_file} says "
+                         f"{world_name(world_version, student_version)}: the folder mixes two runs; rerun the "
+                         "default run into a new folder")
     fields = {f.name for f in dataclasses.fields(Profile)}
-    profile = Profile(**{k: v for k, v in stored.items() if k in fields and k != "world_version"})
-    return for_world(profile, world_version), int(stored.get("seed", 0))
+    profile = Profile(**{k: v for k, v in stored.items() if k in fields and k not in ("world_version",
+                                                                                      "student_world_version")})
+    return for_world(profile, world_version, student_version), int(stored.get("seed", 0))
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
@@ -314,7 +318,8 @@ def grid_markdown(result: Mapping[str, Any]) -> str:
     students = list(original["students"])
     columns = student_columns(result)
     teacher = original["teacher"]
-    lines = [f"# Knob grid on {s['run_dir']} (world v{s['world_version']})", "",
+    lines = [f"# Knob grid on {s['run_dir']} (world {world_name(s['world_version'], s.get('student_world_version', 0))})",
+             "",
              f"Each row: the default run's base teacher calibrated at that mode, beta, eta and calibration seed "
              f"(overrides: {', '.join(s['overrides']) or 'none'}); students over seeds {s['seeds']}, accuracy % "
              f"(mean ± std) and x the same student and attack from the original teacher. Detours per sample "
@@ -565,6 +570,7 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
                          "targets": target_checks(teacher["accuracy_change"], per_student, original_students)})
         grid_runs = sum("not_run" not in row for name in plan for row in results[name])  # trained now or reused
         result = {"settings": {"run_dir": str(run), "world_version": profile.world_version,
+                               "student_world_version": profile.student_world_version,
                                "profile": dataclasses.asdict(profile), "modes": list(args.modes),
                                "etas": list(args.etas), "betas": list(args.betas),
                                "calibration_seeds": list(args.calibration_seeds), "attacks": attacks,

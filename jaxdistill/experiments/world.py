@@ -76,6 +76,10 @@ class Profile:
     # The arith world (jaxdistill.tasks.arith.WORLD_VERSIONS): 1, plain gold solutions; 2, gold solutions
     # with detours (corrections, results before their derivation ...; docs/tasks.md), which run longer.
     world_version: int = 1
+    # The gold the proxy and the students are pretrained on (0: the teacher's, world_version). With
+    # world_version=2 and 1 here, the mixed world (this project's extension): a teacher that learnt the
+    # detours, students that never saw one (the teacher-student gap of docs/results/2026-12-06-ceiling.md).
+    student_world_version: int = 0
 
 
 FULL = Profile()
@@ -85,12 +89,23 @@ QUICK = Profile(teacher_sft_steps=4, proxy_sft_steps=2, student_warmup_steps=2, 
 
 
 
-def for_world(profile: Profile, world_version: int) -> Profile:
-    """``profile`` in world ``world_version``: v2's gold solutions take up to 131 teacher tokens (v1's 78)."""
-    if world_version == profile.world_version:
+def for_world(profile: Profile, world_version: int, student_world_version: int = 0) -> Profile:
+    """``profile`` in world ``world_version``: v2's gold solutions take up to 131 teacher tokens (v1's 78);
+    ``student_world_version``: the students' gold (0: the same)."""
+    if student_world_version == world_version:
+        student_world_version = 0
+    if (world_version, student_world_version) == (profile.world_version, profile.student_world_version):
         return profile
-    length = profile.max_completion_length if profile.max_completion_length < 80 else 128
-    return dataclasses.replace(profile, world_version=world_version, max_completion_length=length)
+    length = profile.max_completion_length if profile.max_completion_length < 80 else {1: 80, 2: 128}[world_version]
+    return dataclasses.replace(profile, world_version=world_version, max_completion_length=length,
+                               student_world_version=student_world_version)
+
+
+def student_profile(profile: Profile) -> Profile:
+    """The profile the proxy and the other student are pretrained under: the students' world (the
+    teacher's unless ``student_world_version`` says otherwise), so a mixed world's students are exactly
+    those of a plain world of their version (the same runs, reused when copied in)."""
+    return for_world(profile, profile.student_world_version or profile.world_version)
 
 
 def world_task_options(profile: Profile) -> tuple[str, ...]:
@@ -157,24 +172,34 @@ def world_paths(folder: str | Path) -> dict[str, Path]:
     return paths
 
 
-def check_world_version(folder: str | Path, world_version: int) -> None:
-    """Record the world version in ``<folder>/world_version.json``, or refuse a folder that holds a world of
-    another version: its models were trained on other gold data and would be reused silently. A folder
-    that holds a world but no version file is from before versions existed: v1."""
+def world_name(world_version: int, student_world_version: int = 0) -> str:
+    """``v2``, or ``v2 (students: v1)`` for a mixed world."""
+    mixed = student_world_version and student_world_version != world_version
+    return f"v{world_version}" + (f" (students: v{student_world_version})" if mixed else "")
+
+
+def check_world_version(folder: str | Path, world_version: int, student_world_version: int = 0) -> None:
+    """Record the world version (and a mixed world's student version) in ``<folder>/world_version.json``, or
+    refuse a folder that holds a world of another version: its models were trained on other gold data and
+    would be reused silently. A folder that holds a world but no version file is from before versions
+    existed: v1."""
     root = Path(folder)
     path = root / "world_version.json"
+    wanted = {"world_version": world_version}
+    if student_world_version and student_world_version != world_version:
+        wanted["student_world_version"] = student_world_version
     if path.exists():
-        stored = json.loads(path.read_text())["world_version"]
+        stored = json.loads(path.read_text())
     elif (root / "world.json").exists() or any((root / run).exists() for run in RUN_FOLDER.values()):
-        stored = 1
+        stored = {"world_version": 1}
     else:
         root.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"world_version": world_version}) + "\n")
+        path.write_text(json.dumps(wanted) + "\n")
         return
-    if stored != world_version:
-        raise ValueError(f"{root} holds a world v{stored}, but this run asks for world v{world_version}: its "
-                         f"models were trained on other gold data. Choose another folder, or delete {root} to "
-                         "build it again")
+    if stored != wanted:
+        raise ValueError(f"{root} holds a world {world_name(**stored)}, but this run asks for world "
+                         f"{world_name(**wanted)}: its models were trained on other gold data. Choose another "
+                         f"folder, or delete {root} to build it again")
 
 
 def world_jobs(folder: str | Path, profile: Profile = FULL, seed: int = 0, *, progress: bool = True) -> list[Job]:
@@ -183,7 +208,7 @@ def world_jobs(folder: str | Path, profile: Profile = FULL, seed: int = 0, *, pr
     from jaxdistill.tasks.tiny_tokenizers import train_tiny_tokenizers
 
     root = Path(folder)
-    check_world_version(root, profile.world_version)
+    check_world_version(root, profile.world_version, profile.student_world_version)
     paths = world_paths(root)
     if not all((paths[f"{side}_tokenizer"] / "tokenizer.json").exists() for side in ("teacher", "proxy")):
         toks = train_tiny_tokenizers(root / "tokenizers", seed=seed)
@@ -194,7 +219,7 @@ def world_jobs(folder: str | Path, profile: Profile = FULL, seed: int = 0, *, pr
         jobs.append(Job(f"world {name}", train_from_scratch, dict(
             shape=shape, tokenizer_dir=str(paths[f"{tok}_tokenizer"]), init_dir=str(root / "init" / name),
             output_dir=str(root / RUN_FOLDER[name]), steps=steps, learning_rate=getattr(profile, lr_field),
-            profile=profile, seed=seed + offset,
+            profile=profile if name == "teacher" else student_profile(profile), seed=seed + offset,
             progress=progress), cost=JOB_OVERHEAD_SECONDS + steps * STEP_SECONDS[name], kind="sft"))
     return jobs
 
@@ -277,7 +302,8 @@ def check_run_folder(out: Path, profile: Profile, seed: int) -> None:
     wanted = {**dataclasses.asdict(profile), "seed": seed}
     path = out / "profile.json"
     if path.exists():
-        stored = {"world_version": 1, **json.loads(path.read_text())}  # folders from before versions: v1
+        # folders from before versions: v1; from before mixed worlds: the students' world is the teacher's
+        stored = {"world_version": 1, "student_world_version": 0, **json.loads(path.read_text())}
         changed = sorted(k for k in wanted.keys() | stored.keys() if stored.get(k) != wanted.get(k))
         if not changed:
             return
@@ -310,7 +336,7 @@ def environment() -> str:
 
 def default_run(*, quick: bool = False, output_dir: str | Path | None = None, seed: int = 0,
                 seeds: tuple[int, ...] | None = None, workers: int = 0, world_version: int = 1,
-                attacks: tuple[str, ...] = DEFAULT_ATTACKS) -> dict[str, Any]:
+                student_world_version: int = 0, attacks: tuple[str, ...] = DEFAULT_ATTACKS) -> dict[str, Any]:
     """The whole tiny-world pipeline; writes ``<output_dir>/report.md`` and ``knob.png``.
 
     Every stage is a job of one graph (``jaxdistill.experiments.jobs``): the world's four trainings, the three
@@ -320,9 +346,11 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
     on the cores per worker (not on which worker ran what); finished stages are reused on a rerun of the
     same profile and seed (another one in the same folder is refused: ``check_run_folder``).
     ``world_version``: the arith world (1, the default; 2, gold text with detours: docs/tasks.md).
+    ``student_world_version``: the gold the proxy and students are pretrained on (0: the same; 1 with
+    ``world_version=2``: the mixed world, this project's extension: ``Profile.student_world_version``).
     ``attacks``: the scorecard's attackers (``("battery",)``: the five of ``scorecard.BATTERY``).
     """
-    profile = for_world(QUICK if quick else FULL, world_version)
+    profile = for_world(QUICK if quick else FULL, world_version, student_world_version)
     out = Path(output_dir or ("runs/quick" if quick else "runs/default"))
     with run_folder.held(out, "default run"):
         check_run_folder(out, profile, seed)
