@@ -56,3 +56,4 @@ def test_the_cli_writes_the_table_and_the_figure(tmp_path, capsys):
     assert (tmp_path / "pool" / "pool.png").stat().st_size > 0
     with pytest.raises(ConfigError, match="no grid.json"):
         knob_pool.KnobPoolConfig(grids=(str(tmp_path),)).validate()
+    knob_pool.KnobPoolConfig(grids=(str(folder / "grid.json"),)).validate()  # a file by its path

@@ -2,7 +2,7 @@
 
     python -m jaxdistill.experiments.knob_pool grids=[runs/v1_grid,runs/v2_grid] output_dir=runs/knob_pool
 
-Reads ``grid.json`` from each folder (``knob_grid``). A cell found in several grids (the same default
+Reads ``grid.json`` from each folder (``knob_grid``), or a grid.json file given by its path. A cell found in several grids (the same default
 run and cell name) is taken once, from the last grid that holds it. Per cell: the teacher's change in
 greedy accuracy, its change at temperature 1 (one sample per held-out problem: the kind of text the
 seqkd attackers read), and its students' ratios to the original teacher's students, mean and minimum
@@ -114,11 +114,18 @@ def plot_pool(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return path
 
 
+def grid_file(path: str | Path) -> Path:
+    """``path`` itself when it is a file, else ``path/grid.json``."""
+    path = Path(path)
+    return path if path.is_file() else path / "grid.json"
+
+
 @dataclasses.dataclass
 class KnobPoolConfig(BaseConfig):
     """The pooled knob grids' settings (``key=value`` or YAML)."""
 
-    grids: tuple[str, ...] = option((), "knob-grid output folders (each holds grid.json)")
+    grids: tuple[str, ...] = option((), "knob-grid output folders (each holds grid.json), or grid.json files "
+                                        "(a copy kept from an earlier grid in the same folder)")
     output_dir: str = option("runs/knob_pool", "where pool.md and pool.png go")
     attacks: tuple[str, ...] = option(DISTILLABLE_ATTACKS, "attacks whose ratios are pooled (every grid must "
                                                            "have run them to count a cell)")
@@ -127,14 +134,14 @@ class KnobPoolConfig(BaseConfig):
         super().validate()
         if not self.grids:
             raise ConfigError("grids is empty: give knob-grid folders, e.g. grids=[runs/knob_grid]")
-        missing = [g for g in self.grids if not (Path(g) / "grid.json").exists()]
+        missing = [g for g in self.grids if not grid_file(g).is_file()]
         if missing:
             raise ConfigError(f"no grid.json in {', '.join(missing)}: give folders a finished knob grid wrote "
                               "(python -m jaxdistill.experiments.knob_grid output_dir=...)")
 
 
 def pool(args: KnobPoolConfig) -> None:
-    rows = pool_cells([json.loads((Path(g) / "grid.json").read_text()) for g in args.grids], args.attacks)
+    rows = pool_cells([json.loads(grid_file(g).read_text()) for g in args.grids], args.attacks)
     out = Path(args.output_dir)
     with run_folder.held(out, "knob pool"):
         (out / "pool.md").write_text(pool_markdown(rows, args.attacks))
