@@ -24,11 +24,13 @@ def _cell(name, accuracy, sampled, ratios, trained_as=None, mode="span"):
 def test_one_row_per_trained_teacher_with_its_ratios_under_the_named_attacks():
     first = _grid("runs/v1", 1, [_cell("span_eta-1", 0.7, 0.5, (1.0, 0.8, 0.6)),
                                  _cell("span_eta0", 0.65, 0.55, (1.0, 1.0, 1.0)),
-                                 _cell("sequence_eta0", 0.65, 0.55, (1.0, 1.0, 1.0), trained_as="span_eta0")])
+                                 _cell("sequence_eta0", 0.65, 0.55, (1.0, 1.0, 1.0), trained_as="span_eta0",
+                                       mode="sequence")])
     again = _grid("runs/v1", 1, [_cell("span_eta-1", 0.7, 0.5, (0.9, 0.9, 0.9))])  # a later grid, same teacher
     other_world = _grid("runs/v2", 2, [_cell("span_eta-1", 0.3, 0.2, (0.5, 0.5, 0.5))], original=(0.4, 0.25))
     rows = knob_pool.pool_cells([first, again, other_world])
     assert [(r["world"], r["cell"]) for r in rows] == [(1, "span_eta0"), (1, "span_eta-1"), (2, "span_eta-1")]
+    assert rows[0]["mode"] == "span"  # sequence's eta = 0 cell is span's teacher
     v1 = {r["cell"]: r for r in rows if r["world"] == 1}
     assert v1["span_eta-1"]["mean_ratio"] == pytest.approx(0.9) and v1["span_eta-1"]["ratios"] == 3  # last wins
     assert v1["span_eta-1"]["greedy_change"] == pytest.approx(0.1)

@@ -45,7 +45,7 @@ def pool_cells(grids: Sequence[Mapping[str, Any]], attacks: Sequence[str] = DIST
             teacher, trained = cell["teacher"], cell.get("trained_as", cell["name"])  # eta 0: span's teacher
             rows[(settings["run_dir"], trained)] = {
                 "world": settings["world_version"], "run_dir": settings["run_dir"], "cell": trained,
-                "mode": cell["mode"], "beta": cell["beta"], "eta": cell["eta"], "calibration_seed": cell["calibration_seed"],
+                "mode": trained.split("_")[0],  # the trained cell's (``knob_grid.Cell.name``) "beta": cell["beta"], "eta": cell["eta"], "calibration_seed": cell["calibration_seed"],
                 "greedy_change": teacher["accuracy"] - original["accuracy"],
                 "sampled_change": teacher["detours"]["sampled"]["accuracy"] - original["detours"]["sampled"]["accuracy"],
                 "original_greedy": original["accuracy"], "original_sampled": original["detours"]["sampled"]["accuracy"],
@@ -88,7 +88,8 @@ def pool_markdown(rows: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> 
 
 def plot_pool(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """pool.png: the students' mean ratio against the teacher's greedy change, one panel per world, one
-    colour per mode; the dotted lines mark no change and the 0.5x target."""
+    colour per mode, the marker by the sign of eta (v: undistillable, ^: distillable, o: eta = 0); the
+    dotted lines mark no change and the 0.5x target."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,16 +98,19 @@ def plot_pool(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     worlds = sorted({r["world"] for r in rows})
     fig, axes = plt.subplots(1, len(worlds), figsize=(5.5 * len(worlds), 4.2), squeeze=False)
     for ax, world in zip(axes.flat, worlds):
-        for mode in sorted({r["mode"] for r in rows}):
-            mine = [r for r in rows if r["world"] == world and r["mode"] == mode]
-            if mine:
-                ax.scatter([100 * r["greedy_change"] for r in mine], [r["mean_ratio"] for r in mine], label=mode)
+        for colour, mode in enumerate(sorted({r["mode"] for r in rows})):
+            for sign, marker in ((-1, "v"), (1, "^"), (0, "o")):
+                mine = [r for r in rows if r["world"] == world and r["mode"] == mode and np.sign(r["eta"]) == sign]
+                if mine:
+                    ax.scatter([100 * r["greedy_change"] for r in mine], [r["mean_ratio"] for r in mine],
+                               color=f"C{colour}", marker=marker, label=f"{mode}, eta {sign:+d}" if sign else
+                               f"{mode}, eta 0")
         ax.axhline(1.0, color="grey", linestyle=":")
         ax.axhline(0.5, color="red", linestyle=":")
         ax.axvline(0.0, color="grey", linestyle=":")
         ax.set(title=f"world v{world}", xlabel="teacher's greedy accuracy change (points)",
                ylabel="students x the original teacher's (mean)")
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
