@@ -45,7 +45,8 @@ def pool_cells(grids: Sequence[Mapping[str, Any]], attacks: Sequence[str] = DIST
             teacher, trained = cell["teacher"], cell.get("trained_as", cell["name"])  # eta 0: span's teacher
             rows[(settings["run_dir"], trained)] = {
                 "world": settings["world_version"], "run_dir": settings["run_dir"], "cell": trained,
-                "mode": trained.split("_")[0],  # the trained cell's (``knob_grid.Cell.name``) "beta": cell["beta"], "eta": cell["eta"], "calibration_seed": cell["calibration_seed"],
+                "mode": trained.split("_")[0],  # the trained cell's mode (``knob_grid.Cell.name``)
+                "beta": cell["beta"], "eta": cell["eta"], "calibration_seed": cell["calibration_seed"],
                 "greedy_change": teacher["accuracy"] - original["accuracy"],
                 "sampled_change": teacher["detours"]["sampled"]["accuracy"] - original["detours"]["sampled"]["accuracy"],
                 "original_greedy": original["accuracy"], "original_sampled": original["detours"]["sampled"]["accuracy"],
