@@ -375,7 +375,8 @@ def default_run(*, quick: bool = False, output_dir: str | Path | None = None, se
         write_knob_plot(result, out / "knob.png")
         report = out / "report.md"
         card_md = (out / "scorecard" / "scorecard.md").read_text()
-        report.write_text(f"# jaxdistill default run ({'quick' if quick else 'full'} profile)\n\n"
+        report.write_text(f"# jaxdistill default run ({'quick' if quick else 'full'} profile, world "
+                          f"{world_name(profile.world_version, profile.student_world_version)})\n\n"
                           f"Total time: {(time.perf_counter() - start) / 60:.1f} min on {workers} worker(s) (stages "
                           f"already finished in this folder are reused, not re-timed). Teachers calibrated with "
                           f"eta = +1 (distillable), -1 (undistillable), 0 (control) from the same base.\n\n"
