@@ -32,7 +32,7 @@ def test_a_world_of_another_version_is_refused(tmp_path):
 def test_the_mixed_world_pretrains_the_students_on_their_own_worlds_gold(tmp_path):
     """world_version=2, student_world_version=1: the teacher's stage is v2's, the proxy's and the other
     student's are exactly v1's (so a v1 world's runs are the same runs); the folder records both."""
-    from jaxdistill.experiments.world import student_profile, world_jobs
+    from jaxdistill.experiments.world import student_profile, students_world, world_jobs
 
     mixed = for_world(FULL, 2, 1)
     assert (mixed.world_version, mixed.student_world_version, mixed.max_completion_length) == (2, 1, 128)
@@ -48,3 +48,6 @@ def test_the_mixed_world_pretrains_the_students_on_their_own_worlds_gold(tmp_pat
                                                                               "student_world_version": 1}
     with pytest.raises(ValueError, match=r"holds a world v2 \(students: v1\), but this run asks for world v2:"):
         check_world_version(tmp_path / "w", 2)
+    assert students_world(tmp_path / "w") == 1  # what the ceiling test checks its world_version against
+    check_world_version(tmp_path / "plain", 2)
+    assert students_world(tmp_path / "plain") == 2 and students_world(tmp_path / "none") == 1

@@ -184,13 +184,15 @@ class CeilingConfig(BaseConfig):
 def ceiling(args: CeilingConfig) -> None:
     paths: dict[str, Any] = {}
     if args.run_dir:
-        from jaxdistill.experiments.world import check_world_version, world_paths
+        from jaxdistill.experiments.world import students_world, world_paths
 
         world = Path(args.run_dir) / "world"
         if not (world / "world.json").exists():
             raise ValueError(f"{args.run_dir} holds no built world ({world / 'world.json'} is missing): give a "
                              "finished default-run folder, or proxy= and other=")
-        check_world_version(world, args.world_version)  # students of another world: refused, named
+        if students_world(world) != args.world_version:  # students of another world: refused, named
+            raise ValueError(f"the students of {args.run_dir} were pretrained on world v{students_world(world)} gold, "
+                             f"not v{args.world_version}: give world_version={students_world(world)}")
         paths = world_paths(world)
     proxy, other = args.proxy or paths.get("proxy"), args.other or paths.get("student_other")
     out = Path(args.output_dir or Path(args.run_dir) / f"ceiling_v{args.world_version}")

@@ -202,6 +202,14 @@ def check_world_version(folder: str | Path, world_version: int, student_world_ve
                          f"folder, or delete {root} to build it again")
 
 
+def students_world(folder: str | Path) -> int:
+    """The world whose gold the students in the world ``folder`` were pretrained on (its
+    ``world_version.json``: the student version of a mixed world, else the world version; 1 without a file)."""
+    path = Path(folder) / "world_version.json"
+    stored = json.loads(path.read_text()) if path.exists() else {"world_version": 1}
+    return stored.get("student_world_version", stored["world_version"])
+
+
 def world_jobs(folder: str | Path, profile: Profile = FULL, seed: int = 0, *, progress: bool = True) -> list[Job]:
     """The tokenizers (trained here, in seconds) and one job per model: ``world <name>``. A folder that
     holds a world of another version is refused (``check_world_version``)."""
