@@ -39,7 +39,7 @@ import numpy as np
 
 from jaxdistill import run_folder
 from jaxdistill.config import BaseConfig, option, run_cli
-from jaxdistill.experiments.selection import Recipe, accuracy_and_ratio, task_options, train_on_sets
+from jaxdistill.experiments.selection import Recipe, ratio_table, task_options, train_on_sets
 
 log = logging.getLogger("jaxdistill.ceiling")
 
@@ -136,22 +136,12 @@ def run_ceiling(*, students: Mapping[str, str], out: Path, world_version: int = 
 def ceiling_table(summary: Mapping[str, Any]) -> str:
     """Markdown: per style, each student's accuracy and ratio to plain (± standard error), and what the
     texts hold."""
-    students = list(summary["students"])
-    accuracy = summary["accuracy"]
-    head = "| style | seeds | " + " | ".join(f"{s} accuracy % | {s} x plain" for s in students) + \
-           " | corrections / text (hollow) | result-first lines / text | answer first | chars |"
-    lines = [head, "|" + "---|" * (2 + 2 * len(students) + 4)]
-    for style, by_student in accuracy.items():
-        if not all(by_student.values()):
-            continue  # not trained yet
-        cells = [cell for student in students
-                 for cell in accuracy_and_ratio(by_student[student], accuracy["plain"][student])]
-        st = summary["sets"][style]
-        extra = [f"{st['corrections']:.2f} ({st['hollow']:.2f})", f"{st['result_first']:.2f}",
-                 f"{st['answer_first']:.2f}", f"{st['mean_chars']:.0f}"]
-        seeds = min(len(v) for v in by_student.values())
-        lines.append(f"| {style} | {seeds} | " + " | ".join(cells + extra) + " |")
-    return "\n".join(lines) + "\n"
+    def holds(st: Mapping[str, Any]) -> list[str]:
+        return [f"{st['corrections']:.2f} ({st['hollow']:.2f})", f"{st['result_first']:.2f}",
+                f"{st['answer_first']:.2f}", f"{st['mean_chars']:.0f}"]
+
+    return ratio_table(summary, reference="plain", label="style", extra_cells=holds, extra_headers=(
+        "corrections / text (hollow)", "result-first lines / text", "answer first", "chars"))
 
 
 @dataclasses.dataclass

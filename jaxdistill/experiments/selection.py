@@ -33,7 +33,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -358,25 +358,35 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
         return summary
 
 
-def selection_table(summary: Mapping[str, Any]) -> str:
-    """Markdown: per set, what it holds and each student's accuracy and ratio to random (± standard error)."""
+def ratio_table(summary: Mapping[str, Any], *, reference: str, label: str, extra_headers: Sequence[str],
+                extra_cells: Callable[[Mapping[str, Any]], list[str]]) -> str:
+    """Markdown: one row per set of ``summary["accuracy"]`` that every student has trained on: its seeds,
+    each student's accuracy and ratio to the ``reference`` set's (± standard error), then
+    ``extra_cells(summary["sets"][set])`` under ``extra_headers``. ``label`` heads the first column."""
     students = list(summary["students"])
     accuracy = summary["accuracy"]
-    head = "| set | seeds | " + " | ".join(f"{s} accuracy % | {s} x random" for s in students) + \
-           " | corrections / sample | result-first / sample | span gap | harm (x1e3) | chars |"
-    lines = [head, "|" + "---|" * (2 + 2 * len(students) + 5)]
+    head = f"| {label} | seeds | " + " | ".join(f"{s} accuracy % | {s} x {reference}" for s in students) + \
+           " | " + " | ".join(extra_headers) + " |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(students) + len(extra_headers))]
     for name, by_student in accuracy.items():
         if not all(by_student.values()):
             continue  # not trained yet
         cells = [cell for student in students
-                 for cell in accuracy_and_ratio(by_student[student], accuracy["random"][student])]
-        st = summary["sets"][name]
-        extra = [f"{st.get('mean_corrections', 0):.2f}", f"{st.get('mean_result_first', 0):.2f}",
-                 f"{st['mean_span_gap']:.3f}" if "mean_span_gap" in st else "",
-                 f"{1e3 * st['mean_harm']:.2f}" if "mean_harm" in st else "", f"{st['mean_chars']:.0f}"]
+                 for cell in accuracy_and_ratio(by_student[student], accuracy[reference][student])]
         seeds = min(len(v) for v in by_student.values())
-        lines.append(f"| {name} | {seeds} | " + " | ".join(cells + extra) + " |")
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells + extra_cells(summary["sets"][name])) + " |")
     return "\n".join(lines) + "\n"
+
+
+def selection_table(summary: Mapping[str, Any]) -> str:
+    """Markdown: per set, each student's accuracy and ratio to random (± standard error), and what it holds."""
+    def holds(st: Mapping[str, Any]) -> list[str]:
+        return [f"{st.get('mean_corrections', 0):.2f}", f"{st.get('mean_result_first', 0):.2f}",
+                f"{st['mean_span_gap']:.3f}" if "mean_span_gap" in st else "",
+                f"{1e3 * st['mean_harm']:.2f}" if "mean_harm" in st else "", f"{st['mean_chars']:.0f}"]
+
+    return ratio_table(summary, reference="random", label="set", extra_cells=holds, extra_headers=(
+        "corrections / sample", "result-first / sample", "span gap", "harm (x1e3)", "chars"))
 
 
 @dataclasses.dataclass
