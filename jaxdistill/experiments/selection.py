@@ -268,11 +268,13 @@ def accuracy_and_ratio(runs: Sequence[float], reference: Sequence[float]) -> lis
 
 def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 1, prompts: int = 1000, k: int = 4,
                    scores: Sequence[str] = ("span_gap", "harm"), validation_texts: int = 1024,
-                   max_new_tokens: int = 80, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                   validation_world_version: int = 0, max_new_tokens: int = 80, seed: int = 0
+                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The teacher's samples of the first ``prompts`` train problems, each with its verdict and every score
     (``random``, ``corrections``, ``result_first`` always; ``span_gap`` and ``harm`` when asked), and the
     scoring's statistics; kept in ``out/samples.jsonl`` and ``out/scores.json`` (a rerun reuses them). The
-    harm direction comes from the gold solutions of the ``validation_texts`` train problems after them."""
+    harm direction comes from the gold solutions of the ``validation_texts`` train problems after them, as
+    world ``validation_world_version`` writes them (0: ``world_version``; ``validation_gold``)."""
     from jaxdistill.tasks.arith import detour_counts
     from jaxdistill.tasks.pipeline import prompt_text
 
@@ -301,8 +303,9 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
         values["span_gap"] = span_gaps(teacher_model, side, [prompt_ids[i // k] for i in range(len(texts))],
                                        proxy_prompts, ids, proxy)
     if "harm" in scores:
-        values["harm"], stats["harm"] = harm(side, proxy_prompts, ids, proxy,
-                                             [(prompt_text(task, e, None, False), e.solution) for e in validation])
+        gold = validation_gold(task, validation, validation_world_version or world_version, prompts)
+        values["harm"], stats["harm"] = harm(side, proxy_prompts, ids, proxy, gold)
+        stats["harm"]["validation_world_version"] = validation_world_version or world_version
     samples = [{"prompt": prompt_texts[i], "completion": texts[i], "correct": bool(correct[i]),
                 "finished": bool(finished[i]), "hollow": counts[i].hollow,
                 **{name: float(v[i]) for name, v in values.items()}} for i in range(len(texts))]
@@ -312,10 +315,28 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
     return samples, stats
 
 
+def validation_gold(task, validation: Sequence[Any], world_version: int, first: int) -> list[tuple[str, str]]:
+    """(prompt, gold solution) of the ``validation`` examples (train examples ``first``, ``first + 1`` ...
+    of ``task``) as world ``world_version`` writes them: the same problems and prompts, each world's own
+    style of solution (in the mixed world, the students' v1 gold rather than the teacher's v2)."""
+    from jaxdistill.tasks.pipeline import prompt_text
+
+    gold = _task(world_version).load("train", limit=first + len(validation))[first:]
+    pairs = []
+    for i, (ours, theirs) in enumerate(zip(validation, gold)):
+        prompt = prompt_text(task, ours, None, False)
+        if prompt_text(task, theirs, None, False) != prompt:
+            raise ValueError(f"train example {first + i} differs between the worlds (world_version and "
+                             f"validation_world_version={world_version}): the harm direction needs the same problems")
+        pairs.append((prompt, theirs.solution))
+    return pairs
+
+
 def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out: Path, world_version: int = 1,
                   prompts: int = 1000, k: int = 4, seeds: Sequence[int] = (0, 1, 2),
                   selections: Sequence[str] | None = None, validation_texts: int = 1024,
-                  recipe: Recipe = Recipe(), workers: int = 2, seed: int = 0, train: bool = True) -> dict[str, Any]:
+                  validation_world_version: int = 0, recipe: Recipe = Recipe(), workers: int = 2, seed: int = 0,
+                  train: bool = True) -> dict[str, Any]:
     """The whole test (module docstring); returns what it writes to ``out/selection.json``. Reruns reuse
     the scored samples and every finished student run in ``out``; ``train=False`` only tabulates the
     student runs already finished (each set over the seeds it has)."""
@@ -329,6 +350,7 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
         samples, stats = scored_samples(teacher=teacher, proxy=proxy, out=out, world_version=world_version,
                                         prompts=prompts, k=k, scores={SELECTIONS[s][0] for s in selections},
                                         validation_texts=validation_texts,
+                                        validation_world_version=validation_world_version,
                                         max_new_tokens=recipe.max_completion_length, seed=seed)
         correct = np.array([s["correct"] for s in samples]).reshape(prompts, k)
         keep = correct.any(axis=1)  # the same prompts in every set
@@ -404,6 +426,9 @@ class SelectionConfig(BaseConfig):
     seeds: tuple[int, ...] = option((0, 1, 2), "student seeds of every set")
     selections: tuple[str, ...] = option((), "sets to train (default: all that apply)", choices=tuple(SELECTIONS))
     validation_texts: int = option(1024, "gold texts behind the harm direction", ge=2)
+    validation_world_version: int = option(0, "the world whose gold solutions the harm direction reads (0: "
+                                              "world_version; 1 with world_version=2 and v1 students: the "
+                                              "mixed world's students' own gold)", choices=(0, 1, 2))
     max_completion_length: int = option(0, "teacher samples and student training (0: 80 in v1, 128 in v2)", ge=0)
     workers: int = option(2, "processes training students at once", ge=1)
     table_only: bool = option(False, "only tabulate the student runs already finished")
@@ -428,6 +453,7 @@ def select(args: SelectionConfig) -> None:
                             "other": str(other)}, out=out, world_version=args.world_version,
                             prompts=args.num_prompts, k=args.samples_per_prompt, seeds=list(args.seeds),
                             selections=list(args.selections) or None, validation_texts=args.validation_texts,
+                            validation_world_version=args.validation_world_version,
                             recipe=Recipe(max_completion_length=length), workers=args.workers,
                             train=not args.table_only)
     print(selection_table(summary))
