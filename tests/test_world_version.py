@@ -51,3 +51,20 @@ def test_the_mixed_world_pretrains_the_students_on_their_own_worlds_gold(tmp_pat
     assert students_world(tmp_path / "w") == 1  # what the ceiling test checks its world_version against
     check_world_version(tmp_path / "plain", 2)
     assert students_world(tmp_path / "plain") == 2 and students_world(tmp_path / "none") == 1
+
+
+def test_influence_mode_in_the_mixed_world_measures_harm_on_the_students_gold():
+    """The mixed world's influence calibrations read the validation text as the students learnt it (v1's gold);
+    other modes and plain worlds keep the task's own gold, and an explicit setting wins."""
+    from jaxdistill.experiments.world import calibration_config
+
+    def validation_options(profile, **overrides):
+        config = calibration_config("t", "p", "out", -1.0, profile, 0, overrides=overrides)
+        return config.task_options, config.influence_validation_task_options
+
+    mixed = for_world(FULL, 2, 1)
+    assert validation_options(mixed, calibration_mode="influence") == (("difficulty=1", "version=2"), ("difficulty=1",))
+    assert validation_options(mixed, calibration_mode="span")[1] == ()  # unused: the span runs' settings unchanged
+    assert validation_options(for_world(FULL, 2), calibration_mode="influence")[1] == ()
+    mine = ("difficulty=1", "version=2")
+    assert validation_options(mixed, calibration_mode="influence", influence_validation_task_options=mine)[1] == mine

@@ -248,7 +248,8 @@ def calibration_config(teacher: str, proxy: str, run: str, eta: float, profile: 
                        progress: bool = True, overrides: Mapping[str, Any] | None = None) -> CalibrateConfig:
     """The default run's calibration of ``teacher`` at ``eta`` (GRPO from the base teacher) into ``run``.
     ``overrides``: CalibrateConfig fields that replace the default run's settings
-    (``jaxdistill.experiments.undistillable``); a misspelt one is a TypeError."""
+    (``jaxdistill.experiments.undistillable``); a misspelt one is a TypeError. In a mixed world, influence
+    mode's validation text is the students' gold (``influence_validation_task_options``) unless given."""
     config = CalibrateConfig(
         teacher=teacher, proxy=proxy, task="arith", task_options=world_task_options(profile),
         output_dir=run, eta=eta, num_generations=profile.num_generations, prompts_per_step=profile.prompts_per_step,
@@ -260,7 +261,13 @@ def calibration_config(teacher: str, proxy: str, run: str, eta: float, profile: 
         eval_num_prompts=profile.eval_num_prompts, save_steps=max(profile.calibrate_steps // 3, 1), seed=seed,
         resume=True,  # an interrupted default run continues its calibrations exactly
         progress=progress, mesh=MeshConfig(num_devices=1))
-    return dataclasses.replace(config, **(overrides or {}))
+    config = dataclasses.replace(config, **(overrides or {}))
+    if profile.student_world_version and config.calibration_mode == "influence" \
+            and not config.influence_validation_task_options:
+        # harm to the students is measured on the text they learnt: the mixed world's students' gold
+        config = dataclasses.replace(config, influence_validation_task_options=world_task_options(
+            student_profile(profile)))
+    return config
 
 
 def calibration_jobs(world: Mapping[str, Path], out: Path, profile: Profile, seed: int, *,

@@ -59,6 +59,11 @@ class CalibrateConfig(TrainingConfig):
     calibration_tau: float = option(1.0, "alm mode: temperature of the span probabilities", gt=0)
     influence_validation_size: int = option(1024, "influence mode: gold solutions behind the harm direction, "
                                                   "held out from the end of train_split (never trained on)", ge=0)
+    influence_validation_task_options: tuple[str, ...] = option(
+        (), "influence mode: the task options whose gold solutions are the validation text, in place of "
+            "task_options (the same problems, another style of solution: e.g. [difficulty=1] with "
+            "task_options=[difficulty=1,version=2] measures harm on world v1's gold, the text the mixed "
+            "world's students learnt; empty: the task's own gold)")
     influence_batch_size: int = option(64, "influence mode: validation texts per gradient pass (memory)", ge=1)
     influence_direction_steps: int = option(1, "influence mode with proxy_learning_rate > 0: recompute the harm "
                                                "direction every N steps (a frozen proxy's is computed once)", ge=1)

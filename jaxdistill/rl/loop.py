@@ -95,6 +95,22 @@ def hold_out_validation(examples: list, size: int, split: str) -> tuple[list, li
     return train, validation
 
 
+def restyled_gold(examples: list, task, split: str, data_path: str | None, first: int) -> list[str]:
+    """The gold solutions of ``examples`` (examples ``first``, ``first + 1`` ... of ``split``) as ``task``
+    writes them: the same problems in another style of solution (influence mode's
+    ``influence_validation_task_options``). Refuses a task whose examples there are other problems."""
+    gold = task.load(split, data_path)[first:first + len(examples)]
+    for i, (ours, theirs) in enumerate(zip(examples, gold)):
+        if ours.prompt != theirs.prompt or not theirs.solution:
+            raise ValueError(f"influence_validation_task_options: {split} example {first + i} is another problem "
+                             "(or has no solution) under those options than under task_options; the validation "
+                             "text must be the same problems in another style of solution")
+    if len(gold) < len(examples):
+        raise ValueError(f"influence_validation_task_options: the {split} split holds {first + len(gold)} examples "
+                         f"under those options, fewer than the {first + len(examples)} under task_options")
+    return [e.solution for e in gold]
+
+
 MAX_BOUND_EXPANSION = 4  # pad the proxy's completions to at most this many tokens per teacher token
 
 
@@ -203,10 +219,20 @@ class CalibrationRun:
         return validation_batches(
             self.cluster.proxy_tokenizer,
             [prompt_text(self.task, e, tok.hf, c.chat_template) for e in self.validation_examples],
-            [e.solution for e in self.validation_examples], c.influence_batch_size,
+            self.validation_solutions(), c.influence_batch_size,
             labels=[f"the gold solution of {c.train_split} example {first + i}"
                     for i in range(len(self.validation_examples))],
             row_multiple=batch_shards(self.cluster.mesh))  # each batch splits over data x fsdp
+
+    def validation_solutions(self) -> list[str]:
+        """The held-out examples' gold solutions: the task's own, or as the task of
+        ``influence_validation_task_options`` writes them (``restyled_gold``)."""
+        c = self.config
+        if not c.influence_validation_task_options:
+            return [e.solution for e in self.validation_examples]
+        return restyled_gold(self.validation_examples, get_task(c.task, **parse_task_options(
+            c.influence_validation_task_options)), c.train_split, c.data_path,
+            first=self.train_split_size - len(self.validation_examples))
 
     def refresh_direction(self, step: int) -> None:
         """Influence mode: the harm direction under the proxy as it is now (the proxy before this step's
