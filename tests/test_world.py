@@ -37,6 +37,28 @@ def test_a_folder_from_before_profiles_were_recorded_is_refused(tmp_path):
     assert not (tmp_path / "profile.json").exists()
 
 
+def test_a_folder_holding_only_a_copied_world_is_a_new_run(tmp_path):
+    """A world copied in from another run (with its world_version.json) is accepted and the profile recorded;
+    the world's version is still checked (build_world), and anything else beside it keeps the refusal."""
+    from jaxdistill.experiments.world import check_world_version
+
+    out = tmp_path / "run"
+    check_world_version(out / "world", 2, 1)
+    (out / "world" / "proxy_sft").mkdir()
+    (out / ".lock").touch()  # a run folder's lock files do not count
+    mixed = world.for_world(FULL, 2, 1)
+    check_run_folder(out, mixed, 0)
+    assert '"student_world_version": 1' in (out / "profile.json").read_text()
+    with pytest.raises(ValueError, match=r"holds a world v2 \(students: v1\), but this run asks for world v1"):
+        check_world_version(out / "world", 1)
+    other = tmp_path / "other"
+    (other / "world").mkdir(parents=True)
+    check_world_version(other / "world", 1)
+    (other / "calibrate").mkdir()
+    with pytest.raises(ValueError, match="earlier jaxdistill"):
+        check_run_folder(other, FULL, 0)
+
+
 def test_default_run_calibration_takes_overrides(tmp_path):
     """world.calibration_config is the default run's calibration; ``overrides`` replaces named fields
     (jaxdistill.experiments.undistillable) and a misspelt field is an error, not silently ignored."""

@@ -310,10 +310,19 @@ def scorecard_config(world: Mapping[str, Path], teachers: Mapping[str, Path | st
                            output_dir=str(output_dir))
 
 
+def copied_world(out: Path) -> bool:
+    """Whether ``out`` holds nothing but a world that records its version (``world/world_version.json``): a
+    world copied in from another run to be reused (its every stage is checked by ``runner.finished``), not
+    a default run of an earlier jaxdistill."""
+    entries = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+    return entries == ["world"] and (out / "world" / "world_version.json").exists()
+
+
 def check_run_folder(out: Path, profile: Profile, seed: int) -> None:
     """Record the profile and seed of a default run in ``<out>/profile.json``, or check that a folder
     being rerun was made with the same ones: finished stages are reused by folder, so another profile
-    would silently mix its models with the stored ones. Raises ValueError naming what differs."""
+    would silently mix its models with the stored ones. Raises ValueError naming what differs. A folder
+    that holds only a copied world (``copied_world``) is a new run."""
     wanted = {**dataclasses.asdict(profile), "seed": seed}
     path = out / "profile.json"
     if path.exists():
@@ -325,9 +334,12 @@ def check_run_folder(out: Path, profile: Profile, seed: int) -> None:
         what = "; ".join(f"{k}: {stored.get(k)} there, {wanted.get(k)} now" for k in changed)
         raise ValueError(f"{out} holds a default run made with other settings ({what}); rerunning would reuse "
                          f"its finished stages. Choose another output_dir, or delete {out} to start over")
-    if (out / "world").exists():
+    if (out / "world").exists() and not copied_world(out):
         raise ValueError(f"{out} holds a default run from an earlier jaxdistill (no profile.json); rerunning "
                          f"would reuse its finished stages. Choose another output_dir, or delete {out} to start over")
+    if (out / "world").exists():
+        log.info("%s holds only a world (with its version): its stages are reused where their settings and "
+                 "inputs match this run's (runner.finished), trained again where they do not", out / "world")
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(wanted, indent=2))
 
