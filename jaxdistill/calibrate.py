@@ -40,14 +40,15 @@ class CalibrateCommand(CalibrateConfig):
     world_profile: str = option("full", "with no teacher and no proxy, the tiny-world default run: full, or quick "
                                         "(a few steps per stage; --quick)", choices=("full", "quick"))
     world_version: int = option(1, "with no teacher and no proxy, the arith world of the default run: 1 (plain gold "
-                                   "solutions) or 2 (gold solutions with detours: docs/tasks.md); a folder "
-                                   "holding a world of another version is refused. One calibration: "
-                                   "task_options=[version=2]", choices=(1, 2))
+                                   "solutions), 2 (gold solutions with detours) or 3 (results before their "
+                                   "derivation in 30% of the lines: docs/tasks.md); a folder holding a world "
+                                   "of another version is refused. One calibration: task_options=[version=2]",
+                                choices=(1, 2, 3))
     student_world_version: int = option(0, "with no teacher and no proxy, the gold the proxy and students are "
                                            "pretrained on: 0 (the teacher's, world_version), or 1 with "
-                                           "world_version=2: the mixed world (a teacher that learnt the detours, "
-                                           "students that never saw one; this project's extension)",
-                                        choices=(0, 1, 2))
+                                           "world_version=2 or 3: a mixed world (a teacher that learnt the "
+                                           "detours, students that never saw one; this project's extension)",
+                                        choices=(0, 1, 2, 3))
 
     def validate(self) -> None:
         if self.is_default_run():

@@ -198,10 +198,30 @@ def test_v2_options_are_checked():
     with pytest.raises(ValueError, match="need version=2"):
         get_task("arith", correction=0.5)
     with pytest.raises(ValueError, match="unknown arith world version"):
-        get_task("arith", version=3)
+        get_task("arith", version=4)
     with pytest.raises(ValueError, match="at most one of them"):
         get_task("arith", version=2, correction=0.6, result_first=0.6)
     with pytest.raises(ValueError, match="not in"):
         DetourRates(distractor=1.5)
     with pytest.raises(TypeError, match="unknown arith option"):
         get_task("arith", version=2, corections=0.5)
+
+
+def test_v3_writes_results_first_alone_in_the_problems_of_v1():
+    """World v3: the result before its derivation is its only detour, in 30% of the lines (an option); the
+    problems and styles are v1's and every gold solution verifies."""
+    v1 = get_task("arith", difficulty=1).load("train", limit=2000)
+    task = get_task("arith", difficulty=1, version=3)
+    v3 = task.load("train", limit=2000)
+    assert [(e.prompt, e.answer, e.meta["style"]) for e in v1] == [(e.prompt, e.answer, e.meta["style"]) for e in v3]
+    assert all(task.verify(e.solution, e).reward == 1.0 for e in v3)
+    counts = [detour_counts(e.solution) for e in v3]
+    assert sum(c.result_first for c in counts) > 0
+    assert all(c.corrections == c.late_corrections == c.answer_first == c.false_equations == 0 for c in counts)
+    lines = [kind for e in v3 for kind in e.meta["detours"].kinds]
+    assert set(lines) <= {"plain", "result_first"}
+    assert abs(lines.count("result_first") / len(lines) - 0.3) < 0.03
+    assert max(len(e.solution) for e in v3) == max(len(e.solution) for e in v1)  # no longer than v1's
+    half = get_task("arith", difficulty=1, version=3, result_first=0.6).load("train", limit=2000)
+    share = np.mean([k == "result_first" for e in half for k in e.meta["detours"].kinds])
+    assert abs(share - 0.6) < 0.03

@@ -152,7 +152,7 @@ class CeilingConfig(BaseConfig):
     proxy: str = option("", "HF folder of the proxy_like student (overrides run_dir's)")
     other: str = option("", "HF folder of the other student (overrides run_dir's)")
     world_version: int = option(1, "the students' world: the task options they train and are scored under",
-                                choices=(1, 2))
+                                choices=(1, 2, 3))
     output_dir: str = option("", "output folder (default: <run_dir>/ceiling_v<world_version>)")
     num_prompts: int = option(1000, "train problems in every set", ge=1)
     seeds: tuple[int, ...] = option((0, 1, 2), "student seeds of every set")

@@ -105,11 +105,11 @@ def ratio_to_random(accuracy: Sequence[float], random: Sequence[float]) -> tuple
 def _task(world_version: int):
     from jaxdistill.tasks import get_task
 
-    return get_task("arith", difficulty=1, **({"version": 2} if world_version == 2 else {}))
+    return get_task("arith", difficulty=1, **({"version": world_version} if world_version != 1 else {}))
 
 
 def task_options(world_version: int) -> tuple[str, ...]:
-    return ("difficulty=1",) + (("version=2",) if world_version == 2 else ())
+    return ("difficulty=1",) + ((f"version={world_version}",) if world_version != 1 else ())
 
 
 def sample_teacher(teacher_dir: str, task, examples, k: int, max_new_tokens: int, seed: int, cache: Path):
@@ -341,7 +341,7 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
     the scored samples and every finished student run in ``out``; ``train=False`` only tabulates the
     student runs already finished (each set over the seeds it has)."""
     selections = list(selections or [s for s, (score, _) in SELECTIONS.items()
-                                     if world_version == 2 or score not in V2_ONLY])
+                                     if world_version != 1 or score not in V2_ONLY])
     unknown = [s for s in selections if s not in SELECTIONS]
     if unknown or "random" not in selections:
         raise ValueError(f"selections {unknown or selections}: choose among {list(SELECTIONS)}, random included")
@@ -419,7 +419,7 @@ class SelectionConfig(BaseConfig):
     teacher: str = option("", "HF folder of the teacher (overrides run_dir's)")
     proxy: str = option("", "HF folder of the proxy; also the proxy_like student (overrides run_dir's)")
     other: str = option("", "HF folder of the other student (overrides run_dir's)")
-    world_version: int = option(1, "arith world the prompts and gold text come from", choices=(1, 2))
+    world_version: int = option(1, "arith world the prompts and gold text come from", choices=(1, 2, 3))
     output_dir: str = option("", "output folder (default: <run_dir>/selection_v<world_version>)")
     num_prompts: int = option(1000, "train prompts the teacher samples", ge=1)
     samples_per_prompt: int = option(4, "teacher samples per prompt (T = 1)", ge=2)
@@ -428,7 +428,7 @@ class SelectionConfig(BaseConfig):
     validation_texts: int = option(1024, "gold texts behind the harm direction", ge=2)
     validation_world_version: int = option(0, "the world whose gold solutions the harm direction reads (0: "
                                               "world_version; 1 with world_version=2 and v1 students: the "
-                                              "mixed world's students' own gold)", choices=(0, 1, 2))
+                                              "mixed world's students' own gold)", choices=(0, 1, 2, 3))
     max_completion_length: int = option(0, "teacher samples and student training (0: 80 in v1, 128 in v2)", ge=0)
     workers: int = option(2, "processes training students at once", ge=1)
     table_only: bool = option(False, "only tabulate the student runs already finished")
@@ -447,7 +447,7 @@ def select(args: SelectionConfig) -> None:
         paths = world_paths(Path(args.run_dir) / "world")
     teacher, proxy = args.teacher or paths.get("teacher"), args.proxy or paths.get("proxy")
     other = args.other or paths.get("student_other")
-    length = args.max_completion_length or (128 if args.world_version == 2 else 80)
+    length = args.max_completion_length or (128 if args.world_version == 2 else 80)  # v2's detours run longer
     out = Path(args.output_dir or Path(args.run_dir) / f"selection_v{args.world_version}")
     summary = run_selection(teacher=str(teacher), proxy=str(proxy), students={"proxy_like": str(proxy),
                             "other": str(other)}, out=out, world_version=args.world_version,

@@ -74,10 +74,11 @@ class Profile:
     eval_num_prompts: int = 100
     max_completion_length: int = 80  # gold solutions of difficulty 1 take up to 78 teacher tokens
     # The arith world (jaxdistill.tasks.arith.WORLD_VERSIONS): 1, plain gold solutions; 2, gold solutions
-    # with detours (corrections, results before their derivation ...; docs/tasks.md), which run longer.
+    # with detours (corrections, results before their derivation ...; docs/tasks.md), which run longer;
+    # 3, results before their derivation alone, in 30% of the lines.
     world_version: int = 1
     # The gold the proxy and the students are pretrained on (0: the teacher's, world_version). With
-    # world_version=2 and 1 here, the mixed world (this project's extension): a teacher that learnt the
+    # world_version=2 (or 3) and 1 here, a mixed world (this project's extension): a teacher that learnt the
     # detours, students that never saw one (the teacher-student gap of docs/results/2026-12-06-ceiling.md).
     student_world_version: int = 0
 
@@ -90,13 +91,14 @@ QUICK = Profile(teacher_sft_steps=4, proxy_sft_steps=2, student_warmup_steps=2, 
 
 
 def for_world(profile: Profile, world_version: int, student_world_version: int = 0) -> Profile:
-    """``profile`` in world ``world_version``: v2's gold solutions take up to 131 teacher tokens (v1's 78);
+    """``profile`` in world ``world_version``: v2's gold solutions take up to 131 teacher tokens (v1's and
+    v3's 78);
     ``student_world_version``: the students' gold (0: the same)."""
     if student_world_version == world_version:
         student_world_version = 0
     if (world_version, student_world_version) == (profile.world_version, profile.student_world_version):
         return profile
-    length = profile.max_completion_length if profile.max_completion_length < 80 else {1: 80, 2: 128}[world_version]
+    length = profile.max_completion_length if profile.max_completion_length < 80 else {1: 80, 2: 128, 3: 80}[world_version]
     return dataclasses.replace(profile, world_version=world_version, max_completion_length=length,
                                student_world_version=student_world_version)
 

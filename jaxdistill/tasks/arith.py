@@ -18,7 +18,9 @@ the gold solutions, each at a rate that is an option (``DetourRates``): a line f
 wrong result and corrected (``8*3=23, wait: 8*3=24``), a wrong result carried into the next line
 before the redo, a correct computation that feeds nothing, a result written before its derivation
 (``24=8*3``) and the final answer written first. Every v2 solution still ends right; problems, splits
-and the verifier are those of v1. ``detour_counts`` parses the detours back out of any text.
+and the verifier are those of v1. v3 (``version=3``, this project's extension) keeps one detour alone, the
+result before its derivation, in 30% of the lines (``V3_RATES``). ``detour_counts`` parses the detours back
+out of any text.
 
 Train and test are disjoint by construction: a problem's arithmetic (start, operations, operands)
 is hashed, and the hash alone decides which split may hold it, whatever the seed. Generation is
@@ -377,7 +379,11 @@ def solutions(problem: ArithProblem, style: Style | str | None = None) -> dict[s
 
 
 # ---- world v2: detours ----------------------------------------------------------------------
-WORLD_VERSIONS = (1, 2)
+WORLD_VERSIONS = (1, 2, 3)
+# World v3: one detour alone, the result written before its derivation ("24=8*3"), in a share of the lines:
+# correct text that the tiny world's students learn least from (docs/results/2026-12-06-ceiling.md), at a
+# rate low enough that the teacher's own text stays mostly plain
+V3_RATES = {"correction": 0.0, "late_correction": 0.0, "result_first": 0.3, "distractor": 0.0, "answer_first": 0.0}
 DETOUR_KINDS = ("plain", "correction", "late_correction", "result_first")
 
 
@@ -610,7 +616,8 @@ class ArithTask(Task):
     JSONL (question/answer rows) such as a saved copy.
 
     ``version``: the world (``WORLD_VERSIONS``): 1, plain solutions; 2, solutions with detours at
-    the rates given by the remaining options (``DetourRates``' fields; v2 only)."""
+    the rates given by the remaining options (``DetourRates``' fields); 3, results before their
+    derivation as the only detour (``V3_RATES``, which the options may change)."""
 
     name = "arith"
     local_files = {"train": "train.jsonl", "test": "test.jsonl"}
@@ -627,12 +634,16 @@ class ArithTask(Task):
             raise TypeError(f"unknown arith option(s) {sorted(unknown)}; detour rates: "
                             f"{[f.name for f in dataclasses.fields(DetourRates)]}")
         if detour_rates and version == 1:
-            raise ValueError(f"detour rates {sorted(detour_rates)} need version=2 (world v1 has no detours)")
+            raise ValueError(f"detour rates {sorted(detour_rates)} need version=2 or 3 (world v1 has no detours)")
         self.config = config_for(difficulty)
         self.seed = seed
         self.sizes = {"train": train_size, "test": test_size}
         self.version = version
-        self.rates = DetourRates(**detour_rates) if version == 2 else None
+        self.rates = None
+        if version == 2:
+            self.rates = DetourRates(**detour_rates)
+        elif version == 3:
+            self.rates = DetourRates(**{**V3_RATES, **detour_rates})
 
     def load(self, split: str = "test", path: str | Path | None = None, *,
              limit: int | None = None) -> list[Example]:
