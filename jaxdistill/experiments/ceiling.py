@@ -55,7 +55,13 @@ STYLES: dict[str, dict[str, float] | None] = {
     "distractors": {"distractor": 0.6},
     "all_detours": {"correction": 0.3, "late_correction": 0.3, "result_first": 0.4, "distractor": 0.6,
                     "answer_first": 1.0},
+    # the dose-response of result-first lines (world v3's rate), asked for by name
+    "result_first_0.15": {"result_first": 0.15},
+    "result_first_0.3": {"result_first": 0.3},
+    "result_first_0.5": {"result_first": 0.5},
 }
+DEFAULT_STYLES = ("plain", "world_v2", "corrections", "late_corrections", "result_first", "answer_first",
+                  "distractors", "all_detours")
 
 
 # ---- pure parts -----------------------------------------------------------------------------------
@@ -108,7 +114,7 @@ def run_ceiling(*, students: Mapping[str, str], out: Path, world_version: int = 
     finished student run; ``train=False`` only tabulates the runs already finished. ``world_version`` is the
     students' world: it sets the task options they are trained and scored under (the problems are the same
     in both worlds)."""
-    styles = list(styles or STYLES)
+    styles = list(styles or DEFAULT_STYLES)
     unknown = [s for s in styles if s not in STYLES]
     if unknown or "plain" not in styles:
         raise ValueError(f"styles {unknown or styles}: choose among {list(STYLES)}, plain included")
@@ -156,7 +162,8 @@ class CeilingConfig(BaseConfig):
     output_dir: str = option("", "output folder (default: <run_dir>/ceiling_v<world_version>)")
     num_prompts: int = option(1000, "train problems in every set", ge=1)
     seeds: tuple[int, ...] = option((0, 1, 2), "student seeds of every set")
-    styles: tuple[str, ...] = option((), "sets to train (default: all; plain is always needed)",
+    styles: tuple[str, ...] = option((), "sets to train (default: all but the result_first_<rate> "
+                                                   "ones; plain is always needed)",
                                      choices=tuple(STYLES))
     max_completion_length: int = option(128, "student training and scoring length (the detour styles are "
                                         "longer than v1's 80 tokens)", ge=1)
