@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from jaxdistill.tasks import OK, Style, describe, generate_problems, get_task, list_styles, \
+from jaxdistill.tasks import OK, Style, describe, generate_problems, get_task, list_styles, restyled_solutions, \
     render_solution, solutions
 from jaxdistill.tasks.arith import DIFFICULTIES, ArithConfig, DetourCounts, DetourRates, detour_counts, \
     sample_style, split_of
@@ -225,3 +225,15 @@ def test_v3_writes_results_first_alone_in_the_problems_of_v1():
     half = get_task("arith", difficulty=1, version=3, result_first=0.6).load("train", limit=2000)
     share = np.mean([k == "result_first" for e in half for k in e.meta["detours"].kinds])
     assert abs(share - 0.6) < 0.03
+
+
+def test_restyled_solutions_are_the_same_problems_in_another_style():
+    """restyled_solutions: world v1's gold of world v2's problems (influence mode's validation text in the
+    mixed world); options that change the problems are refused."""
+    v2 = get_task("arith", difficulty=1, version=2).load("train", limit=40)
+    v1 = get_task("arith", difficulty=1).load("train", limit=40)
+    gold = restyled_solutions(v2[30:], get_task("arith", difficulty=1), "train", first=30)
+    assert gold == [e.solution for e in v1[30:]]
+    assert gold != [e.solution for e in v2[30:]]  # some v2 solutions carry detours
+    with pytest.raises(ValueError, match="train example 30 is another problem"):
+        restyled_solutions(v2[30:], get_task("arith", difficulty=2), "train", first=30)

@@ -274,7 +274,7 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
     (``random``, ``corrections``, ``result_first`` always; ``span_gap`` and ``harm`` when asked), and the
     scoring's statistics; kept in ``out/samples.jsonl`` and ``out/scores.json`` (a rerun reuses them). The
     harm direction comes from the gold solutions of the ``validation_texts`` train problems after them, as
-    world ``validation_world_version`` writes them (0: ``world_version``; ``validation_gold``)."""
+    world ``validation_world_version`` writes them (0: ``world_version``)."""
     from jaxdistill.tasks.arith import detour_counts
     from jaxdistill.tasks.pipeline import prompt_text
 
@@ -303,8 +303,12 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
         values["span_gap"] = span_gaps(teacher_model, side, [prompt_ids[i // k] for i in range(len(texts))],
                                        proxy_prompts, ids, proxy)
     if "harm" in scores:
-        gold = validation_gold(task, validation, validation_world_version or world_version, prompts)
-        values["harm"], stats["harm"] = harm(side, proxy_prompts, ids, proxy, gold)
+        from jaxdistill.tasks import restyled_solutions
+
+        gold = restyled_solutions(validation, _task(validation_world_version or world_version), "train",
+                                  first=prompts)  # the same problems, as that world writes them
+        values["harm"], stats["harm"] = harm(side, proxy_prompts, ids, proxy, [
+            (prompt_text(task, e, None, False), solution) for e, solution in zip(validation, gold)])
         stats["harm"]["validation_world_version"] = validation_world_version or world_version
     samples = [{"prompt": prompt_texts[i], "completion": texts[i], "correct": bool(correct[i]),
                 "finished": bool(finished[i]), "hollow": counts[i].hollow,
@@ -313,23 +317,6 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
     stats["scoring_seconds"] = time.perf_counter() - started
     (out / "scores.json").write_text(json.dumps(stats, indent=2))
     return samples, stats
-
-
-def validation_gold(task, validation: Sequence[Any], world_version: int, first: int) -> list[tuple[str, str]]:
-    """(prompt, gold solution) of the ``validation`` examples (train examples ``first``, ``first + 1`` ...
-    of ``task``) as world ``world_version`` writes them: the same problems and prompts, each world's own
-    style of solution (in the mixed world, the students' v1 gold rather than the teacher's v2)."""
-    from jaxdistill.tasks.pipeline import prompt_text
-
-    gold = _task(world_version).load("train", limit=first + len(validation))[first:]
-    pairs = []
-    for i, (ours, theirs) in enumerate(zip(validation, gold)):
-        prompt = prompt_text(task, ours, None, False)
-        if prompt_text(task, theirs, None, False) != prompt:
-            raise ValueError(f"train example {first + i} differs between the worlds (world_version and "
-                             f"validation_world_version={world_version}): the harm direction needs the same problems")
-        pairs.append((prompt, theirs.solution))
-    return pairs
 
 
 def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out: Path, world_version: int = 1,

@@ -37,7 +37,7 @@ from jaxdistill.rl.learner import GRPOLearner, GRPOSettings, Rollouts
 from jaxdistill.rl.proxy import ProxyLearner
 from jaxdistill.rl.registry import ADVANTAGE_FUNCTIONS
 from jaxdistill.rl.rewards import CalibrationScorer, score_completions, describe_verdicts, plain_scoring, task_rewards
-from jaxdistill.tasks import get_task, parse_task_options
+from jaxdistill.tasks import get_task, parse_task_options, restyled_solutions
 from jaxdistill.tasks.pipeline import make_pipeline, prompt_text
 from jaxdistill.token_maths import padding_id
 from jaxdistill.tokenizer import Tokenizer
@@ -93,22 +93,6 @@ def hold_out_validation(examples: list, size: int, split: str) -> tuple[list, li
         log.info("%d training examples repeat a validation prompt: left out of training",
                  len(examples) - size - len(train))
     return train, validation
-
-
-def restyled_gold(examples: list, task, split: str, data_path: str | None, first: int) -> list[str]:
-    """The gold solutions of ``examples`` (examples ``first``, ``first + 1`` ... of ``split``) as ``task``
-    writes them: the same problems in another style of solution (influence mode's
-    ``influence_validation_task_options``). Refuses a task whose examples there are other problems."""
-    gold = task.load(split, data_path)[first:first + len(examples)]
-    for i, (ours, theirs) in enumerate(zip(examples, gold)):
-        if ours.prompt != theirs.prompt or not theirs.solution:
-            raise ValueError(f"influence_validation_task_options: {split} example {first + i} is another problem "
-                             "(or has no solution) under those options than under task_options; the validation "
-                             "text must be the same problems in another style of solution")
-    if len(gold) < len(examples):
-        raise ValueError(f"influence_validation_task_options: the {split} split holds {first + len(gold)} examples "
-                         f"under those options, fewer than the {first + len(examples)} under task_options")
-    return [e.solution for e in gold]
 
 
 MAX_BOUND_EXPANSION = 4  # pad the proxy's completions to at most this many tokens per teacher token
@@ -226,13 +210,17 @@ class CalibrationRun:
 
     def validation_solutions(self) -> list[str]:
         """The held-out examples' gold solutions: the task's own, or as the task of
-        ``influence_validation_task_options`` writes them (``restyled_gold``)."""
+        ``influence_validation_task_options`` writes them (``jaxdistill.tasks.restyled_solutions``)."""
         c = self.config
         if not c.influence_validation_task_options:
             return [e.solution for e in self.validation_examples]
-        return restyled_gold(self.validation_examples, get_task(c.task, **parse_task_options(
-            c.influence_validation_task_options)), c.train_split, c.data_path,
-            first=self.train_split_size - len(self.validation_examples))
+        task = get_task(c.task, **parse_task_options(c.influence_validation_task_options))
+        try:
+            return restyled_solutions(self.validation_examples, task, c.train_split, c.data_path,
+                                      first=self.train_split_size - len(self.validation_examples))
+        except ValueError as err:
+            raise ValueError(f"influence_validation_task_options={list(c.influence_validation_task_options)}: "
+                             f"{err}") from err
 
     def refresh_direction(self, step: int) -> None:
         """Influence mode: the harm direction under the proxy as it is now (the proxy before this step's

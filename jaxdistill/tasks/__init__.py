@@ -54,11 +54,28 @@ def get_task(name: str, **options) -> Task:
     return TASKS[name](**options)
 
 
+def restyled_solutions(examples: list[Example], task: Task, split: str, data_path: str | None = None, *,
+                       first: int) -> list[str]:
+    """The gold solutions of ``examples`` (examples ``first``, ``first + 1`` ... of ``split``) as ``task``
+    writes them: the same problems in another style of solution (arith's world versions). Refuses a task
+    whose examples there are other problems, or have no solution."""
+    gold = task.load(split, data_path)[first:first + len(examples)]
+    if len(gold) < len(examples):
+        raise ValueError(f"the {split} split holds {first + len(gold)} examples under the other task options, "
+                         f"fewer than the {first + len(examples)} asked for")
+    for i, (ours, theirs) in enumerate(zip(examples, gold)):
+        if ours.prompt != theirs.prompt or not theirs.solution:
+            raise ValueError(f"{split} example {first + i} is another problem (or has no solution) under the other "
+                             "task options: the text must be the same problems in another style of solution")
+    return [e.solution for e in gold]
+
+
 __all__ = [
     "ArithConfig", "ArithProblem", "ArithTask", "CsqaTask", "ERROR", "Example", "Gsm8kTask",
     "IfevalTask", "MalformedRow", "MalformedRowsWarning", "Math500Task", "NqOpenTask", "OK",
     "STATUSES", "SUPPORTED_INSTRUCTIONS", "Style", "TASKS", "TIMEOUT", "Task", "UNPARSEABLE",
     "UNSUPPORTED", "Verdict", "describe", "extract_answer", "generate_problems", "get_task",
-    "list_styles", "list_tasks", "make_pipeline", "parse_task_options", "render_solution", "solutions",
+    "list_styles", "list_tasks", "make_pipeline", "parse_task_options", "render_solution", "restyled_solutions",
+    "solutions",
     "strip_thinking", "summarize", "train_tiny_tokenizers",
 ]
