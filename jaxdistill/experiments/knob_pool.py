@@ -1,15 +1,17 @@
-"""Knob grids pooled: do the students follow what their teacher gained or lost?
+"""Knob grids pooled: do the students follow what their teacher gained or lost, or what it writes?
 
     python -m jaxdistill.experiments.knob_pool grids=[runs/v1_grid,runs/v2_grid] output_dir=runs/knob_pool
 
-Reads ``grid.json`` from each folder (``knob_grid``), or a grid.json file given by its path. A cell found in several grids (the same default
-run and cell name) is taken once, from the last grid that holds it. Per cell: the teacher's change in
-greedy accuracy, its change at temperature 1 (one sample per held-out problem: the kind of text the
-seqkd attackers read), and its students' ratios to the original teacher's students, mean and minimum
+Reads ``grid.json`` from each folder (``knob_grid``), or a grid.json file given by its path. A cell found
+in several grids (the same default run and cell name) is taken once, from the last grid that holds it.
+Per cell: the teacher's change in greedy accuracy, its change at temperature 1 (one sample per held-out
+problem: the kind of text the seqkd attackers read), the detours of that text (result-first lines and
+corrections per sample), and its students' ratios to the original teacher's students, mean and minimum
 over both students and the attacks ``attacks`` (default: seqkd and gkd, which every grid has). Per
-world: the Pearson correlation of the mean ratio with either change, over cells. Writes ``pool.md``
-(the table) and ``pool.png`` (mean ratio against the greedy change, one panel per world, one colour
-per mode).
+world (a mixed world apart from the plain world of its teacher's version): the Pearson correlation of
+the mean ratio with either change and with the result-first lines, over cells. Writes ``pool.md`` (the
+table) and ``pool.png`` (the mean ratio against the greedy change, top, and against the result-first
+lines, bottom; one column per world, one colour per mode).
 """
 
 from __future__ import annotations
@@ -25,15 +27,17 @@ import numpy as np
 from jaxdistill import run_folder
 from jaxdistill.config import BaseConfig, ConfigError, option, run_cli
 from jaxdistill.experiments.knob_grid import DISTILLABLE_ATTACKS
+from jaxdistill.experiments.world import world_name
 
 
 def pool_cells(grids: Sequence[Mapping[str, Any]], attacks: Sequence[str] = DISTILLABLE_ATTACKS
                ) -> list[dict[str, Any]]:
     """One row per distinct (default run, trained teacher) of ``grids`` (their grid.json contents; an eta = 0
     cell of sequence mode is span's teacher: ``knob_grid.trained_cell``), the last grid's copy winning:
-    world, mode, beta, eta, calibration seed, greedy and temperature-1 accuracy change (teacher minus
-    original) and the original's two accuracies, and the mean and minimum of its students' ratios under
-    ``attacks``."""
+    world (``world.world_name``), mode, beta, eta, calibration seed, greedy and temperature-1 accuracy
+    change (teacher minus original) and the original's two accuracies, the result-first lines (result
+    first or answer first) and corrections per temperature-1 sample, and the mean and minimum of its
+    students' ratios under ``attacks``."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for grid in grids:
         settings, original = grid["settings"], grid["original"]["teacher"]
@@ -43,13 +47,17 @@ def pool_cells(grids: Sequence[Mapping[str, Any]], attacks: Sequence[str] = DIST
             if not ratios:
                 continue
             teacher, trained = cell["teacher"], cell.get("trained_as", cell["name"])  # eta 0: span's teacher
+            sampled = teacher["detours"]["sampled"]
             rows[(settings["run_dir"], trained)] = {
-                "world": settings["world_version"], "run_dir": settings["run_dir"], "cell": trained,
+                "world": world_name(settings["world_version"], settings.get("student_world_version", 0)),
+                "run_dir": settings["run_dir"], "cell": trained,
                 "mode": trained.split("_")[0],  # the trained cell's mode (``knob_grid.Cell.name``)
                 "beta": cell["beta"], "eta": cell["eta"], "calibration_seed": cell["calibration_seed"],
                 "greedy_change": teacher["accuracy"] - original["accuracy"],
                 "sampled_change": teacher["detours"]["sampled"]["accuracy"] - original["detours"]["sampled"]["accuracy"],
                 "original_greedy": original["accuracy"], "original_sampled": original["detours"]["sampled"]["accuracy"],
+                "result_first": sampled.get("result_first", 0.0) + sampled.get("answer_first", 0.0),
+                "corrections": sampled.get("corrections", 0.0),
                 "mean_ratio": float(np.mean(ratios)), "min_ratio": float(np.min(ratios)), "ratios": len(ratios)}
     return sorted(rows.values(), key=lambda r: (r["world"], r["greedy_change"], r["cell"]))
 
@@ -72,46 +80,53 @@ def pool_markdown(rows: Sequence[Mapping[str, Any]], attacks: Sequence[str]) -> 
     for world in sorted({r["world"] for r in rows}):
         mine = [r for r in rows if r["world"] == world]
         mean = [r["mean_ratio"] for r in mine]
-        lines += [f"## World v{world}: {len(mine)} cells", "",
+        lines += [f"## World {world}: {len(mine)} cells", "",
                   f"Original teacher: {100 * mine[0]['original_greedy']:.0f}% greedy, "
                   f"{100 * mine[0]['original_sampled']:.0f}% at temperature 1. Mean |change| over cells: greedy "
                   f"{100 * np.mean([abs(r['greedy_change']) for r in mine]):.1f} points, temperature 1 "
                   f"{100 * np.mean([abs(r['sampled_change']) for r in mine]):.1f}.", "",
                   f"Pearson r of the mean ratio with the teacher's greedy change: "
                   f"{r_text(correlation(mean, [r['greedy_change'] for r in mine]))}; with its temperature-1 change: "
-                  f"{r_text(correlation(mean, [r['sampled_change'] for r in mine]))}.", "",
-                  "| cell | greedy change | T=1 change | mean ratio | min ratio |", "|---|---|---|---|---|"]
+                  f"{r_text(correlation(mean, [r['sampled_change'] for r in mine]))}; with its result-first lines "
+                  f"per temperature-1 sample: {r_text(correlation(mean, [r['result_first'] for r in mine]))}.", "",
+                  "| cell | greedy change | T=1 change | T=1 result-first / sample | T=1 corrections / sample | "
+                  "mean ratio | min ratio |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['cell']} | {100 * r['greedy_change']:+.0f} | {100 * r['sampled_change']:+.0f} | "
-                  f"{r['mean_ratio']:.2f} | {r['min_ratio']:.2f} |" for r in mine]
+                  f"{r['result_first']:.2f} | {r['corrections']:.2f} | {r['mean_ratio']:.2f} | {r['min_ratio']:.2f} |"
+                  for r in mine]
         lines.append("")
     return "\n".join(lines)
 
 
 def plot_pool(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """pool.png: the students' mean ratio against the teacher's greedy change, one panel per world, one
-    colour per mode, the marker by the sign of eta (v: undistillable, ^: distillable, o: eta = 0); the
-    dotted lines mark no change and the 0.5x target."""
+    """pool.png: the students' mean ratio against the teacher's greedy change (top) and against its
+    result-first lines per temperature-1 sample (bottom), one column per world, one colour per mode, the
+    marker by the sign of eta (v: undistillable, ^: distillable, o: eta = 0); the dotted lines mark no
+    change and the 0.5x target."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     worlds = sorted({r["world"] for r in rows})
-    fig, axes = plt.subplots(1, len(worlds), figsize=(5.5 * len(worlds), 4.2), squeeze=False)
-    for ax, world in zip(axes.flat, worlds):
-        for colour, mode in enumerate(sorted({r["mode"] for r in rows})):
-            for sign, marker in ((-1, "v"), (1, "^"), (0, "o")):
-                mine = [r for r in rows if r["world"] == world and r["mode"] == mode and np.sign(r["eta"]) == sign]
-                if mine:
-                    ax.scatter([100 * r["greedy_change"] for r in mine], [r["mean_ratio"] for r in mine],
-                               color=f"C{colour}", marker=marker, label=f"{mode}, eta {sign:+d}" if sign else
-                               f"{mode}, eta 0")
-        ax.axhline(1.0, color="grey", linestyle=":")
-        ax.axhline(0.5, color="red", linestyle=":")
-        ax.axvline(0.0, color="grey", linestyle=":")
-        ax.set(title=f"world v{world}", xlabel="teacher's greedy accuracy change (points)",
-               ylabel="students x the original teacher's (mean)")
-        ax.legend(fontsize="small")
+    axes_of = (("greedy_change", 100, "teacher's greedy accuracy change (points)"),
+               ("result_first", 1, "teacher's result-first lines per temperature-1 sample"))
+    fig, axes = plt.subplots(2, len(worlds), figsize=(5.5 * len(worlds), 8.4), squeeze=False)
+    for column, world in enumerate(worlds):
+        for ax, (key, scale, label) in zip(axes[:, column], axes_of):
+            for colour, mode in enumerate(sorted({r["mode"] for r in rows})):
+                for sign, marker in ((-1, "v"), (1, "^"), (0, "o")):
+                    mine = [r for r in rows if r["world"] == world and r["mode"] == mode and np.sign(r["eta"]) == sign]
+                    if mine:
+                        ax.scatter([scale * r[key] for r in mine], [r["mean_ratio"] for r in mine],
+                                   color=f"C{colour}", marker=marker, label=f"{mode}, eta {sign:+d}" if sign else
+                                   f"{mode}, eta 0")
+            ax.axhline(1.0, color="grey", linestyle=":")
+            ax.axhline(0.5, color="red", linestyle=":")
+            if key == "greedy_change":
+                ax.axvline(0.0, color="grey", linestyle=":")
+            ax.set(title=f"world {world}", xlabel=label, ylabel="students x the original teacher's (mean)")
+            ax.legend(fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
