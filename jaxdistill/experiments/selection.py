@@ -416,7 +416,8 @@ class SelectionConfig(BaseConfig):
     validation_world_version: int = option(0, "the world whose gold solutions the harm direction reads (0: "
                                               "world_version; 1 with world_version=2 and v1 students: the "
                                               "mixed world's students' own gold)", choices=(0, 1, 2, 3))
-    max_completion_length: int = option(0, "teacher samples and student training (0: 80 in v1, 128 in v2)", ge=0)
+    max_completion_length: int = option(0, "teacher samples and student training (0: the world's, 80 in v1 and "
+                                           "v3, 128 in v2)", ge=0)
     workers: int = option(2, "processes training students at once", ge=1)
     table_only: bool = option(False, "only tabulate the student runs already finished")
 
@@ -427,14 +428,12 @@ class SelectionConfig(BaseConfig):
 
 
 def select(args: SelectionConfig) -> None:
-    paths: dict[str, Any] = {}
-    if args.run_dir:
-        from jaxdistill.experiments.world import world_paths
+    from jaxdistill.experiments.world import COMPLETION_LENGTH, world_paths
 
-        paths = world_paths(Path(args.run_dir) / "world")
+    paths = world_paths(Path(args.run_dir) / "world") if args.run_dir else {}
     teacher, proxy = args.teacher or paths.get("teacher"), args.proxy or paths.get("proxy")
     other = args.other or paths.get("student_other")
-    length = args.max_completion_length or (128 if args.world_version == 2 else 80)  # v2's detours run longer
+    length = args.max_completion_length or COMPLETION_LENGTH[args.world_version]
     out = Path(args.output_dir or Path(args.run_dir) / f"selection_v{args.world_version}")
     summary = run_selection(teacher=str(teacher), proxy=str(proxy), students={"proxy_like": str(proxy),
                             "other": str(other)}, out=out, world_version=args.world_version,
