@@ -34,9 +34,12 @@ def test_one_row_per_trained_teacher_with_its_ratios_under_the_named_attacks():
     other_world = _grid("runs/v2", 2, [_cell("span_eta-1", 0.3, 0.2, (0.5, 0.5, 0.5), result_first=0.4)],
                         original=(0.4, 0.25))
     mixed = _grid("runs/mixed", 2, [_cell("span_eta-1", 0.3, 0.2, (0.7, 0.7, 0.7))], students_world=1)
-    rows = knob_pool.pool_cells([first, again, other_world, mixed])
-    assert [(r["world"], r["cell"]) for r in rows] == [("v1", "span_eta0"), ("v1", "span_eta-1"), ("v2", "span_eta-1"),
-                                                       ("v2 (students: v1)", "span_eta-1")]  # mixed: its own world
+    longer = _grid("runs/v2", 2, [_cell("span_eta-1", 0.3, 0.2, (0.4, 0.4, 0.4))], original=(0.4, 0.25))
+    longer["settings"]["overrides"] = ["max_steps=180"]  # the same cell trained longer: another teacher
+    rows = knob_pool.pool_cells([first, again, other_world, mixed, longer])
+    assert [(r["world"], r["cell"]) for r in rows] == [
+        ("v1", "span_eta0"), ("v1", "span_eta-1"), ("v2", "span_eta-1"), ("v2", "span_eta-1 [max_steps=180]"),
+        ("v2 (students: v1)", "span_eta-1")]  # a mixed world is its own
     assert rows[0]["mode"] == "span"  # sequence's eta = 0 cell is span's teacher
     assert rows[2]["result_first"] == pytest.approx(0.5) and rows[2]["corrections"] == 0.2  # result or answer first
     v1 = {r["cell"]: r for r in rows if r["world"] == "v1"}

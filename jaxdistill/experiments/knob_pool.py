@@ -3,7 +3,8 @@
     python -m jaxdistill.experiments.knob_pool grids=[runs/v1_grid,runs/v2_grid] output_dir=runs/knob_pool
 
 Reads ``grid.json`` from each folder (``knob_grid``), or a grid.json file given by its path. A cell found
-in several grids (the same default run and cell name) is taken once, from the last grid that holds it.
+in several grids (the same default run, cell name and overrides) is taken once, from the last grid that
+holds it.
 Per cell: the teacher's change in greedy accuracy, its change at temperature 1 (one sample per held-out
 problem: the kind of text the seqkd attackers read), the detours of that text (result-first lines and
 corrections per sample), and its students' ratios to the original teacher's students, mean and minimum
@@ -32,7 +33,7 @@ from jaxdistill.experiments.world import world_name
 
 def pool_cells(grids: Sequence[Mapping[str, Any]], attacks: Sequence[str] = DISTILLABLE_ATTACKS
                ) -> list[dict[str, Any]]:
-    """One row per distinct (default run, trained teacher) of ``grids`` (their grid.json contents; an eta = 0
+    """One row per distinct (default run, trained teacher, overrides) of ``grids`` (their grid.json contents; an eta = 0
     cell of sequence mode is span's teacher: ``knob_grid.trained_cell``), the last grid's copy winning:
     world (``world.world_name``), mode, beta, eta, calibration seed, greedy and temperature-1 accuracy
     change (teacher minus original) and the original's two accuracies, the result-first lines (result
@@ -48,9 +49,10 @@ def pool_cells(grids: Sequence[Mapping[str, Any]], attacks: Sequence[str] = DIST
                 continue
             teacher, trained = cell["teacher"], cell.get("trained_as", cell["name"])  # eta 0: span's teacher
             sampled = teacher["detours"]["sampled"]
-            rows[(settings["run_dir"], trained)] = {
+            overrides = ",".join(settings.get("overrides", []))  # e.g. longer calibrations of the same cell
+            rows[(settings["run_dir"], trained, overrides)] = {
                 "world": world_name(settings["world_version"], settings.get("student_world_version", 0)),
-                "run_dir": settings["run_dir"], "cell": trained,
+                "run_dir": settings["run_dir"], "cell": trained + (f" [{overrides}]" if overrides else ""),
                 "mode": trained.split("_")[0],  # the trained cell's mode (``knob_grid.Cell.name``)
                 "beta": cell["beta"], "eta": cell["eta"], "calibration_seed": cell["calibration_seed"],
                 "greedy_change": teacher["accuracy"] - original["accuracy"],
