@@ -57,6 +57,11 @@ def test_the_proxy_scores_read_prompts_as_the_proxy_was_trained(tmp_path, monkey
     assert seen["span_gap"] == seen["harm"] == [formatted[i // 2] for i in range(6)]
     assert seen["validation"] == formatted[3:]
     assert [s["prompt"] for s in samples] == [train[i // 2].prompt for i in range(6)]  # the sets keep the question
+    again, _ = selection.scored_samples(teacher="t", proxy="p", out=tmp_path, prompts=3, k=2, validation_texts=2)
+    assert again == samples  # the same settings: reused
+    with pytest.raises(ValueError, match=r"validation_world_version: 1 there, 2 now.*another output_dir"):
+        selection.scored_samples(teacher="t", proxy="p", out=tmp_path, prompts=3, k=2, validation_texts=2,
+                                 validation_world_version=2)
 
 
 def test_a_student_run_is_reused_only_when_it_is_the_run_of_this_set(tmp_path, monkeypatch):

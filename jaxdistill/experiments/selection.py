@@ -272,16 +272,27 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The teacher's samples of the first ``prompts`` train problems, each with its verdict and every score
     (``random``, ``corrections``, ``result_first`` always; ``span_gap`` and ``harm`` when asked), and the
-    scoring's statistics; kept in ``out/samples.jsonl`` and ``out/scores.json`` (a rerun reuses them). The
-    harm direction comes from the gold solutions of the ``validation_texts`` train problems after them, as
-    world ``validation_world_version`` writes them (0: ``world_version``)."""
+    scoring's statistics; kept in ``out/samples.jsonl`` and ``out/scores.json`` (a rerun with the same
+    settings reuses them; one with other settings is refused). The harm direction comes from the gold
+    solutions of the ``validation_texts`` train problems after them, as world ``validation_world_version``
+    writes them (0: ``world_version``)."""
     from jaxdistill.tasks.arith import detour_counts
     from jaxdistill.tasks.pipeline import prompt_text
 
+    settings = {"teacher": str(teacher), "proxy": str(proxy), "world_version": world_version, "prompts": prompts,
+                "k": k, "scores": sorted(scores), "validation_texts": validation_texts,
+                "validation_world_version": validation_world_version or world_version,
+                "max_new_tokens": max_new_tokens, "seed": seed}
     samples_file = out / "samples.jsonl"
     if samples_file.exists():
-        return ([json.loads(line) for line in samples_file.read_text().splitlines()],
-                json.loads((out / "scores.json").read_text()))
+        stats = json.loads((out / "scores.json").read_text())
+        stored = stats.get("settings", settings)  # folders from before settings were recorded: as asked
+        changed = sorted(key for key in settings if stored.get(key) != settings[key])
+        if changed:
+            raise ValueError(f"{out} holds samples scored with other settings ("
+                             + "; ".join(f"{key}: {stored.get(key)} there, {settings[key]} now" for key in changed)
+                             + "): give another output_dir, or delete its samples.jsonl to score again")
+        return [json.loads(line) for line in samples_file.read_text().splitlines()], stats
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     task = _task(world_version)
@@ -298,7 +309,7 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
     counts = [detour_counts(t) for t in texts]
     values["corrections"] = np.array([c.all_corrections for c in counts], np.float64)
     values["result_first"] = np.array([c.result_first + c.answer_first for c in counts], np.float64)
-    stats: dict[str, Any] = {"sampling_seconds": time.perf_counter() - started}
+    stats: dict[str, Any] = {"settings": settings, "sampling_seconds": time.perf_counter() - started}
     if "span_gap" in scores:
         values["span_gap"] = span_gaps(teacher_model, side, [prompt_ids[i // k] for i in range(len(texts))],
                                        proxy_prompts, ids, proxy)
