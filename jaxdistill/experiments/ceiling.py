@@ -162,9 +162,8 @@ class CeilingConfig(BaseConfig):
     output_dir: str = option("", "output folder (default: <run_dir>/ceiling_v<world_version>)")
     num_prompts: int = option(1000, "train problems in every set", ge=1)
     seeds: tuple[int, ...] = option((0, 1, 2), "student seeds of every set")
-    styles: tuple[str, ...] = option((), "sets to train (default: all but the result_first_<rate> "
-                                                   "ones; plain is always needed)",
-                                     choices=tuple(STYLES))
+    styles: tuple[str, ...] = option((), "sets to train (default: all but the result_first_<rate> ones; plain "
+                                         "is always needed)", choices=tuple(STYLES))
     max_completion_length: int = option(128, "student training and scoring length (the detour styles are "
                                         "longer than v1's 80 tokens)", ge=1)
     workers: int = option(2, "processes training students at once", ge=1)
