@@ -121,8 +121,8 @@ def plot_pool(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
                     mine = [r for r in rows if r["world"] == world and r["mode"] == mode and np.sign(r["eta"]) == sign]
                     if mine:
                         ax.scatter([scale * r[key] for r in mine], [r["mean_ratio"] for r in mine],
-                                   color=f"C{colour}", marker=marker, label=f"{mode}, eta {sign:+d}" if sign else
-                                   f"{mode}, eta 0")
+                                   color=f"C{colour}", marker=marker,
+                                   label=f"{mode}, eta {'<' if sign < 0 else '>' if sign > 0 else '='} 0")
             ax.axhline(1.0, color="grey", linestyle=":")
             ax.axhline(0.5, color="red", linestyle=":")
             if key == "greedy_change":
