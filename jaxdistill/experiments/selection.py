@@ -286,12 +286,11 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
     samples_file = out / "samples.jsonl"
     if samples_file.exists():
         stats = json.loads((out / "scores.json").read_text())
-        stored = stats.get("settings", settings)  # folders from before settings were recorded: as asked
-        changed = sorted(key for key in settings if stored.get(key) != settings[key])
+        # folders from before settings were recorded: taken as asked
+        changed = run_folder.changes(stats.get("settings", settings), settings)
         if changed:
-            raise ValueError(f"{out} holds samples scored with other settings ("
-                             + "; ".join(f"{key}: {stored.get(key)} there, {settings[key]} now" for key in changed)
-                             + "): give another output_dir, or delete its samples.jsonl to score again")
+            raise ValueError(f"{out} holds samples scored with other settings ({run_folder.describe(changed)}): "
+                             "give another output_dir, or delete its samples.jsonl to score again")
         return [json.loads(line) for line in samples_file.read_text().splitlines()], stats
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
