@@ -1,6 +1,7 @@
 """calibrate: the loop's mechanics on tiny random models (metrics, export, resume, meshes, bad steps, CLI)."""
 import dataclasses
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,6 +142,90 @@ def test_at_eta_zero_span_and_sequence_mode_train_the_same_teacher(tiny_world, t
     assert any(not np.array_equal(v, moved[k]) for k, v in adapters["span"].items())  # eta != 0 differs
 
 
+def test_latest_step_kept_is_the_last_step_within_tolerance_of_step_zero():
+    from jaxdistill.rl.loop import latest_step_kept
+
+    assert latest_step_kept({0: 0.53, 10: 0.50, 20: 0.47, 30: 0.49, 40: 0.41}, 0.05) == 30  # 0.48 is the floor
+    assert latest_step_kept({0: 0.53, 10: 0.48, 20: 0.40}, 0.05) == 10  # exactly 5 points below still counts
+    assert latest_step_kept({0: 0.53, 10: 0.60, 20: 0.70}, 0.0) == 20  # a rise is kept
+    assert latest_step_kept({0: 0.53, 10: 0.40, 20: 0.30}, 0.05) == 0  # nothing kept: the starting teacher
+    with pytest.raises(ValueError, match="step 0"):
+        latest_step_kept({10: 0.5}, 0.05)
+
+
+def _adapter(folder):
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "adapter" / "adapter.safetensors"))
+
+
+@pytest.fixture
+def validation_accuracies(monkeypatch):
+    """Replace the validation evaluation by a scripted sequence of accuracies (a real drop is slow to make)."""
+    from jaxdistill.rl import loop
+
+    def script(values):
+        queue = list(values)
+        monkeypatch.setattr(loop.CalibrationRun, "validation_accuracy", lambda self: queue.pop(0))
+        return queue
+    return script
+
+
+def test_keep_accuracy_within_exports_the_latest_step_that_kept_it(tiny_world, tmp_path, validation_accuracies):
+    """Steps 0, 2, 4, 6 score 0.50, 0.46, 0.30, 0.20 on validation: step 2 is exported, the same adapter as a run
+    stopped at step 2, and only its checkpoint and the last one are kept."""
+    guarded = _config(tiny_world, tmp_path / "guarded", max_steps=6, eval_steps=2, save_steps=0, lr_schedule="constant",
+                      keep_accuracy_within=0.05, validation_num_prompts=3)
+    left = validation_accuracies([0.50, 0.46, 0.30, 0.20])
+    result = calibrate(guarded)
+    assert not left
+    assert result["selected_step"] == 2 and result["selected_validation_accuracy"] == 0.46
+    assert result["validation_accuracy"] == {"0": 0.50, "2": 0.46, "4": 0.30, "6": 0.20}
+    records = {r["step"]: r for r in read_metrics(tmp_path / "guarded")}
+    assert [s for s in records if "validation/accuracy" in records[s]] == [0, 2, 4, 6]
+    assert sorted(int(p.name) for p in (tmp_path / "guarded" / "checkpoints").iterdir() if p.name.isdigit()) == [2, 6]
+
+    calibrate(dataclasses.replace(guarded, output_dir=str(tmp_path / "two"), max_steps=2, eval_steps=0,
+                                  keep_accuracy_within=None))
+    exported, stopped = _adapter(tmp_path / "guarded"), _adapter(tmp_path / "two")
+    assert exported.keys() == stopped.keys()
+    for name, value in exported.items():
+        np.testing.assert_array_equal(value, stopped[name], err_msg=name)
+
+
+def test_keep_accuracy_within_survives_a_kill_and_may_export_the_start(tiny_world, tmp_path, validation_accuracies,
+                                                                      monkeypatch):
+    """Killed after step 2's checkpoint, resumed: step 0's accuracy comes back from the checkpoint; no
+    calibrated step kept it, so the starting teacher (LoRA B = 0: the merged teacher unchanged) is exported."""
+    from jaxdistill.rl import loop
+
+    config = _config(tiny_world, tmp_path / "run", max_steps=4, eval_steps=2, save_steps=0, lr_schedule="constant",
+                     keep_accuracy_within=0.05, validation_num_prompts=3)
+    original = loop.CalibrationRun.train_step
+
+    def dies_at_three(self, batch, step):
+        if step == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, batch, step)
+
+    validation_accuracies([0.50, 0.40])
+    monkeypatch.setattr(loop.CalibrationRun, "train_step", dies_at_three)
+    with pytest.raises(KeyboardInterrupt):
+        calibrate(config)
+    monkeypatch.setattr(loop.CalibrationRun, "train_step", original)
+    validation_accuracies([0.30])  # step 4 only: step 0's 0.50 and step 2's 0.40 are in the checkpoint
+    result = calibrate(dataclasses.replace(config, resume=True))
+    assert result["selected_step"] == 0 and result["validation_accuracy"] == {"0": 0.50, "2": 0.40, "4": 0.30}
+    assert all(not value.any() for name, value in _adapter(tmp_path / "run").items() if "lora_b" in name.lower())
+    from safetensors.numpy import load_file
+
+    merged = {k: v for f in Path(result["teacher"]).glob("*.safetensors") for k, v in load_file(str(f)).items()}
+    start = {k: v for f in Path(tiny_world["teacher"]).glob("*.safetensors") for k, v in load_file(str(f)).items()}
+    assert merged.keys() == start.keys()
+    for name, value in merged.items():
+        np.testing.assert_allclose(value, start[name], rtol=0, atol=1e-6, err_msg=name)
+
+
 def test_missing_models_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="calibrate needs teacher and proxy"):
         calibrate(CalibrateConfig(output_dir=str(tmp_path)))
@@ -192,7 +277,9 @@ def test_existing_checkpoints_without_resume_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ({"num_generations": 1}, "group of one"), ({"prompts_per_step": 0}, "prompts_per_step=0: must be >= 1"),
     ({"save_steps": -1}, "save_steps=-1: must be >= 0"), ({"max_steps": -5}, "max_steps=-5: must be >= 0"),
-    ({"learning_rate": -1e-5}, "learning_rate=-1e-05: must be > 0"), ({"eta": float("nan")}, "eta=nan: must be a finite number")])
+    ({"learning_rate": -1e-5}, "learning_rate=-1e-05: must be > 0"), ({"eta": float("nan")}, "eta=nan: must be a finite number"),
+    ({"keep_accuracy_within": 0.05, "eval_steps": 0}, "eval_steps=0 evaluates only at the start and the end"),
+    ({"keep_accuracy_within": -0.1}, "keep_accuracy_within=-0.1: must be >= 0")])
 def test_settings_that_cannot_train_are_refused_before_loading(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):  # "t" and "p" do not exist: nothing was loaded
         calibrate(CalibrateConfig(teacher="t", proxy="p", output_dir=str(tmp_path), **override))

@@ -207,6 +207,7 @@ def test_grid_md_and_the_knob_figure_per_mode_are_written(tmp_path):
         cells.append({"mode": "span", "beta": beta, "eta": eta, "calibration_seed": 0, "teacher": teacher,
                       "calibration_reward": {"first": -0.2, "last": -1.0}, "students": students,
                       "targets": target_checks(-0.02, students, original)})
+    cells[3]["exported_step"] = 40  # keep_accuracy_within exported an earlier step
     shared = dict(cells[0], mode="sequence", name="sequence_beta0.04_eta1_cal0", trained_as="span_beta0.04_eta1_cal0")
     cells.append(shared)  # a row whose teacher another cell trained (at eta = 0 in a real grid)
     settings = {"run_dir": "runs/default", "world_version": 2, "modes": ["span", "sequence"],
@@ -228,6 +229,7 @@ def test_grid_md_and_the_knob_figure_per_mode_are_written(tmp_path):
             "15.0 ± 1.4 (0.36)") in text
     assert "| 15.0 ± 1.4 (0.36) | 10.0 ± 0.0 (0.24) | **yes** | **yes** | no |" in text
     assert text.count("| **yes** | **yes** | no |") == 2 and text.count("| **yes** | no | **yes** |") == 3
+    assert "| 0.2 | -1 | 0 (step 40) | 61.0 |" in text and text.count("(step ") == 1
     assert text.count("(span's teacher)") == 1 and "## sequence\n" in text
     shared_row = text.split("## sequence")[1].splitlines()[4]
     assert shared_row.startswith("| 0.04 | 1 (span's teacher) | 0 |")

@@ -352,7 +352,9 @@ def grid_markdown(result: Mapping[str, Any]) -> str:
                 cells.append("-" if entry is None else f"{_pct(entry)} ({r})")
             checks = cell["targets"]
             shared = " (span's teacher)" if cell.get("trained_as", cell.get("name")) != cell.get("name") else ""
-            lines.append(f"| {cell['beta']:g} | {cell['eta']:g}{shared} | {cell['calibration_seed']} | "
+            step = cell.get("exported_step")  # keep_accuracy_within chose it (None: the last step)
+            draw = f"{cell['calibration_seed']}" + ("" if step is None else f" (step {step})")
+            lines.append(f"| {cell['beta']:g} | {cell['eta']:g}{shared} | {draw} | "
                          f"{100 * t['accuracy']:.1f} | {100 * t['accuracy_change']:+.1f} | {t['kl_to_original']:.3f} | "
                          f"{t['mean_length']:.1f} | {_detours(t['detours']['greedy'])} | "
                          + ("- | " if shared else f"{reward['first']:.3f} -> {reward['last']:.3f} | ")  # r_cal: another mode's
@@ -566,7 +568,8 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
             rows.append({**dataclasses.asdict(cell), "name": cell.name, "trained_as": trained,
                          "calibration_dir": config.output_dir,
                          "reused_default_run_calibration": reused, "teacher": teacher,
-                         "calibration_reward": {"first": first, "last": last}, "students": per_student,
+                         "calibration_reward": {"first": first, "last": last},
+                         "exported_step": runner.exported_step(config.output_dir), "students": per_student,
                          "targets": target_checks(teacher["accuracy_change"], per_student, original_students)})
         grid_runs = sum("not_run" not in row for name in plan for row in results[name])  # trained now or reused
         result = {"settings": {"run_dir": str(run), "world_version": profile.world_version,

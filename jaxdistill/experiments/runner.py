@@ -14,6 +14,7 @@ finished, and so reused rather than run again, is decided in one place: :func:`f
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -75,6 +76,14 @@ def evaluated(model_dir: str | Path, task: Task, examples: Sequence[Example], *,
     """``score_model`` of the HF folder ``model_dir`` (accuracy, unparseable rate, length, EOS rate)."""
     model, tokenizer = model_and_tokenizer(model_dir, dtype)
     return score_model(model, tokenizer, task, examples, **decoding)
+
+
+def exported_step(run: str | Path) -> int | None:
+    """The step a finished calibration exported when ``keep_accuracy_within`` chose it (its manifest's
+    ``selected_step``); None when the run exported its last step as the method does."""
+    manifest = Path(run) / "manifest.json"
+    summary = json.loads(manifest.read_text()).get("summary", {}) if manifest.exists() else {}
+    return summary.get("selected_step")
 
 
 def calibration_reward(run: str | Path) -> tuple[float, float]:

@@ -63,6 +63,35 @@ def greedy_accuracy(model, tokenizer, task, examples, *, max_new_tokens: int, ch
             "mean_length": float(np.mean(samples.lengths))}
 
 
+def latest_step_kept(accuracies: dict[int, float], tolerance: float) -> int:
+    """The early-stopping rule of ``keep_accuracy_within``: the latest evaluated step whose validation
+    accuracy is at most ``tolerance`` below step 0's, ``max{s : a_s >= a_0 - tolerance}``. Step 0 always
+    qualifies, so there is one (then the calibration kept nothing and the starting teacher is exported)."""
+    if 0 not in accuracies:
+        raise ValueError(f"latest_step_kept needs step 0's accuracy, the reference; got steps {sorted(accuracies)}")
+    floor = accuracies[0] - tolerance - 1e-9  # accuracies are k/n: 0.48 - 0.53 is not quite -0.05
+    return max(step for step, accuracy in accuracies.items() if accuracy >= floor)
+
+
+def validation_after_eval(task, config) -> list:
+    """``keep_accuracy_within``'s validation problems: the ``validation_num_prompts`` problems of the eval
+    split that follow the eval set's first ``eval_num_prompts``, so that the teacher is never selected by
+    the problems its accuracy is reported on."""
+    c = config
+    examples = task.load(c.eval_split, c.eval_data_path or c.data_path,
+                         limit=c.eval_num_prompts + c.validation_num_prompts)
+    validation = examples[c.eval_num_prompts:]
+    if not validation:
+        raise ValueError(f"keep_accuracy_within selects the teacher on validation problems that follow the eval set, "
+                         f"but eval_split={c.eval_split!r} holds {len(examples)} problems, all of them in the eval set "
+                         f"(eval_num_prompts={c.eval_num_prompts}): lower eval_num_prompts or give a larger eval split")
+    if len(validation) < c.validation_num_prompts:
+        log.warning("keep_accuracy_within: eval_split=%r holds only %d problems after the eval set's %d; selecting "
+                    "on those (validation_num_prompts=%d)", c.eval_split, len(validation), c.eval_num_prompts,
+                    c.validation_num_prompts)
+    return validation
+
+
 def compile_metrics(counter: CompileCounter) -> dict[str, float]:
     """Programs built since the last call (``compile/programs``), the seconds spent tracing, lowering and
     compiling them (``compile/seconds``) and the XLA part alone (``compile/xla_seconds``: compiling, or
@@ -131,6 +160,8 @@ class CalibrationRun:
             self.train_examples, self.validation_examples = hold_out_validation(
                 self.train_examples, c.influence_validation_size, c.train_split)
         self.eval_examples = self.task.load(c.eval_split, c.eval_data_path or c.data_path, limit=c.eval_num_prompts)
+        # keep_accuracy_within: the problems that select the exported step (never the eval set's)
+        self.validation_problems = validation_after_eval(self.task, c) if c.keep_accuracy_within is not None else []
         self.pad_id = padding_id(tok)
         self.pipeline = make_pipeline(self.task, self.train_examples, tok.hf, mode="prompt",
                                       batch_size=c.prompts_per_step, seed=c.seed, chat=c.chat_template,
@@ -169,7 +200,9 @@ class CalibrationRun:
                                         validation=self.gold_validation(), mesh=self.cluster.mesh)
         self.stability_warned = False
         self.peak_flops = peak_flops(list(self.cluster.mesh.devices.flat))  # None on a CPU
-        self.checkpointer = Checkpointer(self.out / "checkpoints")
+        # keep_accuracy_within: every evaluated step's checkpoint is kept until the end, when one may be exported
+        self.checkpointer = Checkpointer(self.out / "checkpoints",
+                                         max_to_keep=None if c.keep_accuracy_within is not None else 2)
         self.proxy_checkpointer = Checkpointer(self.out / "proxy_checkpoints") if self.proxy_learner else None
 
     def fixed_widths(self) -> tuple[int, int, int]:
@@ -323,12 +356,45 @@ class CalibrationRun:
                                  max_new_tokens=c.max_completion_length, chat=c.chat_template, mesh=cl.mesh)
         return {f"eval/{k}": v for k, v in scores.items()}
 
+    def validation_accuracy(self) -> float:
+        """keep_accuracy_within: greedy accuracy on the validation problems."""
+        c, cl = self.config, self.cluster
+        return greedy_accuracy(cl.teacher, cl.teacher_tokenizer, self.task, self.validation_problems,
+                               max_new_tokens=c.max_completion_length, chat=c.chat_template,
+                               mesh=cl.mesh)["accuracy"]
+
+    def keep_accuracy(self, step: int, accuracies: dict[int, float], initial) -> dict[str, Any]:
+        """Set the teacher to the step that ``latest_step_kept`` selects (``initial``: step 0's LoRA and
+        optimizer state), drop the other steps' checkpoints but the last, and say which step it is."""
+        c = self.config
+        selected = latest_step_kept(accuracies, c.keep_accuracy_within)
+        if selected == 0:
+            self.learner.set_state(*initial)
+            log.warning("keep_accuracy_within=%g: no calibrated step kept the validation accuracy of step 0 (%.3f); "
+                        "the exported teacher is the starting one", c.keep_accuracy_within, accuracies[0])
+        elif selected != step:
+            lora, opt_state, _ = self.checkpointer.restore(selected, self.learner.lora_state, self.learner.opt_state)
+            self.learner.set_state(lora, opt_state)
+        if selected != step:
+            log.info("keep_accuracy_within=%g: exporting step %d (validation accuracy %.3f; step 0: %.3f, step %d: "
+                     "%.3f)", c.keep_accuracy_within, selected, accuracies[selected], accuracies[0], step,
+                     accuracies[step])
+        for old in self.checkpointer.manager.all_steps():
+            if old not in (selected, step):
+                self.checkpointer.manager.delete(old)
+        return {"selected_step": selected, "selected_validation_accuracy": accuracies[selected],
+                "validation_accuracy": {str(k): v for k, v in sorted(accuracies.items())}}
+
     # ---- the loop -------------------------------------------------------------------------------
     @stop_at_step_boundaries()
     def run(self) -> dict[str, Any]:
         c = self.config
         iterator = iter(self.pipeline)
         start = 0
+        guard = c.keep_accuracy_within is not None
+        # step 0's LoRA and optimizer state (a copy: updates may reuse the buffers), for keep_accuracy_within
+        initial = jax.tree.map(jnp.copy, (self.learner.lora_state, self.learner.opt_state)) if guard else None
+        accuracies: dict[int, float] = {}  # keep_accuracy_within: validation accuracy of every evaluated step
         latest = self.checkpointer.latest_step() if c.resume else None
         if c.resume and latest is None:
             log.info("resume=true but %s holds no checkpoint: starting from step 0", self.out / "checkpoints")
@@ -346,6 +412,7 @@ class CalibrationRun:
                 self.proxy_learner.set_state(params, proxy_opt)
             iterator.set_state(extra["data_state"])
             start = int(extra["step"])
+            accuracies = {int(k): v for k, v in extra.get("validation_accuracy", {}).items()}
             log.info("resumed from step %d", start)
         elif jax.process_index() == 0:
             (self.out / "config.json").write_text(json.dumps(to_dict(c), indent=2))
@@ -356,7 +423,10 @@ class CalibrationRun:
         with CompileCounter() as compiles:  # programs built per step: 0 after step 1 (fixed shapes)
             try:
                 if start == 0:
-                    history.append(logger.log(0, {**self.evaluate(), **compile_metrics(compiles)}))
+                    first = self.evaluate()
+                    if guard:
+                        accuracies[0] = first["validation/accuracy"] = self.validation_accuracy()
+                    history.append(logger.log(0, {**first, **compile_metrics(compiles)}))
                 timer = StepTimer()
                 warned_at = -100
                 for step in range(start + 1, c.max_steps + 1):
@@ -380,9 +450,12 @@ class CalibrationRun:
                                     "max_completion_length: little learning signal (raise num_generations, "
                                     "max_completion_length or temperature)", step,
                                     100 * metrics["groups/zero_task_variance"], 100 * metrics["completions/clipped_ratio"])
-                    if (c.eval_steps and step % c.eval_steps == 0) or step == c.max_steps:
+                    evaluated = (c.eval_steps and step % c.eval_steps == 0) or step == c.max_steps
+                    if evaluated:
                         eval_start = time.perf_counter()
                         metrics.update(self.evaluate())  # scores are on the host: nothing left to wait for
+                        if guard:
+                            accuracies[step] = metrics["validation/accuracy"] = self.validation_accuracy()
                         metrics["time/eval"] = time.perf_counter() - eval_start
                     metrics["step_time"] = timer.lap()
                     metrics["tokens_per_second"] = metrics["tokens"] / max(metrics["step_time"], 1e-9)
@@ -390,23 +463,27 @@ class CalibrationRun:
                     history.append(logger.log(step, metrics, info_keys=(
                         "rewards/task/mean", "rewards/calibration/mean", "kl", "eval/accuracy", "step_time",
                         "time/rollout", "time/rewards", "time/reference", "time/update", "update/mfu")))
-                    save = (c.save_steps and step % c.save_steps == 0) or step == c.max_steps or stop_requested()
+                    save = ((c.save_steps and step % c.save_steps == 0) or step == c.max_steps or stop_requested()
+                            or (guard and evaluated))  # keep_accuracy_within may export any evaluated step
                     if save:  # stop_requested: Ctrl-C under the CLI asks for a checkpoint of this step, then a stop
                         if self.proxy_learner is not None:  # first: a teacher checkpoint always has its proxy's
                             self.proxy_checkpointer.save(step, self.proxy_learner.params, self.proxy_learner.opt_state,
                                                          {"step": step})
                         self.checkpointer.save(step, self.learner.lora_state, self.learner.opt_state,
-                                               {"step": step, "data_state": iterator.get_state()})
+                                               {"step": step, "data_state": iterator.get_state(),
+                                                **({"validation_accuracy": {str(k): v for k, v in accuracies.items()}}
+                                                   if guard else {})})
                     if save and stop_requested() and step < c.max_steps:  # (Ctrl-C during the save: stop now too)
                         raise Interrupted(f"checkpoint of step {step} saved in {self.out / 'checkpoints'}; "
                                           "resume=true continues the run")
+                kept = self.keep_accuracy(c.max_steps, accuracies, initial) if guard else {}
             finally:
                 logger.close()
                 self.checkpointer.close()
                 if self.proxy_checkpointer is not None:
                     self.proxy_checkpointer.close()
         result: dict[str, Any] = {"output_dir": str(self.out), "history": history,
-                                  "final": history[-1] if history else {}}
+                                  "final": history[-1] if history else {}, **kept}
         if c.export:  # every process joins the gathers; process 0 writes the folders
             tok_dir = c.teacher_tokenizer or c.teacher
             result["teacher"] = str(save_model(self.cluster.teacher, self.out / "teacher", tokenizer_dir=tok_dir))
