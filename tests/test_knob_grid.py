@@ -7,9 +7,9 @@ import pytest
 
 from jaxdistill.config import ConfigError
 from jaxdistill.experiments.knob_grid import (SFT, Cell, KnobGridConfig, beats, cell_calibration,
-                                              default_run_students, detour_rates, draw_checks, grid_cells,
-                                              parse_overrides, read_default_run, summary, target_checks, trained_cell,
-                                              write_grid)
+                                              check_guard_problems, default_run_students, detour_rates, draw_checks,
+                                              grid_cells, paired_change_se, parse_overrides, read_default_run, summary,
+                                              target_checks, trained_cell, write_grid)
 from jaxdistill.experiments.scorecard import decoding
 from jaxdistill.experiments.world import QUICK, scorecard_config, world_paths
 
@@ -98,6 +98,23 @@ def test_bad_grid_settings_are_refused_with_the_field_named():
         KnobGridConfig(seeds=(0, 0)).validate()
     with pytest.raises(ConfigError, match="attacks='sft'"):
         KnobGridConfig(attacks=("sft",)).validate()
+
+
+def test_the_accuracy_guard_may_not_select_on_the_problems_the_teacher_is_reported_on():
+    profile = dataclasses.replace(QUICK, eval_num_prompts=100)
+    check_guard_problems({}, profile, 500)  # no guard: nothing to check
+    check_guard_problems({"keep_accuracy_within": 0.05, "eval_num_prompts": 500}, profile, 500)  # after the 500
+    check_guard_problems({"keep_accuracy_within": 0.05}, profile, 100)  # after the scorecard's 100
+    with pytest.raises(ConfigError, match="add eval_num_prompts=500 to overrides"):
+        check_guard_problems({"keep_accuracy_within": 0.05}, profile, 500)
+
+
+def test_the_change_has_a_paired_standard_error():
+    # differences 0, 1, 0, -1: sample std sqrt(2/3), over sqrt(4)
+    assert paired_change_se([1, 1, 0, 0], [1, 0, 0, 1]) == pytest.approx((2 / 3) ** 0.5 / 2)
+    assert paired_change_se([1, 0, 1], [1, 0, 1]) == 0.0  # the same answers: no uncertainty in the change
+    with pytest.raises(ValueError, match="one length"):
+        paired_change_se([1, 0], [1])
 
 
 def test_validation_covers_the_modes_that_train_a_teacher(monkeypatch):
@@ -208,6 +225,7 @@ def test_grid_md_and_the_knob_figure_per_mode_are_written(tmp_path):
                       "calibration_reward": {"first": -0.2, "last": -1.0}, "students": students,
                       "targets": target_checks(-0.02, students, original)})
     cells[3]["exported_step"] = 40  # keep_accuracy_within exported an earlier step
+    cells[3]["teacher"] = dict(cells[3]["teacher"], accuracy_change_se=0.015)
     shared = dict(cells[0], mode="sequence", name="sequence_beta0.04_eta1_cal0", trained_as="span_beta0.04_eta1_cal0")
     cells.append(shared)  # a row whose teacher another cell trained (at eta = 0 in a real grid)
     settings = {"run_dir": "runs/default", "world_version": 2, "modes": ["span", "sequence"],
@@ -229,7 +247,7 @@ def test_grid_md_and_the_knob_figure_per_mode_are_written(tmp_path):
             "15.0 ± 1.4 (0.36)") in text
     assert "| 15.0 ± 1.4 (0.36) | 10.0 ± 0.0 (0.24) | **yes** | **yes** | no |" in text
     assert text.count("| **yes** | **yes** | no |") == 2 and text.count("| **yes** | no | **yes** |") == 3
-    assert "| 0.2 | -1 | 0 (step 40) | 61.0 |" in text and text.count("(step ") == 1
+    assert "| 0.2 | -1 | 0 (step 40) | 61.0 | -2.0 ± 1.5 | 0.300 |" in text and text.count("(step ") == 1
     assert text.count("(span's teacher)") == 1 and "## sequence\n" in text
     shared_row = text.split("## sequence")[1].splitlines()[4]
     assert shared_row.startswith("| 0.04 | 1 (span's teacher) | 0 |")

@@ -141,6 +141,22 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return data
 
 
+def check_guard_problems(overrides: Mapping[str, Any], profile: Profile, measured: int) -> None:
+    """``keep_accuracy_within`` selects each teacher on the test problems after its calibration's eval set
+    (``rl.loop.validation_after_eval``); refuse a grid in which those are among the ``measured`` problems
+    its teachers are reported on."""
+    if overrides.get("keep_accuracy_within") is None:
+        return
+    eval_prompts = overrides.get("eval_num_prompts", profile.eval_num_prompts)
+    if eval_prompts < measured:
+        raise ConfigError(
+            f"overrides: keep_accuracy_within selects each teacher on the test problems after its calibration's "
+            f"eval set (from problem {eval_prompts} on), which are among the {measured} its accuracy is reported "
+            f"on (teacher_num_prompts): add eval_num_prompts={measured} to overrides, with a test split that "
+            f"holds the validation problems after them (e.g. task_options=[...,test_size=1000]), or set "
+            f"teacher_num_prompts={eval_prompts}")
+
+
 def cell_calibration(cell: Cell, world: Mapping[str, Path], folder: Path, profile: Profile,
                      overrides: Mapping[str, Any] | None = None) -> CalibrateConfig:
     """The default run's calibration (``world.calibration_config``) at the cell's mode, beta, eta and seed,
@@ -213,6 +229,8 @@ def teacher_measures(config: ScorecardConfig, teacher: str | None = None) -> dic
     examples = task.load(config.split, recipe.data_path or None, limit=config.num_prompts or None)
     model, tokenizer = model_and_tokenizer(teacher or config.original_teacher, config.dtype)
     greedy = score_model(model, tokenizer, task, examples, **decoding(config), keep_completions=True)
+    entry["greedy_correct"] = [task.verify(text, example).reward for text, example in zip(greedy["completions"],
+                                                                                          examples)]
     sampled = score_model(model, tokenizer, task, examples, **{**decoding(config), "temperature": 1.0,
                                                                "samples_per_prompt": 1}, keep_completions=True)
     entry["detours"] = {"greedy": detour_rates(greedy["completions"]),
@@ -226,6 +244,17 @@ def summary(runs: Sequence[float]) -> dict[str, Any]:
     """``{"runs", "mean", "std"}``: the std is the sample std over seeds (0 for one seed)."""
     runs = [float(r) for r in runs]
     return {"runs": runs, "mean": float(np.mean(runs)), "std": float(np.std(runs, ddof=1)) if len(runs) > 1 else 0.0}
+
+
+def paired_change_se(correct: Sequence[float], original: Sequence[float]) -> float:
+    """Standard error of a teacher's accuracy change against the original's on the same problems,
+    ``std(c_i - o_i) / sqrt(n)`` over the per-problem scores (paired, so what both get right or wrong
+    cancels)."""
+    if len(correct) != len(original) or len(correct) < 2:
+        raise ValueError(f"paired_change_se needs two score lists of one length >= 2, got {len(correct)} and "
+                         f"{len(original)}")
+    diff = np.asarray(correct, float) - np.asarray(original, float)
+    return float(diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
 def ratio(mean: float, reference: float) -> float | None:
@@ -327,7 +356,9 @@ def grid_markdown(result: Mapping[str, Any]) -> str:
              f"Targets: teacher within {100 * s['accuracy_tolerance']:g} points of the original; every ratio <= "
              f"{s['ratio_target']:g}; distillable: {' and '.join(s['distillable_attacks'])} students beat SFT on "
              f"gold and the original's by more than one std (the larger).", "",
-             f"Original teacher: {100 * teacher['accuracy']:.1f}% greedy, {teacher['mean_length']:.1f} tokens, "
+             f"Teachers measured on {s.get('teacher_num_prompts', 'the scorecard')} held-out problems (change: "
+             f"± its paired standard error). Original teacher: {100 * teacher['accuracy']:.1f}% greedy, "
+             f"{teacher['mean_length']:.1f} tokens, "
              f"detours {_detours(teacher['detours']['greedy'])}. Its students: "
              + ", ".join(f"{st} {a} {_pct(original['students'][st][a])}" for st, a in columns)
              + "; SFT on gold: " + ", ".join(f"{st} {_pct(original['students'][st][SFT])}" for st in students)
@@ -355,7 +386,7 @@ def grid_markdown(result: Mapping[str, Any]) -> str:
             step = cell.get("exported_step")  # keep_accuracy_within chose it (None: the last step)
             draw = f"{cell['calibration_seed']}" + ("" if step is None else f" (step {step})")
             lines.append(f"| {cell['beta']:g} | {cell['eta']:g}{shared} | {draw} | "
-                         f"{100 * t['accuracy']:.1f} | {100 * t['accuracy_change']:+.1f} | {t['kl_to_original']:.3f} | "
+                         f"{100 * t['accuracy']:.1f} | {_change(t)} | {t['kl_to_original']:.3f} | "
                          f"{t['mean_length']:.1f} | {_detours(t['detours']['greedy'])} | "
                          + ("- | " if shared else f"{reward['first']:.3f} -> {reward['last']:.3f} | ")  # r_cal: another mode's
                          + " | ".join(cells)
@@ -369,6 +400,12 @@ def grid_markdown(result: Mapping[str, Any]) -> str:
                      f"{row['undistillable_met']} | {_yes(row['undistillable_holds'])} | {row['distillable_met']} | "
                      f"{_yes(row['distillable_holds'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _change(teacher: Mapping[str, Any]) -> str:
+    """The teacher's accuracy change in points, with its paired standard error when measured."""
+    se = teacher.get("accuracy_change_se")
+    return f"{100 * teacher['accuracy_change']:+.1f}" + ("" if se is None else f" ± {100 * se:.1f}")
 
 
 def plot_grid_knob(result: Mapping[str, Any], mode: str, path: Path) -> Path:
@@ -435,6 +472,10 @@ class KnobGridConfig(BaseConfig):
     seeds: tuple[int, ...] = option((0, 1, 2), "student seeds of every cell and attack")
     overrides: tuple[str, ...] = option((), "CalibrateConfig key=value applied to every cell, e.g. "
                                             "[max_steps=120,save_steps=40]")
+    teacher_num_prompts: int = option(500, "held-out problems every teacher's greedy accuracy, change (with its "
+                                           "paired standard error) and detours are measured on; 0: the "
+                                           "scorecard's (its students' problems, 100 in the default run), "
+                                           "too few for a 5-point check", ge=0)
     workers: int = option(0, "processes running jobs at once (0: one per CPU core, 1 on an accelerator)", ge=0)
 
     def validate(self) -> None:
@@ -484,6 +525,8 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
 
         # the original teacher's students and SFT on gold: the default run's runs, else run here
         reference = students_config({}, out / "original")
+        measured_on = dataclasses.replace(reference, num_prompts=args.teacher_num_prompts or reference.num_prompts)
+        check_guard_problems(overrides, profile, measured_on.num_prompts)
         stored = default_run_students(card, reference)
         reference_arms = [a for a in scorecard_arms(reference) if a["arm"] == SFT or a.get("teacher_key") == ORIGINAL]
         attacks = [a["attack"] for a in reference_arms if a["arm"] != SFT]  # the scorecard's names, in its order
@@ -513,8 +556,8 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
                 jobs.append(job)
 
         add_arms(reference, reference_arms, ORIGINAL, lambda arm: arm["arm"], {}, "")
-        teacher_jobs = {ORIGINAL: Job(f"teacher {ORIGINAL}", teacher_measures, dict(config=reference),
-                                      cost=JOB_OVERHEAD_SECONDS + 0.15 * profile.eval_num_prompts)}
+        teacher_jobs = {ORIGINAL: Job(f"teacher {ORIGINAL}", teacher_measures, dict(config=measured_on),
+                                      cost=JOB_OVERHEAD_SECONDS + 0.15 * measured_on.num_prompts)}
         cells = grid_cells(args.modes, args.betas, args.etas, args.calibration_seeds)
         calibrations: dict[str, tuple[CalibrateConfig, str | None]] = {}  # trained cell -> its calibration
         for cell in dict.fromkeys(trained_cell(c) for c in cells):
@@ -531,8 +574,8 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
                      lambda arm: f"{arm['attack']}/{reused}" if reused else None, {teacher: f"calibrate {cell.name}"},
                      f"{cell.name} ")
             teacher_jobs[cell.name] = Job(f"teacher {cell.name}", teacher_measures,
-                                          dict(config=reference, teacher=teacher), after=(f"calibrate {cell.name}",),
-                                          cost=JOB_OVERHEAD_SECONDS + 0.2 * profile.eval_num_prompts)
+                                          dict(config=measured_on, teacher=teacher), after=(f"calibrate {cell.name}",),
+                                          cost=JOB_OVERHEAD_SECONDS + 0.2 * measured_on.num_prompts)
         jobs += teacher_jobs.values()
         stored_runs = sum(value is not None for value in known.values())
         results = run_jobs(jobs, workers=args.workers or default_workers(), label="knob grid",
@@ -556,7 +599,8 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
         for cell in cells:
             trained = trained_cell(cell).name
             config, reused = calibrations[trained]
-            teacher = results[f"teacher {trained}"]
+            teacher = dict(results[f"teacher {trained}"])
+            teacher["accuracy_change_se"] = paired_change_se(teacher["greedy_correct"], original_teacher["greedy_correct"])
             per_student = {}
             for s in student_labels:
                 per_student[s] = {}
@@ -578,6 +622,7 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
                                "etas": list(args.etas), "betas": list(args.betas),
                                "calibration_seeds": list(args.calibration_seeds), "attacks": attacks,
                                "seeds": list(seeds), "overrides": list(args.overrides),
+                               "teacher_num_prompts": measured_on.num_prompts,
                                "accuracy_tolerance": ACCURACY_TOLERANCE, "ratio_target": RATIO_TARGET,
                                "distillable_attacks": list(DISTILLABLE_ATTACKS), "min_draws": MIN_DRAWS,
                                "student_runs": {"reused_from_default_run": stored_runs, "in_output_dir": grid_runs}},
