@@ -174,8 +174,8 @@ def validation_accuracies(monkeypatch):
 def test_keep_accuracy_within_exports_the_latest_step_that_kept_it(tiny_world, tmp_path, validation_accuracies):
     """Steps 0, 2, 4, 6 score 0.50, 0.46, 0.30, 0.20 on validation: step 2 is exported, the same adapter as a run
     stopped at step 2, and only its checkpoint and the last one are kept."""
-    guarded = _config(tiny_world, tmp_path / "guarded", max_steps=6, eval_steps=2, save_steps=0, lr_schedule="constant",
-                      keep_accuracy_within=0.05, validation_num_prompts=3)
+    guarded = _config(tiny_world, tmp_path / "guarded", max_steps=6, validation_steps=2, save_steps=0,
+                      lr_schedule="constant", keep_accuracy_within=0.05, validation_num_prompts=3)
     left = validation_accuracies([0.50, 0.46, 0.30, 0.20])
     result = calibrate(guarded)
     assert not left
@@ -185,8 +185,7 @@ def test_keep_accuracy_within_exports_the_latest_step_that_kept_it(tiny_world, t
     assert [s for s in records if "validation/accuracy" in records[s]] == [0, 2, 4, 6]
     assert sorted(int(p.name) for p in (tmp_path / "guarded" / "checkpoints").iterdir() if p.name.isdigit()) == [2, 6]
 
-    calibrate(dataclasses.replace(guarded, output_dir=str(tmp_path / "two"), max_steps=2, eval_steps=0,
-                                  keep_accuracy_within=None))
+    calibrate(dataclasses.replace(guarded, output_dir=str(tmp_path / "two"), max_steps=2, keep_accuracy_within=None))
     exported, stopped = _adapter(tmp_path / "guarded"), _adapter(tmp_path / "two")
     assert exported.keys() == stopped.keys()
     for name, value in exported.items():
@@ -199,8 +198,8 @@ def test_keep_accuracy_within_survives_a_kill_and_may_export_the_start(tiny_worl
     calibrated step kept it, so the starting teacher (LoRA B = 0: the merged teacher unchanged) is exported."""
     from jaxdistill.rl import loop
 
-    config = _config(tiny_world, tmp_path / "run", max_steps=4, eval_steps=2, save_steps=0, lr_schedule="constant",
-                     keep_accuracy_within=0.05, validation_num_prompts=3)
+    config = _config(tiny_world, tmp_path / "run", max_steps=4, validation_steps=2, save_steps=0,
+                     lr_schedule="constant", keep_accuracy_within=0.05, validation_num_prompts=3)
     original = loop.CalibrationRun.train_step
 
     def dies_at_three(self, batch, step):
@@ -224,6 +223,36 @@ def test_keep_accuracy_within_survives_a_kill_and_may_export_the_start(tiny_worl
     assert merged.keys() == start.keys()
     for name, value in merged.items():
         np.testing.assert_allclose(value, start[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_keep_accuracy_within_validates_a_resumed_run_whose_max_steps_was_lowered(tiny_world, tmp_path,
+                                                                                   validation_accuracies, monkeypatch):
+    """Killed at step 4 after step 3's checkpoint (save_steps=3), resumed with max_steps=3: step 3 was never
+    validated, so it is validated then (0.30), and step 2 (0.48) is exported, as a run stopped at step 2."""
+    from jaxdistill.rl import loop
+
+    config = _config(tiny_world, tmp_path / "run", max_steps=6, validation_steps=2, save_steps=3,
+                     lr_schedule="constant", keep_accuracy_within=0.05, validation_num_prompts=3)
+    original = loop.CalibrationRun.train_step
+
+    def dies_at_four(self, batch, step):
+        if step == 4:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, batch, step)
+
+    validation_accuracies([0.50, 0.48])
+    monkeypatch.setattr(loop.CalibrationRun, "train_step", dies_at_four)
+    with pytest.raises(KeyboardInterrupt):
+        calibrate(config)
+    monkeypatch.setattr(loop.CalibrationRun, "train_step", original)
+    left = validation_accuracies([0.30])
+    result = calibrate(dataclasses.replace(config, resume=True, max_steps=3))
+    assert not left and result["selected_step"] == 2
+    assert result["validation_accuracy"] == {"0": 0.50, "2": 0.48, "3": 0.30}
+    calibrate(dataclasses.replace(config, output_dir=str(tmp_path / "two"), max_steps=2, keep_accuracy_within=None))
+    exported, stopped = _adapter(tmp_path / "run"), _adapter(tmp_path / "two")
+    for name, value in exported.items():
+        np.testing.assert_array_equal(value, stopped[name], err_msg=name)
 
 
 def test_missing_models_is_a_clear_error(tmp_path):
@@ -278,7 +307,7 @@ def test_existing_checkpoints_without_resume_is_a_clear_error(tmp_path):
     ({"num_generations": 1}, "group of one"), ({"prompts_per_step": 0}, "prompts_per_step=0: must be >= 1"),
     ({"save_steps": -1}, "save_steps=-1: must be >= 0"), ({"max_steps": -5}, "max_steps=-5: must be >= 0"),
     ({"learning_rate": -1e-5}, "learning_rate=-1e-05: must be > 0"), ({"eta": float("nan")}, "eta=nan: must be a finite number"),
-    ({"keep_accuracy_within": 0.05, "eval_steps": 0}, "eval_steps=0 evaluates only at the start and the end"),
+    ({"keep_accuracy_within": 0.05, "validation_steps": 0}, "validation_steps=0: must be >= 1"),
     ({"keep_accuracy_within": -0.1}, "keep_accuracy_within=-0.1: must be >= 0")])
 def test_settings_that_cannot_train_are_refused_before_loading(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):  # "t" and "p" do not exist: nothing was loaded

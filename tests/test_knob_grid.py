@@ -102,11 +102,15 @@ def test_bad_grid_settings_are_refused_with_the_field_named():
 
 def test_the_accuracy_guard_may_not_select_on_the_problems_the_teacher_is_reported_on():
     profile = dataclasses.replace(QUICK, eval_num_prompts=100)
-    check_guard_problems({}, profile, 500)  # no guard: nothing to check
-    check_guard_problems({"keep_accuracy_within": 0.05, "eval_num_prompts": 500}, profile, 500)  # after the 500
-    check_guard_problems({"keep_accuracy_within": 0.05}, profile, 100)  # after the scorecard's 100
-    with pytest.raises(ConfigError, match="add eval_num_prompts=500 to overrides"):
-        check_guard_problems({"keep_accuracy_within": 0.05}, profile, 500)
+    check_guard_problems({}, profile, 500, 500)  # no guard: nothing to check
+    check_guard_problems({"keep_accuracy_within": 0.05, "eval_num_prompts": 300}, profile, 300, 500)  # 300-499
+    check_guard_problems({"keep_accuracy_within": 0.05}, profile, 100, 500)  # after the scorecard's 100
+    with pytest.raises(ConfigError, match="give eval_num_prompts >= teacher_num_prompts, e.g. teacher_num_prompts=300"):
+        check_guard_problems({"keep_accuracy_within": 0.05}, profile, 500, 500)
+    with pytest.raises(ConfigError, match="takes all 500 of them"):  # no problem left to validate on
+        check_guard_problems({"keep_accuracy_within": 0.05, "eval_num_prompts": 500}, profile, 500, 500)
+    with pytest.raises(ConfigError, match="teacher_num_prompts=1"):
+        KnobGridConfig(teacher_num_prompts=1).validate()
 
 
 def test_the_change_has_a_paired_standard_error():

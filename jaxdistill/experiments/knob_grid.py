@@ -56,7 +56,7 @@ from jaxdistill.experiments.scorecard import (ScorecardConfig, compare_scorecard
                                               scorecard_jobs)
 from jaxdistill.experiments.world import (STEP_SECONDS, Profile, calibration_config, for_world, scorecard_config,
                                           world_name, world_paths)
-from jaxdistill.rl.config import CalibrateConfig
+from jaxdistill.rl.config import CalibrateConfig, check_config
 from jaxdistill.tasks.arith import detour_counts
 
 ACCURACY_TOLERANCE = 0.05  # the undistillable teacher's greedy accuracy: within 5 points of the original's
@@ -141,20 +141,24 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return data
 
 
-def check_guard_problems(overrides: Mapping[str, Any], profile: Profile, measured: int) -> None:
+def check_guard_problems(overrides: Mapping[str, Any], profile: Profile, measured: int, split_size: int) -> None:
     """``keep_accuracy_within`` selects each teacher on the test problems after its calibration's eval set
     (``rl.loop.validation_after_eval``); refuse a grid in which those are among the ``measured`` problems
-    its teachers are reported on."""
+    its teachers are reported on, or in which the ``split_size`` problems of the split leave none."""
     if overrides.get("keep_accuracy_within") is None:
         return
     eval_prompts = overrides.get("eval_num_prompts", profile.eval_num_prompts)
+    fix = (f"e.g. teacher_num_prompts=300 with eval_num_prompts=300 in overrides: the split's {split_size} problems "
+           f"leave {max(split_size - 300, 0)} to validate on")
     if eval_prompts < measured:
         raise ConfigError(
             f"overrides: keep_accuracy_within selects each teacher on the test problems after its calibration's "
             f"eval set (from problem {eval_prompts} on), which are among the {measured} its accuracy is reported "
-            f"on (teacher_num_prompts): add eval_num_prompts={measured} to overrides, with a test split that "
-            f"holds the validation problems after them (e.g. task_options=[...,test_size=1000]), or set "
-            f"teacher_num_prompts={eval_prompts}")
+            f"on (teacher_num_prompts): give eval_num_prompts >= teacher_num_prompts, {fix}")
+    if eval_prompts >= split_size:
+        raise ConfigError(
+            f"overrides: keep_accuracy_within validates on the test problems after the calibration's eval set, but "
+            f"eval_num_prompts={eval_prompts} takes all {split_size} of them: {fix}")
 
 
 def cell_calibration(cell: Cell, world: Mapping[str, Path], folder: Path, profile: Profile,
@@ -480,6 +484,9 @@ class KnobGridConfig(BaseConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.teacher_num_prompts == 1:
+            raise ConfigError("teacher_num_prompts=1: the change's standard error needs at least 2 problems; "
+                              "give 0 (the scorecard's) or >= 2 (default 500)")
         for name in ("modes", "etas", "betas", "calibration_seeds", "attacks", "seeds"):
             values = getattr(self, name)
             if not values:
@@ -526,7 +533,9 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
         # the original teacher's students and SFT on gold: the default run's runs, else run here
         reference = students_config({}, out / "original")
         measured_on = dataclasses.replace(reference, num_prompts=args.teacher_num_prompts or reference.num_prompts)
-        check_guard_problems(overrides, profile, measured_on.num_prompts)
+        recipe = reference.recipe
+        split_size = len(make_task(recipe.task, recipe.task_options).load(reference.split, recipe.data_path or None))
+        check_guard_problems(overrides, profile, measured_on.num_prompts, split_size)
         stored = default_run_students(card, reference)
         reference_arms = [a for a in scorecard_arms(reference) if a["arm"] == SFT or a.get("teacher_key") == ORIGINAL]
         attacks = [a["attack"] for a in reference_arms if a["arm"] != SFT]  # the scorecard's names, in its order
@@ -565,6 +574,10 @@ def knob_grid(args: KnobGridConfig) -> dict[str, Any]:
             reused = default_run_calibration(config, run)
             if reused:
                 config = dataclasses.replace(config, output_dir=str(run / "calibrate" / reused))
+            try:  # the settings every job would refuse, before any runs (the grid's base differs from the default)
+                check_config(config)
+            except ValueError as err:
+                raise ConfigError(f"the calibration of {cell.name} (the default run's, with overrides): {err}") from err
             calibrations[cell.name] = (config, reused)
             teacher = str(Path(config.output_dir) / "teacher")
             jobs.append(Job(f"calibrate {cell.name}", runner.calibrated_teacher, dict(config=config), kind="calibrate",

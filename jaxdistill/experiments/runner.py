@@ -80,7 +80,7 @@ def evaluated(model_dir: str | Path, task: Task, examples: Sequence[Example], *,
 
 def exported_step(run: str | Path) -> int | None:
     """The step a finished calibration exported when ``keep_accuracy_within`` chose it (its manifest's
-    ``selected_step``); None when the run exported its last step as the method does."""
+    ``selected_step``, which may be the last step); None for a run without the guard (the last step)."""
     manifest = Path(run) / "manifest.json"
     summary = json.loads(manifest.read_text()).get("summary", {}) if manifest.exists() else {}
     return summary.get("selected_step")

@@ -109,13 +109,16 @@ class CalibrateConfig(TrainingConfig):
     eval_steps: int = option(25, "held-out greedy accuracy every N steps (0: only at start and end)", ge=0)
     eval_num_prompts: int = option(64, "held-out prompts per evaluation", ge=1)
     keep_accuracy_within: float | None = option(
-        None, "early stopping by accuracy (this project's extension, off by default): at step 0 and every "
-              "eval_steps, greedy accuracy on validation_num_prompts validation problems; the exported teacher "
-              "is the latest evaluated step at most this far below step 0's (a fraction: 0.05 = 5 points), "
-              "not the last step. None: the last step, as the method has it", ge=0)
+        None, "early stopping by accuracy (this project's extension, off by default): at step 0, every "
+              "validation_steps and at the end, greedy accuracy on validation_num_prompts validation problems; "
+              "the exported teacher is the latest validated step at most this far below step 0's (a fraction: "
+              "0.05 = 5 points), not the last step (a learning proxy is exported as at the last step). None: "
+              "the last step, as the method has it", ge=0)
     validation_num_prompts: int = option(200, "keep_accuracy_within: validation problems, those of eval_split that "
                                               "follow the eval set (from prompt eval_num_prompts on), so the "
                                               "eval set's accuracy never selects the teacher it reports", ge=1)
+    validation_steps: int = option(10, "keep_accuracy_within: validate every N steps (a setting of the run, not "
+                                       "of how it is watched: it decides which step is exported)", ge=1)
     save_steps: int = option(25, "orbax checkpoint every N steps and at the end (0: only at the end)", ge=0)
     resume: bool = option(False, "continue from the latest checkpoint in output_dir")
     export: bool = option(True, "export the merged teacher and the adapter at the end")
@@ -141,10 +144,6 @@ def check_config(config: CalibrateConfig) -> None:
     if config.num_generations < 2:
         raise ValueError(f"num_generations={config.num_generations}: GRPO normalises rewards within each prompt's "
                          "group of rollouts, so a group of one has no advantage to learn from; use 2 or more")
-    if config.keep_accuracy_within is not None and not config.eval_steps:
-        raise ValueError(f"keep_accuracy_within={config.keep_accuracy_within} picks the latest evaluated step that "
-                         "kept the teacher's accuracy, but eval_steps=0 evaluates only at the start and the end: "
-                         "set eval_steps (e.g. 10) or keep_accuracy_within=null")
     ADVANTAGE_FUNCTIONS.get(config.advantage)  # an unknown name: an error listing the registered ones
     check_split_sources(config.data_path, config.eval_data_path, config.train_split, config.eval_split)
 

@@ -64,7 +64,7 @@ def greedy_accuracy(model, tokenizer, task, examples, *, max_new_tokens: int, ch
 
 
 def latest_step_kept(accuracies: dict[int, float], tolerance: float) -> int:
-    """The early-stopping rule of ``keep_accuracy_within``: the latest evaluated step whose validation
+    """The early-stopping rule of ``keep_accuracy_within``: the latest validated step whose validation
     accuracy is at most ``tolerance`` below step 0's, ``max{s : a_s >= a_0 - tolerance}``. Step 0 always
     qualifies, so there is one (then the calibration kept nothing and the starting teacher is exported)."""
     if 0 not in accuracies:
@@ -200,7 +200,7 @@ class CalibrationRun:
                                         validation=self.gold_validation(), mesh=self.cluster.mesh)
         self.stability_warned = False
         self.peak_flops = peak_flops(list(self.cluster.mesh.devices.flat))  # None on a CPU
-        # keep_accuracy_within: every evaluated step's checkpoint is kept until the end, when one may be exported
+        # keep_accuracy_within: every validated step's checkpoint is kept until the end, when one may be exported
         self.checkpointer = Checkpointer(self.out / "checkpoints",
                                          max_to_keep=None if c.keep_accuracy_within is not None else 2)
         self.proxy_checkpointer = Checkpointer(self.out / "proxy_checkpoints") if self.proxy_learner else None
@@ -367,7 +367,9 @@ class CalibrationRun:
         """Set the teacher to the step that ``latest_step_kept`` selects (``initial``: step 0's LoRA and
         optimizer state), drop the other steps' checkpoints but the last, and say which step it is."""
         c = self.config
-        selected = latest_step_kept(accuracies, c.keep_accuracy_within)
+        if step not in accuracies:  # resumed with max_steps lowered to a step that was never validated
+            accuracies[step] = self.validation_accuracy()
+        selected = latest_step_kept({s: a for s, a in accuracies.items() if s <= step}, c.keep_accuracy_within)
         if selected == 0:
             self.learner.set_state(*initial)
             log.warning("keep_accuracy_within=%g: no calibrated step kept the validation accuracy of step 0 (%.3f); "
@@ -394,7 +396,7 @@ class CalibrationRun:
         guard = c.keep_accuracy_within is not None
         # step 0's LoRA and optimizer state (a copy: updates may reuse the buffers), for keep_accuracy_within
         initial = jax.tree.map(jnp.copy, (self.learner.lora_state, self.learner.opt_state)) if guard else None
-        accuracies: dict[int, float] = {}  # keep_accuracy_within: validation accuracy of every evaluated step
+        accuracies: dict[int, float] = {}  # keep_accuracy_within: validation accuracy of every validated step
         latest = self.checkpointer.latest_step() if c.resume else None
         if c.resume and latest is None:
             log.info("resume=true but %s holds no checkpoint: starting from step 0", self.out / "checkpoints")
@@ -450,13 +452,13 @@ class CalibrationRun:
                                     "max_completion_length: little learning signal (raise num_generations, "
                                     "max_completion_length or temperature)", step,
                                     100 * metrics["groups/zero_task_variance"], 100 * metrics["completions/clipped_ratio"])
-                    evaluated = (c.eval_steps and step % c.eval_steps == 0) or step == c.max_steps
-                    if evaluated:
+                    if (c.eval_steps and step % c.eval_steps == 0) or step == c.max_steps:
                         eval_start = time.perf_counter()
                         metrics.update(self.evaluate())  # scores are on the host: nothing left to wait for
-                        if guard:
-                            accuracies[step] = metrics["validation/accuracy"] = self.validation_accuracy()
                         metrics["time/eval"] = time.perf_counter() - eval_start
+                    validated = guard and (step % c.validation_steps == 0 or step == c.max_steps)
+                    if validated:
+                        accuracies[step] = metrics["validation/accuracy"] = self.validation_accuracy()
                     metrics["step_time"] = timer.lap()
                     metrics["tokens_per_second"] = metrics["tokens"] / max(metrics["step_time"], 1e-9)
                     metrics.update(compile_metrics(compiles))
@@ -464,7 +466,7 @@ class CalibrationRun:
                         "rewards/task/mean", "rewards/calibration/mean", "kl", "eval/accuracy", "step_time",
                         "time/rollout", "time/rewards", "time/reference", "time/update", "update/mfu")))
                     save = ((c.save_steps and step % c.save_steps == 0) or step == c.max_steps or stop_requested()
-                            or (guard and evaluated))  # keep_accuracy_within may export any evaluated step
+                            or validated)  # keep_accuracy_within may export any validated step
                     if save:  # stop_requested: Ctrl-C under the CLI asks for a checkpoint of this step, then a stop
                         if self.proxy_learner is not None:  # first: a teacher checkpoint always has its proxy's
                             self.proxy_checkpointer.save(step, self.proxy_learner.params, self.proxy_learner.opt_state,
@@ -476,7 +478,8 @@ class CalibrationRun:
                     if save and stop_requested() and step < c.max_steps:  # (Ctrl-C during the save: stop now too)
                         raise Interrupted(f"checkpoint of step {step} saved in {self.out / 'checkpoints'}; "
                                           "resume=true continues the run")
-                kept = self.keep_accuracy(c.max_steps, accuracies, initial) if guard else {}
+                # the teacher is at max_steps, or at the checkpoint resumed from when max_steps was lowered
+                kept = self.keep_accuracy(max(start, c.max_steps), accuracies, initial) if guard else {}
             finally:
                 logger.close()
                 self.checkpointer.close()
