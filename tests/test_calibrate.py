@@ -11,6 +11,7 @@ from jaxdistill.calibrate import main
 from jaxdistill.models import load_model
 from jaxdistill.rl.config import CalibrateConfig
 from jaxdistill.rl.loop import calibrate
+from jaxdistill.run_folder import SettingsChanged
 from jaxdistill.sharding import MeshConfig
 from jaxdistill.training import TooManyBadSteps, measures_the_machine, read_metrics
 
@@ -45,14 +46,27 @@ def test_run_logs_metrics_and_exports(tiny_world, tmp_path):
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
 
 
+def _kill_at(monkeypatch, step):
+    """Make every calibration step ``step`` raise KeyboardInterrupt (a kill); returns the undo."""
+    from jaxdistill.rl import loop
+
+    original = loop.CalibrationRun.train_step
+
+    def dies(self, batch, at):
+        if at == step:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, batch, at)
+
+    monkeypatch.setattr(loop.CalibrationRun, "train_step", dies)
+    return lambda: monkeypatch.setattr(loop.CalibrationRun, "train_step", original)
+
+
 def _comparable(record):
     return {k: v for k, v in record.items() if not measures_the_machine(k)}
 
 
 def test_kill_and_resume_matches_uninterrupted(tiny_world, tmp_path, monkeypatch):
     """With a learning proxy, whose weights and optimizer state must come back too (r_cal reads it)."""
-    from jaxdistill.rl import loop
-
     full = _config(tiny_world, tmp_path / "full", max_steps=4, save_steps=2, calibration_mode="sequence",
                    proxy_learning_rate=1e-2)
     result = calibrate(full)
@@ -63,17 +77,10 @@ def test_kill_and_resume_matches_uninterrupted(tiny_world, tmp_path, monkeypatch
     assert not np.allclose(learned.embed_tokens[...], original.embed_tokens[...])
 
     killed = dataclasses.replace(full, output_dir=str(tmp_path / "killed"))
-    original = loop.CalibrationRun.train_step
-
-    def dies_at_three(self, batch, step):
-        if step == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, batch, step)
-
-    monkeypatch.setattr(loop.CalibrationRun, "train_step", dies_at_three)
+    undo = _kill_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         calibrate(killed)
-    monkeypatch.setattr(loop.CalibrationRun, "train_step", original)
+    undo()
     calibrate(dataclasses.replace(killed, resume=True))
     resumed = {r["step"]: r for r in read_metrics(tmp_path / "killed")}
     assert sorted(resumed) == [0, 1, 2, 3, 4]
@@ -190,28 +197,22 @@ def test_keep_accuracy_within_exports_the_latest_step_that_kept_it(tiny_world, t
     assert exported.keys() == stopped.keys()
     for name, value in exported.items():
         np.testing.assert_array_equal(value, stopped[name], err_msg=name)
+    # the guard's cadence decides what is exported: a rerun with another one is another run, never "finished"
+    with pytest.raises(SettingsChanged, match="validation_steps: 2 there, 3 now"):
+        calibrate(dataclasses.replace(guarded, validation_steps=3))
 
 
 def test_keep_accuracy_within_survives_a_kill_and_may_export_the_start(tiny_world, tmp_path, validation_accuracies,
                                                                       monkeypatch):
     """Killed after step 2's checkpoint, resumed: step 0's accuracy comes back from the checkpoint; no
     calibrated step kept it, so the starting teacher (LoRA B = 0: the merged teacher unchanged) is exported."""
-    from jaxdistill.rl import loop
-
     config = _config(tiny_world, tmp_path / "run", max_steps=4, validation_steps=2, save_steps=0,
                      lr_schedule="constant", keep_accuracy_within=0.05, validation_num_prompts=3)
-    original = loop.CalibrationRun.train_step
-
-    def dies_at_three(self, batch, step):
-        if step == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, batch, step)
-
     validation_accuracies([0.50, 0.40])
-    monkeypatch.setattr(loop.CalibrationRun, "train_step", dies_at_three)
+    undo = _kill_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         calibrate(config)
-    monkeypatch.setattr(loop.CalibrationRun, "train_step", original)
+    undo()
     validation_accuracies([0.30])  # step 4 only: step 0's 0.50 and step 2's 0.40 are in the checkpoint
     result = calibrate(dataclasses.replace(config, resume=True))
     assert result["selected_step"] == 0 and result["validation_accuracy"] == {"0": 0.50, "2": 0.40, "4": 0.30}
@@ -229,22 +230,13 @@ def test_keep_accuracy_within_validates_a_resumed_run_whose_max_steps_was_lowere
                                                                                    validation_accuracies, monkeypatch):
     """Killed at step 4 after step 3's checkpoint (save_steps=3), resumed with max_steps=3: step 3 was never
     validated, so it is validated then (0.30), and step 2 (0.48) is exported, as a run stopped at step 2."""
-    from jaxdistill.rl import loop
-
     config = _config(tiny_world, tmp_path / "run", max_steps=6, validation_steps=2, save_steps=3,
                      lr_schedule="constant", keep_accuracy_within=0.05, validation_num_prompts=3)
-    original = loop.CalibrationRun.train_step
-
-    def dies_at_four(self, batch, step):
-        if step == 4:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, batch, step)
-
     validation_accuracies([0.50, 0.48])
-    monkeypatch.setattr(loop.CalibrationRun, "train_step", dies_at_four)
+    undo = _kill_at(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         calibrate(config)
-    monkeypatch.setattr(loop.CalibrationRun, "train_step", original)
+    undo()
     left = validation_accuracies([0.30])
     result = calibrate(dataclasses.replace(config, resume=True, max_steps=3))
     assert not left and result["selected_step"] == 2
