@@ -14,7 +14,6 @@ finished, and so reused rather than run again, is decided in one place: :func:`f
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -81,9 +80,7 @@ def evaluated(model_dir: str | Path, task: Task, examples: Sequence[Example], *,
 def exported_step(run: str | Path) -> int | None:
     """The step a finished calibration exported when ``keep_accuracy_within`` chose it (its manifest's
     ``selected_step``, which may be the last step); None for a run without the guard (the last step)."""
-    manifest = Path(run) / "manifest.json"
-    summary = json.loads(manifest.read_text()).get("summary", {}) if manifest.exists() else {}
-    return summary.get("selected_step")
+    return (run_folder.read_manifest(run) or {}).get("summary", {}).get("selected_step")
 
 
 def calibration_reward(run: str | Path) -> tuple[float, float]:
