@@ -68,12 +68,8 @@ def test_the_default_runs_knob_from_its_scorecard():
 
 
 def test_exported_step_reads_the_guard_s_choice_from_the_manifest(tmp_path):
-    import json
-
-    from jaxdistill.experiments.runner import exported_step
-
-    assert exported_step(tmp_path / "missing") is None  # nothing there
+    assert runner.exported_step(tmp_path / "missing") is None  # nothing there
     (tmp_path / "manifest.json").write_text(json.dumps({"status": "finished", "summary": {"final": {}}}))
-    assert exported_step(tmp_path) is None  # a run without keep_accuracy_within
+    assert runner.exported_step(tmp_path) is None  # a run without keep_accuracy_within
     (tmp_path / "manifest.json").write_text(json.dumps({"status": "finished", "summary": {"selected_step": 40}}))
-    assert exported_step(tmp_path) == 40
+    assert runner.exported_step(tmp_path) == 40
