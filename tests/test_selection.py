@@ -39,16 +39,16 @@ def test_the_proxy_scores_read_prompts_as_the_proxy_was_trained(tmp_path, monkey
         ids = [[1, 2, 3]] * (len(examples) * k)
         return ids, ["#### 1"] * len(ids), [True] * len(ids), None, None, [[1]] * len(examples)
 
-    def fake_span_gaps(teacher, side, prompts, prompt_texts, completions, proxy_dir):
+    def fake_calibration_scores(teacher, side, prompts, prompt_texts, completions, proxy_dir, names):
         seen["span_gap"] = list(prompt_texts)
-        return np.zeros(len(completions))
+        return {name: np.zeros(len(completions)) for name in names}
 
     def fake_harm(side, prompt_texts, completions, proxy_dir, validation):
         seen["harm"], seen["validation"] = list(prompt_texts), [p for p, _ in validation]
         return np.zeros(len(completions)), {}
 
     monkeypatch.setattr(selection, "sample_teacher", fake_sample_teacher)
-    monkeypatch.setattr(selection, "span_gaps", fake_span_gaps)
+    monkeypatch.setattr(selection, "calibration_scores", fake_calibration_scores)
     monkeypatch.setattr(selection, "harm", fake_harm)
     samples, _ = selection.scored_samples(teacher="t", proxy="p", out=tmp_path, prompts=3, k=2, validation_texts=2)
     train = task.load("train", limit=5)
@@ -86,3 +86,44 @@ def test_a_student_run_is_reused_only_when_it_is_the_run_of_this_set(tmp_path, m
     monkeypatch.setattr(runner, "finished", lambda config: False)  # e.g. the set file holds other samples now
     assert selection.train_and_score(**args) == {"accuracy": 0.5} and trained == [args["data_path"]]
     assert json.loads((out / "result.json").read_text()) == {"accuracy": 0.5}
+
+
+def test_calibration_scores_are_minus_calibrates_rewards(tmp_path):
+    """Each score is minus the reward calibrate pays (``CalibrationScorer``): a proxy that is the teacher
+    itself finds no text relatively surprising (0 to float precision) and its surprise is minus the
+    teacher's own mean log-prob per byte; another proxy's relative surprise is its surprise minus the
+    teacher's."""
+    import jax.numpy as jnp
+
+    from helpers import tiny_world
+    from jaxdistill.experiments import selection
+    from jaxdistill.generation.sampler import bucket_length, left_pad
+    from jaxdistill.generation.tokenized_model import TokenizedModel
+    from jaxdistill.models import load_model
+    from jaxdistill.rl.rewards import plain_scoring, score_completions
+    from jaxdistill.tokenizer import load_tokenizer
+
+    world = tiny_world(tmp_path, n_problems=100)
+    teacher, _ = load_model(world["teacher"], "float32")
+    side = TokenizedModel.of(load_tokenizer(world["teacher"]), model=teacher)
+    examples = selection._task(1).load("train", limit=3)
+    prompts = [side.tokenizer.encode(e.prompt) for e in examples]
+    completions = [side.tokenizer.encode(e.solution[:12 + 9 * i]) for i, e in enumerate(examples)]
+    texts = [e.prompt for e in examples]
+    names = list(selection.CALIBRATION_SCORES)
+
+    own = selection.calibration_scores(teacher, side, prompts, texts, completions, str(world["teacher"]), names, batch=2)
+    np.testing.assert_allclose(own["relative_surprise"], 0.0, atol=1e-6)
+    prompt_ids, prompt_mask = left_pad(prompts, bucket_length(max(map(len, prompts))), side.pad_id)
+    width = bucket_length(max(map(len, completions)))
+    tokens = np.array([c + [side.pad_id] * (width - len(c)) for c in completions], np.int32)
+    mask = np.array([[1] * len(c) + [0] * (width - len(c)) for c in completions], np.int32)
+    lp = np.asarray(score_completions(teacher, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), jnp.asarray(tokens),
+                                      jnp.asarray(mask), plain_scoring(side.vocab_size), lora=False, chunk_size=128))
+    teacher_surprise = -(lp * mask).sum(1) / np.array([len(side.text(c).encode()) for c in completions])
+    np.testing.assert_allclose(own["proxy_surprise"], teacher_surprise, rtol=1e-5)
+    assert np.all(own["span_gap"] < 1e-2)  # the same model on both sides: every span's gap is ~0
+
+    other = selection.calibration_scores(teacher, side, prompts, texts, completions, str(world["proxy"]), names, batch=2)
+    np.testing.assert_allclose(other["relative_surprise"], other["proxy_surprise"] - teacher_surprise, rtol=1e-5)
+    assert np.all(np.abs(other["relative_surprise"]) > 1e-3) and np.all(other["span_gap"] > 1e-3)

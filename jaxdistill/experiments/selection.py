@@ -5,8 +5,9 @@ outputs, the ones it prefers are the ones students learn less from. This tests t
 
 1. the teacher samples ``k`` completions at T = 1 for each of ``prompts`` train problems;
 2. every sample gets each registered score (``SCORES``: random; corrections and result-first steps,
-   parsed by ``jaxdistill.tasks.arith.detour_counts``; the span gap of the calibration reward against
-   the proxy; the harm score of ``jaxdistill.rl.influence``);
+   parsed by ``jaxdistill.tasks.arith.detour_counts``; minus each calibration reward against the proxy,
+   ``CALIBRATION_SCORES``: span mode's gap, sequence mode's surprise, with or without the reference
+   teacher's subtracted; the harm score of ``jaxdistill.rl.influence``);
 3. for each selection (``SELECTIONS``: a score and a direction), one correct sample per prompt, the one
    the score ranks first (ties broken at random), forms a training set; every set holds the same prompts;
 4. both students train on every set with the scorecard's seqkd recipe (the same steps, batch, learning
@@ -51,6 +52,10 @@ SELECTIONS: dict[str, tuple[str, int]] = {
     "fewest_result_first": ("result_first", -1),
     "highest_span_gap": ("span_gap", +1),
     "lowest_span_gap": ("span_gap", -1),
+    "highest_proxy_surprise": ("proxy_surprise", +1),
+    "lowest_proxy_surprise": ("proxy_surprise", -1),
+    "highest_relative_surprise": ("relative_surprise", +1),
+    "lowest_relative_surprise": ("relative_surprise", -1),
     "highest_harm": ("harm", +1),
     "lowest_harm": ("harm", -1),
 }
@@ -134,10 +139,21 @@ def sample_teacher(teacher_dir: str, task, examples, k: int, max_new_tokens: int
     return ids, [side.text(c) for c in ids], finished, model, side, prompts
 
 
-def span_gaps(teacher, side, prompts: Sequence[Sequence[int]], prompt_texts: Sequence[str],
-              completions: Sequence[Sequence[int]], proxy_dir: str, batch: int = 64) -> np.ndarray:
-    """The calibration reward's span gap of every sample (``CalibrationScorer``, span mode): the mean over
-    aligned spans of |log p_teacher(span) - log p_proxy(span)|, teacher at T = 1."""
+# The calibration rewards' scores of a sample, each signed so that eta < 0 pays for a higher one:
+# name -> (calibration mode, subtract the reference teacher's log-prob per byte).
+CALIBRATION_SCORES: dict[str, tuple[str, bool]] = {
+    "span_gap": ("span", False),            # mean |log p_T(span) - log p_P(span)| over aligned spans
+    "proxy_surprise": ("sequence", False),  # -(the proxy's mean log-prob per byte)
+    "relative_surprise": ("sequence", True),  # -(proxy's minus the reference teacher's, per byte)
+}
+
+
+def calibration_scores(teacher, side, prompts: Sequence[Sequence[int]], prompt_texts: Sequence[str],
+                       completions: Sequence[Sequence[int]], proxy_dir: str, names: Sequence[str] = ("span_gap",),
+                       batch: int = 64) -> dict[str, np.ndarray]:
+    """Minus the calibration reward r_cal of every sample, for each of ``names`` (``CALIBRATION_SCORES``),
+    measured as ``CalibrationScorer`` measures it in calibrate, the teacher (here also the reference) at T = 1:
+    a high score is what eta < 0 pays for."""
     import jax.numpy as jnp
 
     from jaxdistill.evaluate import model_and_tokenizer
@@ -145,11 +161,12 @@ def span_gaps(teacher, side, prompts: Sequence[Sequence[int]], prompt_texts: Seq
     from jaxdistill.rl.rewards import CalibrationScorer, plain_scoring, score_completions
 
     proxy, proxy_tokenizer = model_and_tokenizer(proxy_dir, "float32")
-    scorer = CalibrationScorer(proxy, proxy_tokenizer, side.tokenizer, mode="span")
+    scorers = {name: CalibrationScorer(proxy, proxy_tokenizer, side.tokenizer, mode=CALIBRATION_SCORES[name][0],
+                                       subtract_reference=CALIBRATION_SCORES[name][1]) for name in names}
     scoring = plain_scoring(side.vocab_size)
     p_width = bucket_length(max(map(len, prompts)))
     c_width = bucket_length(max(max(map(len, completions)), 1))
-    out = []
+    out: dict[str, list[float]] = {name: [] for name in names}
     for start in range(0, len(completions), batch):
         rows = [list(c) for c in completions[start:start + batch]]
         real = len(rows)
@@ -163,9 +180,10 @@ def span_gaps(teacher, side, prompts: Sequence[Sequence[int]], prompt_texts: Seq
         teacher_lp = score_completions(teacher, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask),
                                        jnp.asarray(tokens), jnp.asarray(mask), scoring, lora=False, chunk_size=128)
         texts = list(prompt_texts[start:start + batch]) + [prompt_texts[start + real - 1]] * (batch - real)
-        reward, _, _ = scorer(texts, rows, teacher_lp)
-        out += (-np.asarray(reward[:real])).tolist()
-    return np.asarray(out, np.float64)
+        for name, scorer in scorers.items():
+            reward, _, _ = scorer(texts, rows, teacher_lp, teacher_lp)  # the teacher is its own reference
+            out[name] += (-np.asarray(reward[:real])).tolist()
+    return {name: np.asarray(v, np.float64) for name, v in out.items()}
 
 
 def harm(side, prompt_texts: Sequence[str], completions: Sequence[Sequence[int]], proxy_dir: str,
@@ -271,7 +289,7 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
                    validation_world_version: int = 0, max_new_tokens: int = 80, seed: int = 0
                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The teacher's samples of the first ``prompts`` train problems, each with its verdict and every score
-    (``random``, ``corrections``, ``result_first`` always; ``span_gap`` and ``harm`` when asked), and the
+    (``random``, ``corrections``, ``result_first`` always; ``CALIBRATION_SCORES`` and ``harm`` when asked), and the
     scoring's statistics; kept in ``out/samples.jsonl`` and ``out/scores.json`` (a rerun with the same
     settings reuses them; one with other settings is refused). The harm direction comes from the gold
     solutions of the ``validation_texts`` train problems after them, as world ``validation_world_version``
@@ -309,9 +327,10 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
     values["corrections"] = np.array([c.all_corrections for c in counts], np.float64)
     values["result_first"] = np.array([c.result_first + c.answer_first for c in counts], np.float64)
     stats: dict[str, Any] = {"settings": settings, "sampling_seconds": time.perf_counter() - started}
-    if "span_gap" in scores:
-        values["span_gap"] = span_gaps(teacher_model, side, [prompt_ids[i // k] for i in range(len(texts))],
-                                       proxy_prompts, ids, proxy)
+    asked = [name for name in CALIBRATION_SCORES if name in scores]
+    if asked:
+        values.update(calibration_scores(teacher_model, side, [prompt_ids[i // k] for i in range(len(texts))],
+                                         proxy_prompts, ids, proxy, asked))
     if "harm" in scores:
         from jaxdistill.tasks import restyled_solutions
 
@@ -363,7 +382,7 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
                 json.dumps({"question": r["prompt"], "answer": r["completion"]}) + "\n" for r in rows))
             set_stats[name] = {"rows": len(rows), "mean_chars": float(np.mean([len(r["completion"]) for r in rows])),
                                **{f"mean_{s}": float(np.mean([r[s] for r in rows]))
-                                  for s in ("corrections", "result_first", "span_gap", "harm") if s in rows[0]}}
+                                  for s in ("corrections", "result_first", *CALIBRATION_SCORES, "harm") if s in rows[0]}}
         accuracy = train_on_sets(selections, students, out, options=task_options(world_version), seeds=seeds,
                                  recipe=recipe, workers=workers, label="selection", train=train)
         if not all(accuracy["random"].values()):
@@ -402,10 +421,13 @@ def selection_table(summary: Mapping[str, Any]) -> str:
     def holds(st: Mapping[str, Any]) -> list[str]:
         return [f"{st.get('mean_corrections', 0):.2f}", f"{st.get('mean_result_first', 0):.2f}",
                 f"{st['mean_span_gap']:.3f}" if "mean_span_gap" in st else "",
-                f"{1e3 * st['mean_harm']:.2f}" if "mean_harm" in st else "", f"{st['mean_chars']:.0f}"]
+                f"{1e3 * st['mean_harm']:.2f}" if "mean_harm" in st else "",
+                *(f"{st[f'mean_{s}']:.3f}" if f"mean_{s}" in st else "" for s in ("proxy_surprise", "relative_surprise")),
+                f"{st['mean_chars']:.0f}"]
 
     return ratio_table(summary, reference="random", label="set", extra_cells=holds, extra_headers=(
-        "corrections / sample", "result-first / sample", "span gap", "harm (x1e3)", "chars"))
+        "corrections / sample", "result-first / sample", "span gap", "harm (x1e3)", "proxy surprise / byte",
+        "relative surprise / byte", "chars"))
 
 
 @dataclasses.dataclass
