@@ -49,6 +49,10 @@ def test_one_row_per_trained_teacher_with_its_ratios_under_the_named_attacks():
     assert rows[2]["greedy_change"] == pytest.approx(-0.1) and rows[2]["min_ratio"] == 0.5
     with_kd = knob_pool.pool_cells([first], attacks=("kd_top20",))  # kd ran for student a only
     assert {r["min_ratio"] for r in with_kd} == {0.1}
+    guarded = _grid("runs/v1", 1, [{**_cell("span_eta-1", 0.6, 0.5, (1.0, 1.0, 1.0)), "exported_step": 0},
+                                   {**_cell("span_eta1", 0.6, 0.5, (1.2, 1.0, 1.0)), "exported_step": 40}])
+    guarded["settings"]["overrides"] = ["keep_accuracy_within=0.05"]
+    assert [r["cell"] for r in knob_pool.pool_cells([guarded])] == ["span_eta1 [keep_accuracy_within=0.05]"]  # step 0: the original
 
 
 def test_correlation():

@@ -38,14 +38,15 @@ def pool_cells(grids: Sequence[Mapping[str, Any]], attacks: Sequence[str] = DIST
     world (``world.world_name``), mode, beta, eta, calibration seed, greedy and temperature-1 accuracy
     change (teacher minus original) and the original's two accuracies, the result-first lines (result
     first or answer first) and corrections per temperature-1 sample, and the mean and minimum of its
-    students' ratios under ``attacks``."""
+    students' ratios under ``attacks``. A guarded cell (``keep_accuracy_within``) that exported its starting
+    teacher (step 0) trained no teacher and is left out."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for grid in grids:
         settings, original = grid["settings"], grid["original"]["teacher"]
         for cell in grid["cells"]:
             ratios = [entry["ratio"] for per_attack in cell["students"].values()
                       for attack, entry in per_attack.items() if attack in attacks and entry.get("ratio") is not None]
-            if not ratios:
+            if not ratios or cell.get("exported_step") == 0:
                 continue
             teacher, trained = cell["teacher"], cell.get("trained_as", cell["name"])  # eta 0: span's teacher
             sampled = teacher["detours"]["sampled"]
