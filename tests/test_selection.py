@@ -127,3 +127,50 @@ def test_calibration_scores_are_minus_calibrates_rewards(tmp_path):
     other = selection.calibration_scores(teacher, side, prompts, texts, completions, str(world["proxy"]), names, batch=2)
     np.testing.assert_allclose(other["relative_surprise"], other["proxy_surprise"] - teacher_surprise, rtol=1e-5)
     assert np.all(np.abs(other["relative_surprise"]) > 1e-3) and np.all(other["span_gap"] > 1e-3)
+
+
+def test_rewritten_sets_hold_the_random_picks_in_one_order(tmp_path, monkeypatch):
+    """``random_as_result_first`` / ``random_as_derivation_first``: the random set's samples, every equation
+    line rewritten into that order (``rewrite_equations``), counted again; samples scored with more scores
+    than a rerun asks for are reused, with fewer refused by name."""
+    import json
+
+    from jaxdistill.experiments import selection
+    from jaxdistill.tasks.arith import detour_counts, rewrite_equations
+
+    def fake_sample_teacher(teacher_dir, task, examples, k, max_new_tokens, seed, cache):
+        texts = [e.solution for e in examples for _ in range(k)]  # v3 gold: correct, some lines result-first
+        return [[1, 2]] * len(texts), texts, [True] * len(texts), None, None, [[1]] * len(examples)
+
+    def fake_calibration_scores(teacher, side, prompts, prompt_texts, completions, proxy_dir, names):
+        return {name: np.arange(len(completions), dtype=float) for name in names}
+
+    trained = {}
+
+    def fake_train_on_sets(sets, students, out, **kwargs):
+        trained["sets"] = list(sets)
+        return {name: {student: [0.3] for student in students} for name in sets}
+
+    monkeypatch.setattr(selection, "sample_teacher", fake_sample_teacher)
+    monkeypatch.setattr(selection, "calibration_scores", fake_calibration_scores)
+    monkeypatch.setattr(selection, "train_on_sets", fake_train_on_sets)
+    common = dict(teacher="t", proxy="p", students={"s": "s"}, out=tmp_path, world_version=3, prompts=40, k=2,
+                  validation_texts=2)
+    selection.run_selection(**common, selections=["random", "highest_proxy_surprise"])
+    summary = selection.run_selection(**common, selections=["random", "random_as_result_first",
+                                                            "random_as_derivation_first"])
+    assert trained["sets"] == ["random", "random_as_result_first", "random_as_derivation_first"]
+
+    def answers(name):
+        return [json.loads(line)["answer"] for line in (tmp_path / "sets" / f"{name}.jsonl").read_text().splitlines()]
+
+    random = answers("random")
+    assert answers("random_as_result_first") == [rewrite_equations(t, "result_first") for t in random]
+    assert answers("random_as_derivation_first") == [rewrite_equations(t, "derivation_first") for t in random]
+    sets = summary["sets"]
+    assert 0 < sets["random"]["mean_result_first"] < sets["random_as_result_first"]["mean_result_first"]
+    assert sets["random_as_derivation_first"]["mean_result_first"] == 0
+    assert sets["random_as_result_first"]["mean_result_first"] == np.mean(
+        [detour_counts(t).result_first for t in answers("random_as_result_first")])
+    with pytest.raises(ValueError, match=r"without the scores \['relative_surprise'\].*another output_dir"):
+        selection.run_selection(**common, selections=["random", "highest_relative_surprise"])

@@ -7,8 +7,8 @@ import pytest
 
 from jaxdistill.tasks import OK, Style, describe, generate_problems, get_task, list_styles, restyled_solutions, \
     render_solution, solutions
-from jaxdistill.tasks.arith import DIFFICULTIES, ArithConfig, DetourCounts, DetourRates, detour_counts, \
-    sample_style, split_of
+from jaxdistill.tasks.arith import DIFFICULTIES, ArithConfig, DetourCounts, DetourRates, Detours, _line_groups, \
+    detour_counts, rewrite_equations, sample_style, split_of
 from jaxdistill.tasks.gsm8k import verify_number
 
 
@@ -237,3 +237,29 @@ def test_restyled_solutions_are_the_same_problems_in_another_style():
     assert gold != [e.solution for e in v2[30:]]  # some v2 solutions carry detours
     with pytest.raises(ValueError, match="train example 30 is another problem"):
         restyled_solutions(v2[30:], get_task("arith", difficulty=2), "train", first=30)
+
+
+@pytest.mark.parametrize("difficulty", sorted(DIFFICULTIES))
+def test_rewriting_the_order_of_equations_writes_what_the_gold_of_that_order_writes(difficulty):
+    """Every style's plain gold rewritten result-first is the gold with every line a result-first detour
+    (world v3's form), and rewriting it back gives the plain gold; the numbers, so the verdict, stay."""
+    task = get_task("arith", difficulty=difficulty)
+    for example in task.load("test", limit=6):
+        problem = example.meta["problem"]
+        for style in list_styles():
+            plain = render_solution(problem, style)
+            lines = len(_line_groups(problem.steps(), style.merge))
+            every_line = Detours(("result_first",) * lines, (0,) * lines, (None,) * lines)
+            result_first = render_solution(problem, style, every_line)
+            assert rewrite_equations(plain, "result_first") == result_first, style.name
+            assert rewrite_equations(result_first, "derivation_first") == plain, style.name
+            assert rewrite_equations(result_first, "result_first") == result_first  # already in that order
+            assert detour_counts(result_first).result_first == lines
+            assert verify_number(result_first, example.answer).reward == 1.0
+    v3 = get_task("arith", difficulty=difficulty, version=3).load("test", limit=50)
+    v1 = task.load("test", limit=50)
+    assert [rewrite_equations(e.solution, "derivation_first") for e in v3] == [e.solution for e in v1]
+    # a correction (world v2) is left as it is; an unknown order is refused
+    assert rewrite_equations("8*3=23, wait: 8*3=24\n#### 24", "result_first") == "8*3=23, wait: 8*3=24\n#### 24"
+    with pytest.raises(ValueError, match="one of"):
+        rewrite_equations("8*3=24", "backwards")

@@ -10,6 +10,9 @@ outputs, the ones it prefers are the ones students learn less from. This tests t
    teacher's subtracted; the harm score of ``jaxdistill.rl.influence``);
 3. for each selection (``SELECTIONS``: a score and a direction), one correct sample per prompt, the one
    the score ranks first (ties broken at random), forms a training set; every set holds the same prompts;
+   a rewritten set (``REWRITTEN``, only when named) holds the random set's samples with every equation
+   line rewritten into one order (results first, or derivations first): the bound, in either direction,
+   of what that order can do at an unchanged accuracy;
 4. both students train on every set with the scorecard's seqkd recipe (the same steps, batch, learning
    rate; the texts fixed in advance, so an SFT run), over several seeds, and are scored greedy on the
    held-out problems;
@@ -60,6 +63,14 @@ SELECTIONS: dict[str, tuple[str, int]] = {
     "lowest_harm": ("harm", -1),
 }
 V2_ONLY = ("corrections", "result_first")  # in a v1 world every sample scores 0
+# Rewritten sets (named in ``selections``, never in the default): a selection's picks with every equation
+# line rewritten into one order (``jaxdistill.tasks.arith.rewrite_equations``): the same samples, numbers
+# and verdicts, only the order of result and work changed. What a teacher that kept its accuracy could do
+# at most through that order, in either direction.
+REWRITTEN: dict[str, tuple[str, str]] = {
+    "random_as_result_first": ("random", "result_first"),
+    "random_as_derivation_first": ("random", "derivation_first"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,10 +315,14 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
     samples_file = out / "samples.jsonl"
     if samples_file.exists():
         stats = json.loads((out / "scores.json").read_text())
-        # folders from before settings were recorded: taken as asked
-        changed = run_folder.changes(stats.get("settings", settings), settings)
-        if changed:
-            raise ValueError(f"{out} holds samples scored with other settings ({run_folder.describe(changed)}): "
+        # folders from before settings were recorded: taken as asked; samples that hold more scores than
+        # asked serve as they are
+        held = stats.get("settings", settings)
+        changed = run_folder.changes({**held, "scores": None}, {**settings, "scores": None})
+        missing = sorted(set(settings["scores"]) - set(held["scores"]))
+        if changed or missing:
+            what = run_folder.describe(changed) if changed else f"without the scores {missing}"
+            raise ValueError(f"{out} holds samples scored with other settings ({what}): "
                              "give another output_dir, or delete its samples.jsonl to score again")
         return [json.loads(line) for line in samples_file.read_text().splitlines()], stats
     out.mkdir(parents=True, exist_ok=True)
@@ -356,15 +371,20 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
     """The whole test (module docstring); returns what it writes to ``out/selection.json``. Reruns reuse
     the scored samples and every finished student run in ``out``; ``train=False`` only tabulates the
     student runs already finished (each set over the seeds it has)."""
+    from jaxdistill.tasks.arith import detour_counts, rewrite_equations
+
     selections = list(selections or [s for s, (score, _) in SELECTIONS.items()
                                      if world_version != 1 or score not in V2_ONLY])
-    unknown = [s for s in selections if s not in SELECTIONS]
+    unknown = [s for s in selections if s not in SELECTIONS and s not in REWRITTEN]
     if unknown or "random" not in selections:
-        raise ValueError(f"selections {unknown or selections}: choose among {list(SELECTIONS)}, random included")
+        raise ValueError(f"selections {unknown or selections}: choose among {list(SELECTIONS) + list(REWRITTEN)}, "
+                         "random included")
+    picks = [s for s in selections if s in SELECTIONS]
+    picks += [REWRITTEN[s][0] for s in selections if s in REWRITTEN and REWRITTEN[s][0] not in picks]
     with run_folder.held(out, "selection test"):
         started = time.perf_counter()
         samples, stats = scored_samples(teacher=teacher, proxy=proxy, out=out, world_version=world_version,
-                                        prompts=prompts, k=k, scores={SELECTIONS[s][0] for s in selections},
+                                        prompts=prompts, k=k, scores={SELECTIONS[s][0] for s in picks},
                                         validation_texts=validation_texts,
                                         validation_world_version=validation_world_version,
                                         max_new_tokens=recipe.max_completion_length, seed=seed)
@@ -372,12 +392,22 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
         keep = correct.any(axis=1)  # the same prompts in every set
         sets_dir = out / "sets"
         sets_dir.mkdir(exist_ok=True)
-        set_stats = {}
-        for name in selections:
+        set_stats, picked_rows = {}, {}
+        for name in picks:
             score, direction = SELECTIONS[name]
             values = np.array([s[score] for s in samples]).reshape(prompts, k)
             picked = pick_one_per_prompt(values, correct, direction, np.random.default_rng([seed, 2, len(name)]))
-            rows = [samples[p * k + picked[p]] for p in np.flatnonzero(keep)]
+            picked_rows[name] = [samples[p * k + picked[p]] for p in np.flatnonzero(keep)]
+        for name in selections:
+            if name in REWRITTEN:  # the picks' text in one order; the scores measured on the old text are dropped
+                base, order = REWRITTEN[name]
+                rows = [{"prompt": r["prompt"], "completion": rewrite_equations(r["completion"], order)}
+                        for r in picked_rows[base]]
+                counts = [detour_counts(r["completion"]) for r in rows]
+                for r, c in zip(rows, counts):
+                    r.update(corrections=c.all_corrections, result_first=c.result_first + c.answer_first)
+            else:
+                rows = picked_rows[name]
             (sets_dir / f"{name}.jsonl").write_text("".join(
                 json.dumps({"question": r["prompt"], "answer": r["completion"]}) + "\n" for r in rows))
             set_stats[name] = {"rows": len(rows), "mean_chars": float(np.mean([len(r["completion"]) for r in rows])),
@@ -443,7 +473,9 @@ class SelectionConfig(BaseConfig):
     num_prompts: int = option(1000, "train prompts the teacher samples", ge=1)
     samples_per_prompt: int = option(4, "teacher samples per prompt (T = 1)", ge=2)
     seeds: tuple[int, ...] = option((0, 1, 2), "student seeds of every set")
-    selections: tuple[str, ...] = option((), "sets to train (default: all that apply)", choices=tuple(SELECTIONS))
+    selections: tuple[str, ...] = option((), "sets to train (default: every selection that applies; the "
+                                             "rewritten sets only when named)",
+                                         choices=tuple(SELECTIONS) + tuple(REWRITTEN))
     validation_texts: int = option(1024, "gold texts behind the harm direction", ge=2)
     validation_world_version: int = option(0, "the world whose gold solutions the harm direction reads (0: "
                                               "world_version; 1 with world_version=2 and v1 students: the "

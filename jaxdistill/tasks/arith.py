@@ -593,6 +593,39 @@ def detour_counts(text: str) -> DetourCounts:
                         bool(lines) and lines[0].startswith("Answer:"), false)
 
 
+EQUATION_ORDERS = ("result_first", "derivation_first")
+
+
+def _swap_sides(left: str, middle: str, right: str) -> str:
+    """``left`` ``middle`` ``right`` with the two sides of its ``=`` swapped, its spacing kept."""
+    before, _, after = middle.partition("=")
+    return f"{right}{before}={after}{left}"
+
+
+def rewrite_equations(text: str, order: str) -> str:
+    """``text`` with every equation line written in one ``order``: "result_first" turns ``8*3=24`` into
+    ``24=8*3`` (as world v3's gold writes a result-first line, spacing and words kept), "derivation_first"
+    turns ``24=8*3`` back. Check lines, corrections and lines already in that order are left as they are:
+    every number, and so the verdict, stays; only the order of result and work changes."""
+    if order not in EQUATION_ORDERS:
+        raise ValueError(f"order {order!r}: one of {EQUATION_ORDERS}")
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("check:") or _INLINE_CORRECTION.search(line) or _LATE_REDO.match(line):
+            lines.append(line)
+            continue
+        rf = _RESULT_FIRST.search(line)
+        if order == "derivation_first" and rf:
+            start, end = rf.start(1), rf.end(2)
+            middle = line[rf.end(1):rf.start(2)]
+            line = line[:start] + _swap_sides(rf.group(1), middle, rf.group(2)) + line[end:]
+        elif order == "result_first" and not rf:
+            line = _EQUATION.sub(lambda m: m.group(0) if m.group(2).startswith("-") else _swap_sides(
+                m.group(1), m.group(0)[len(m.group(1)):len(m.group(0)) - len(m.group(2))], m.group(2)), line)
+        lines.append(line)
+    return "\n".join(lines)
+
+
 # ---- the task --------------------------------------------------------------------------------
 def _style_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS.index(split), index, 7])
