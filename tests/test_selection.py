@@ -139,7 +139,9 @@ def test_rewritten_sets_hold_the_random_picks_in_one_order(tmp_path, monkeypatch
     from jaxdistill.tasks.arith import detour_counts, rewrite_equations
 
     def fake_sample_teacher(teacher_dir, task, examples, k, max_new_tokens, seed, cache):
-        texts = [e.solution for e in examples for _ in range(k)]  # v3 gold: correct, some lines result-first
+        # per prompt: its v3 gold (correct, some lines result-first), then the same ending in a wrong answer
+        texts = [e.solution if i == 0 else e.solution.rsplit("#### ", 1)[0] + "#### 100000"
+                 for e in examples for i in range(k)]
         return [[1, 2]] * len(texts), texts, [True] * len(texts), None, None, [[1]] * len(examples)
 
     def fake_calibration_scores(teacher, side, prompts, prompt_texts, completions, proxy_dir, names):
@@ -157,9 +159,10 @@ def test_rewritten_sets_hold_the_random_picks_in_one_order(tmp_path, monkeypatch
     common = dict(teacher="t", proxy="p", students={"s": "s"}, out=tmp_path, world_version=3, prompts=40, k=2,
                   validation_texts=2)
     selection.run_selection(**common, selections=["random", "highest_proxy_surprise"])
-    summary = selection.run_selection(**common, selections=["random", "random_as_result_first",
-                                                            "random_as_derivation_first"])
-    assert trained["sets"] == ["random", "random_as_result_first", "random_as_derivation_first"]
+    names = ["random", "random_as_result_first", "random_as_derivation_first", "every_sample",
+             "every_sample_as_result_first"]
+    summary = selection.run_selection(**common, selections=names)
+    assert trained["sets"] == names
 
     def answers(name):
         return [json.loads(line)["answer"] for line in (tmp_path / "sets" / f"{name}.jsonl").read_text().splitlines()]
@@ -172,5 +175,9 @@ def test_rewritten_sets_hold_the_random_picks_in_one_order(tmp_path, monkeypatch
     assert sets["random_as_derivation_first"]["mean_result_first"] == 0
     assert sets["random_as_result_first"]["mean_result_first"] == np.mean(
         [detour_counts(t).result_first for t in answers("random_as_result_first")])
+    every = [json.loads(line)["completion"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert answers("every_sample") == every and len(every) == 80  # all k samples of every prompt
+    assert sets["every_sample"]["share_correct"] == 0.5 and sets["random"]["share_correct"] == 1.0
+    assert answers("every_sample_as_result_first") == [rewrite_equations(t, "result_first") for t in every]
     with pytest.raises(ValueError, match=r"without the scores \['relative_surprise'\].*another output_dir"):
         selection.run_selection(**common, selections=["random", "highest_relative_surprise"])

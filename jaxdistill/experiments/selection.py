@@ -12,7 +12,8 @@ outputs, the ones it prefers are the ones students learn less from. This tests t
    the score ranks first (ties broken at random), forms a training set; every set holds the same prompts;
    a rewritten set (``REWRITTEN``, only when named) holds the random set's samples with every equation
    line rewritten into one order (results first, or derivations first): the bound, in either direction,
-   of what that order can do at an unchanged accuracy;
+   of what that order can do at an unchanged accuracy; ``every_sample`` holds all the samples, correct or
+   not (the seqkd attacker's data), and ``every_sample_as_result_first`` the same rewritten;
 4. both students train on every set with the scorecard's seqkd recipe (the same steps, batch, learning
    rate; the texts fixed in advance, so an SFT run), over several seeds, and are scored greedy on the
    held-out problems;
@@ -70,7 +71,11 @@ V2_ONLY = ("corrections", "result_first")  # in a v1 world every sample scores 0
 REWRITTEN: dict[str, tuple[str, str]] = {
     "random_as_result_first": ("random", "result_first"),
     "random_as_derivation_first": ("random", "derivation_first"),
+    "every_sample_as_result_first": ("every_sample", "result_first"),
 }
+# All the teacher's samples of every prompt, correct or not (only when named): the seqkd attacker's data,
+# fixed in advance, where the sets above hold one correct sample per prompt (the correct-only attacker's)
+EVERY_SAMPLE = "every_sample"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,12 +380,13 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
 
     selections = list(selections or [s for s, (score, _) in SELECTIONS.items()
                                      if world_version != 1 or score not in V2_ONLY])
-    unknown = [s for s in selections if s not in SELECTIONS and s not in REWRITTEN]
+    named = list(SELECTIONS) + [EVERY_SAMPLE] + list(REWRITTEN)
+    unknown = [s for s in selections if s not in named]
     if unknown or "random" not in selections:
-        raise ValueError(f"selections {unknown or selections}: choose among {list(SELECTIONS) + list(REWRITTEN)}, "
-                         "random included")
+        raise ValueError(f"selections {unknown or selections}: choose among {named}, random included")
     picks = [s for s in selections if s in SELECTIONS]
-    picks += [REWRITTEN[s][0] for s in selections if s in REWRITTEN and REWRITTEN[s][0] not in picks]
+    picks += [REWRITTEN[s][0] for s in selections if s in REWRITTEN and REWRITTEN[s][0] in SELECTIONS
+              and REWRITTEN[s][0] not in picks]
     with run_folder.held(out, "selection test"):
         started = time.perf_counter()
         samples, stats = scored_samples(teacher=teacher, proxy=proxy, out=out, world_version=world_version,
@@ -398,11 +404,12 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
             values = np.array([s[score] for s in samples]).reshape(prompts, k)
             picked = pick_one_per_prompt(values, correct, direction, np.random.default_rng([seed, 2, len(name)]))
             picked_rows[name] = [samples[p * k + picked[p]] for p in np.flatnonzero(keep)]
+        picked_rows[EVERY_SAMPLE] = samples
         for name in selections:
             if name in REWRITTEN:  # the picks' text in one order; the scores measured on the old text are dropped
                 base, order = REWRITTEN[name]
-                rows = [{"prompt": r["prompt"], "completion": rewrite_equations(r["completion"], order)}
-                        for r in picked_rows[base]]
+                rows = [{"prompt": r["prompt"], "completion": rewrite_equations(r["completion"], order),
+                         "correct": r["correct"]} for r in picked_rows[base]]
                 counts = [detour_counts(r["completion"]) for r in rows]
                 for r, c in zip(rows, counts):
                     r.update(corrections=c.all_corrections, result_first=c.result_first + c.answer_first)
@@ -411,6 +418,7 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
             (sets_dir / f"{name}.jsonl").write_text("".join(
                 json.dumps({"question": r["prompt"], "answer": r["completion"]}) + "\n" for r in rows))
             set_stats[name] = {"rows": len(rows), "mean_chars": float(np.mean([len(r["completion"]) for r in rows])),
+                               "share_correct": float(np.mean([r["correct"] for r in rows])),
                                **{f"mean_{s}": float(np.mean([r[s] for r in rows]))
                                   for s in ("corrections", "result_first", *CALIBRATION_SCORES, "harm") if s in rows[0]}}
         accuracy = train_on_sets(selections, students, out, options=task_options(world_version), seeds=seeds,
@@ -473,9 +481,9 @@ class SelectionConfig(BaseConfig):
     num_prompts: int = option(1000, "train prompts the teacher samples", ge=1)
     samples_per_prompt: int = option(4, "teacher samples per prompt (T = 1)", ge=2)
     seeds: tuple[int, ...] = option((0, 1, 2), "student seeds of every set")
-    selections: tuple[str, ...] = option((), "sets to train (default: every selection that applies; the "
-                                             "rewritten sets only when named)",
-                                         choices=tuple(SELECTIONS) + tuple(REWRITTEN))
+    selections: tuple[str, ...] = option((), "sets to train (default: every selection that applies; "
+                                             "every_sample and the rewritten sets only when named)",
+                                         choices=tuple(SELECTIONS) + (EVERY_SAMPLE,) + tuple(REWRITTEN))
     validation_texts: int = option(1024, "gold texts behind the harm direction", ge=2)
     validation_world_version: int = option(0, "the world whose gold solutions the harm direction reads (0: "
                                               "world_version; 1 with world_version=2 and v1 students: the "
