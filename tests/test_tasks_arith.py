@@ -261,5 +261,6 @@ def test_rewriting_the_order_of_equations_writes_what_the_gold_of_that_order_wri
     assert [rewrite_equations(e.solution, "derivation_first") for e in v3] == [e.solution for e in v1]
     # a correction (world v2) is left as it is; an unknown order is refused
     assert rewrite_equations("8*3=23, wait: 8*3=24\n#### 24", "result_first") == "8*3=23, wait: 8*3=24\n#### 24"
+    assert rewrite_equations("3 + 4= 7\n", "result_first") == "7= 3 + 4\n"  # its spacing and last newline kept
     with pytest.raises(ValueError, match="one of"):
         rewrite_equations("8*3=24", "backwards")

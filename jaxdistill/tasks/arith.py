@@ -610,7 +610,7 @@ def rewrite_equations(text: str, order: str) -> str:
     if order not in EQUATION_ORDERS:
         raise ValueError(f"order {order!r}: one of {EQUATION_ORDERS}")
     lines = []
-    for line in text.splitlines():
+    for line in text.split("\n"):
         if line.startswith("check:") or _INLINE_CORRECTION.search(line) or _LATE_REDO.match(line):
             lines.append(line)
             continue
