@@ -262,5 +262,8 @@ def test_rewriting_the_order_of_equations_writes_what_the_gold_of_that_order_wri
     # a correction (world v2) is left as it is; an unknown order is refused
     assert rewrite_equations("8*3=23, wait: 8*3=24\n#### 24", "result_first") == "8*3=23, wait: 8*3=24\n#### 24"
     assert rewrite_equations("3 + 4= 7\n", "result_first") == "7= 3 + 4\n"  # its spacing and last newline kept
+    late = "8*3=23\n23+5=28\nwait: 8*3=24\n24+5=29\n#### 29"  # a late correction: its redo line stays
+    assert rewrite_equations(late, "result_first") == "23=8*3\n28=23+5\nwait: 8*3=24\n29=24+5\n#### 29"
+    assert rewrite_equations("8*3=24\x1c#### 24", "result_first") == "24=8*3\x1c#### 24"  # detour_counts's lines
     with pytest.raises(ValueError, match="one of"):
         rewrite_equations("8*3=24", "backwards")

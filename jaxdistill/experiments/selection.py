@@ -9,11 +9,11 @@ outputs, the ones it prefers are the ones students learn less from. This tests t
    ``CALIBRATION_SCORES``: span mode's gap, sequence mode's surprise, with or without the reference
    teacher's subtracted; the harm score of ``jaxdistill.rl.influence``);
 3. for each selection (``SELECTIONS``: a score and a direction), one correct sample per prompt, the one
-   the score ranks first (ties broken at random), forms a training set; every set holds the same prompts;
-   a rewritten set (``REWRITTEN``, only when named) holds the random set's samples with every equation
-   line rewritten into one order (results first, or derivations first): the bound, in either direction,
-   of what that order can do at an unchanged accuracy; ``every_sample`` holds all the samples, correct or
-   not (the seqkd attacker's data), and ``every_sample_as_result_first`` the same rewritten;
+   the score ranks first (ties broken at random), forms a training set; every selection holds the same
+   prompts; a rewritten set (``REWRITTEN``, only when named) holds the random set's samples with every
+   equation line rewritten into one order (results first, or derivations first): the order's full effect
+   on those samples; ``every_sample`` holds all the samples of every prompt, correct or not (the seqkd
+   attacker's data), and ``every_sample_as_result_first`` the same rewritten;
 4. both students train on every set with the scorecard's seqkd recipe (the same steps, batch, learning
    rate; the texts fixed in advance, so an SFT run), over several seeds, and are scored greedy on the
    held-out problems;
@@ -64,10 +64,9 @@ SELECTIONS: dict[str, tuple[str, int]] = {
     "lowest_harm": ("harm", -1),
 }
 V2_ONLY = ("corrections", "result_first")  # in a v1 world every sample scores 0
-# Rewritten sets (named in ``selections``, never in the default): a selection's picks with every equation
-# line rewritten into one order (``jaxdistill.tasks.arith.rewrite_equations``): the same samples, numbers
-# and verdicts, only the order of result and work changed. What a teacher that kept its accuracy could do
-# at most through that order, in either direction.
+# Rewritten sets (named in ``selections``, never in the default): a set's samples with every equation line
+# rewritten into one order (``jaxdistill.tasks.arith.rewrite_equations``): the same samples, numbers and
+# verdicts, only the order of result and work changed: the order's full effect on those samples.
 REWRITTEN: dict[str, tuple[str, str]] = {
     "random_as_result_first": ("random", "result_first"),
     "random_as_derivation_first": ("random", "derivation_first"),
@@ -105,6 +104,12 @@ def pick_one_per_prompt(scores: np.ndarray, eligible: np.ndarray, direction: int
     order = np.lexsort((-tie_break, -key), axis=1)  # by key descending, then by a random draw
     best = order[:, 0]
     return np.where(eligible.any(axis=1), best, -1)
+
+
+def detour_scores(counts) -> tuple[int, int]:
+    """The ``corrections`` and ``result_first`` scores of a text from its ``jaxdistill.tasks.arith.detour_counts``:
+    its corrections (one-line and late), and its result-first lines plus an answer-first line."""
+    return counts.all_corrections, counts.result_first + counts.answer_first
 
 
 def ratio_to_random(accuracy: Sequence[float], random: Sequence[float]) -> tuple[float, float]:
@@ -322,14 +327,14 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
         stats = json.loads((out / "scores.json").read_text())
         # folders from before settings were recorded: taken as asked; samples that hold more scores than
         # asked serve as they are
-        held = stats.get("settings", settings)
-        changed = run_folder.changes({**held, "scores": None}, {**settings, "scores": None})
-        missing = sorted(set(settings["scores"]) - set(held["scores"]))
+        changed = run_folder.changes(stats.get("settings", settings), settings, ignore=("scores",))
+        samples = [json.loads(line) for line in samples_file.read_text().splitlines()]
+        missing = [name for name in settings["scores"] if name not in samples[0]]
         if changed or missing:
             what = run_folder.describe(changed) if changed else f"without the scores {missing}"
             raise ValueError(f"{out} holds samples scored with other settings ({what}): "
                              "give another output_dir, or delete its samples.jsonl to score again")
-        return [json.loads(line) for line in samples_file.read_text().splitlines()], stats
+        return samples, stats
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     task = _task(world_version)
@@ -344,8 +349,8 @@ def scored_samples(*, teacher: str, proxy: str, out: Path, world_version: int = 
     proxy_prompts = [prompt_text(task, examples[i // k], None, False) for i in range(len(texts))]
     values = {"random": np.random.default_rng([seed, 1]).random(len(texts))}
     counts = [detour_counts(t) for t in texts]
-    values["corrections"] = np.array([c.all_corrections for c in counts], np.float64)
-    values["result_first"] = np.array([c.result_first + c.answer_first for c in counts], np.float64)
+    for name, column in zip(("corrections", "result_first"), zip(*map(detour_scores, counts))):
+        values[name] = np.array(column, np.float64)
     stats: dict[str, Any] = {"settings": settings, "sampling_seconds": time.perf_counter() - started}
     asked = [name for name in CALIBRATION_SCORES if name in scores]
     if asked:
@@ -384,9 +389,7 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
     unknown = [s for s in selections if s not in named]
     if unknown or "random" not in selections:
         raise ValueError(f"selections {unknown or selections}: choose among {named}, random included")
-    picks = [s for s in selections if s in SELECTIONS]
-    picks += [REWRITTEN[s][0] for s in selections if s in REWRITTEN and REWRITTEN[s][0] in SELECTIONS
-              and REWRITTEN[s][0] not in picks]
+    picks = [s for s in selections if s in SELECTIONS]  # every rewritten set's base is random or every_sample
     with run_folder.held(out, "selection test"):
         started = time.perf_counter()
         samples, stats = scored_samples(teacher=teacher, proxy=proxy, out=out, world_version=world_version,
@@ -410,9 +413,8 @@ def run_selection(*, teacher: str, proxy: str, students: Mapping[str, str], out:
                 base, order = REWRITTEN[name]
                 rows = [{"prompt": r["prompt"], "completion": rewrite_equations(r["completion"], order),
                          "correct": r["correct"]} for r in picked_rows[base]]
-                counts = [detour_counts(r["completion"]) for r in rows]
-                for r, c in zip(rows, counts):
-                    r.update(corrections=c.all_corrections, result_first=c.result_first + c.answer_first)
+                for r in rows:
+                    r["corrections"], r["result_first"] = detour_scores(detour_counts(r["completion"]))
             else:
                 rows = picked_rows[name]
             (sets_dir / f"{name}.jsonl").write_text("".join(

@@ -596,34 +596,36 @@ def detour_counts(text: str) -> DetourCounts:
 EQUATION_ORDERS = ("result_first", "derivation_first")
 
 
-def _swap_sides(left: str, middle: str, right: str) -> str:
-    """``left`` ``middle`` ``right`` with the two sides of its ``=`` swapped, its spacing kept."""
-    before, _, after = middle.partition("=")
-    return f"{right}{before}={after}{left}"
+def _swap_sides(match: re.Match, left: int, right: int) -> str:
+    """The text of ``match`` from group ``left`` to group ``right`` with the two sides of its ``=`` swapped,
+    the spacing around the ``=`` kept: ``8*3 =24`` -> ``24 =8*3``."""
+    middle = match.string[match.end(left):match.start(right)]
+    return f"{match.group(right)}{middle}{match.group(left)}"
 
 
 def rewrite_equations(text: str, order: str) -> str:
     """``text`` with every equation line written in one ``order``: "result_first" turns ``8*3=24`` into
     ``24=8*3`` (as world v3's gold writes a result-first line, spacing and words kept), "derivation_first"
-    turns ``24=8*3`` back. Check lines, corrections and lines already in that order are left as they are:
-    every number, and so the verdict, stays; only the order of result and work changes."""
+    turns ``24=8*3`` back. Left as they are: check lines, one-line corrections, ``wait:`` redo lines (a late
+    correction's slip line turns like any other), lines already in that order, negative results, and
+    result-first forms ``detour_counts`` does not read (mid-sentence, ``/``). Lines are ``detour_counts``'s
+    (``str.splitlines``), each line ending kept: every number, and so the verdict, stays; only the order
+    of result and work changes."""
     if order not in EQUATION_ORDERS:
         raise ValueError(f"order {order!r}: one of {EQUATION_ORDERS}")
-    lines = []
-    for line in text.split("\n"):
-        if line.startswith("check:") or _INLINE_CORRECTION.search(line) or _LATE_REDO.match(line):
-            lines.append(line)
-            continue
-        rf = _RESULT_FIRST.search(line)
-        if order == "derivation_first" and rf:
-            start, end = rf.start(1), rf.end(2)
-            middle = line[rf.end(1):rf.start(2)]
-            line = line[:start] + _swap_sides(rf.group(1), middle, rf.group(2)) + line[end:]
+    out = []
+    for line in text.splitlines(keepends=True):
+        body = (line.splitlines() or [""])[0]
+        ending = line[len(body):]
+        rf = _RESULT_FIRST.search(body)
+        if body.startswith("check:") or _INLINE_CORRECTION.search(body) or _LATE_REDO.match(body):
+            pass
+        elif order == "derivation_first" and rf:
+            body = body[:rf.start(1)] + _swap_sides(rf, 1, 2) + body[rf.end(2):]
         elif order == "result_first" and not rf:
-            line = _EQUATION.sub(lambda m: m.group(0) if m.group(2).startswith("-") else _swap_sides(
-                m.group(1), m.group(0)[len(m.group(1)):len(m.group(0)) - len(m.group(2))], m.group(2)), line)
-        lines.append(line)
-    return "\n".join(lines)
+            body = _EQUATION.sub(lambda m: m.group(0) if m.group(2).startswith("-") else _swap_sides(m, 1, 2), body)
+        out.append(body + ending)
+    return "".join(out)
 
 
 # ---- the task --------------------------------------------------------------------------------
