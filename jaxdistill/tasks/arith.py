@@ -608,9 +608,10 @@ def rewrite_equations(text: str, order: str) -> str:
     ``24=8*3`` (as world v3's gold writes a result-first line, spacing and words kept), "derivation_first"
     turns ``24=8*3`` back. Left as they are: check lines, one-line corrections, ``wait:`` redo lines (a late
     correction's slip line turns like any other), lines already in that order, negative results, and
-    result-first forms ``detour_counts`` does not read (mid-sentence, ``/``). Lines are ``detour_counts``'s
-    (``str.splitlines``), each line ending kept: every number, and so the verdict, stays; only the order
-    of result and work changes."""
+    result-first forms ``detour_counts`` does not read (mid-sentence, ``/``); a mid-sentence equation is
+    still turned result-first, but not counted as such. Lines are ``detour_counts``'s (``str.splitlines``),
+    each line ending kept: every number, and so the verdict, stays; only the order of result and work
+    changes."""
     if order not in EQUATION_ORDERS:
         raise ValueError(f"order {order!r}: one of {EQUATION_ORDERS}")
     out = []
