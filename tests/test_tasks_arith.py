@@ -8,7 +8,7 @@ import pytest
 from jaxdistill.tasks import OK, Style, describe, generate_problems, get_task, list_styles, restyled_solutions, \
     render_solution, solutions
 from jaxdistill.tasks.arith import DIFFICULTIES, ArithConfig, DetourCounts, DetourRates, Detours, _line_groups, \
-    detour_counts, rewrite_equations, sample_style, split_of
+    detour_counts, generated_examples, rewrite_equations, sample_style, split_of
 from jaxdistill.tasks.gsm8k import verify_number
 
 
@@ -17,9 +17,20 @@ def test_generation_is_deterministic_and_prefix_stable():
     assert first == generate_problems(200, split="train", seed=3)
     assert generate_problems(50, split="train", seed=3) == first[:50]
     assert first != generate_problems(200, split="train", seed=4)
-    a = get_task("arith", seed=3).load("test", limit=100)
-    b = get_task("arith", seed=3).load("test", limit=100)
-    assert [(e.prompt, e.solution) for e in a] == [(e.prompt, e.solution) for e in b]
+    task = get_task("arith", seed=3)
+    a = task.load("test", limit=100)
+    drawn_again = generated_examples.__wrapped__(100, "test", 3, task.config)  # past the process's cache
+    assert [(e.prompt, e.solution, e.answer) for e in a] == [(e.prompt, e.solution, e.answer) for e in drawn_again]
+
+
+def test_a_later_load_reuses_the_examples_drawn_and_returns_its_own_list():
+    task = get_task("arith", seed=5)
+    first = task.load("test", limit=30)
+    hits = generated_examples.cache_info().hits
+    first.clear()  # the caller's list is its own
+    again = get_task("arith", seed=5).load("test", limit=30)
+    assert generated_examples.cache_info().hits == hits + 1 and len(again) == 30
+    assert again == list(generated_examples.__wrapped__(30, "test", 5, task.config))
 
 
 def test_train_and_test_share_no_arithmetic_even_across_seeds():

@@ -29,6 +29,7 @@ deterministic in (seed, split, difficulty) and prefix-stable (asking for more ke
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import re
@@ -647,6 +648,23 @@ def problem_example(problem: ArithProblem, style: Style, detours: Detours | None
                    answer=str(problem.answer), meta=meta)
 
 
+@functools.lru_cache(maxsize=8)
+def generated_examples(n: int, split: str, seed: int, config: ArithConfig,
+                       rates: DetourRates | None = None) -> tuple[Example, ...]:
+    """The first ``n`` examples of ``split``: problems, a style each and (``rates``) detours, every one drawn
+    from its own seeded stream. Kept for the process's later loads (a train split takes seconds to draw,
+    and every job of a run loads it); examples are frozen, so callers share them safely."""
+    problems = generate_problems(n, split=split, seed=seed, difficulty=config)
+    examples = []
+    for i, problem in enumerate(problems):
+        style = sample_style(_style_rng(seed, split, i))
+        detours = None
+        if rates is not None:
+            detours = sample_detours(problem, style, rates, _detour_rng(seed, split, i))
+        examples.append(problem_example(problem, style, detours))
+    return tuple(examples)
+
+
 class ArithTask(Task):
     """The synthetic task. ``load(split)`` generates; ``load(split, path)`` reads GSM8K-format
     JSONL (question/answer rows) such as a saved copy.
@@ -688,15 +706,7 @@ class ArithTask(Task):
         if split not in SPLITS:
             raise ValueError(f"unknown arith split {split!r}; valid: {SPLITS}")
         n = self.sizes[split] if limit is None else min(limit, self.sizes[split])
-        problems = generate_problems(n, split=split, seed=self.seed, difficulty=self.config)
-        examples = []
-        for i, problem in enumerate(problems):
-            style = sample_style(_style_rng(self.seed, split, i))
-            detours = None
-            if self.rates is not None:
-                detours = sample_detours(problem, style, self.rates, _detour_rng(self.seed, split, i))
-            examples.append(problem_example(problem, style, detours))
-        return examples
+        return list(generated_examples(n, split, self.seed, self.config, self.rates))
 
     def parse_row(self, row: Mapping[str, Any]) -> Example:
         return parse_gsm8k_row(row)  # same row format; such examples carry no arithmetic meta
