@@ -148,14 +148,17 @@ def _weights(out: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def forkserver(tmp_path_factory):
-    """Processes forked from one server that has imported jaxdistill, compiling through one persistent cache."""
+    """Processes forked from one server that has imported jaxdistill and drawn the arith task
+    (``crash_preload``), compiling through one persistent cache."""
     cache = tmp_path_factory.mktemp("compilation_cache")
     env = {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", "JAX_PLATFORMS": "cpu"}
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", "JAX_PLATFORMS": "cpu",
+           # the server imports its preload before it learns the parent's sys.path: crash_preload's folder
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the server starts with them: JAX reads them when it is imported there
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["jaxdistill.calibrate", "jaxdistill.rl.loop"])
+    ctx.set_forkserver_preload(["jaxdistill.calibrate", "jaxdistill.rl.loop", "crash_preload"])
     try:
         yield ctx
     finally:
