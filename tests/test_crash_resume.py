@@ -32,8 +32,8 @@ from jaxdistill.training import measures_the_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_STEPS = 21  # room for seven kills: each lets the run on by up to two checkpoints (one step per kill ran out)
-# the kinds of moment, in the order they are tried; the export comes last, when every step is done
-# Each kind of moment twice, then the export (ten kills, each kind three times, were over the suite's time budget).
+# the kinds of moment, in the order they are tried, each twice (three times cost the suite's time budget);
+# the export comes last, when every step is done
 TRIALS = ("save", "startup", "step", "save", "startup", "step", "export")
 
 
