@@ -78,6 +78,7 @@ def two_runs(tmp_path_factory):
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump(dict(
         teacher=str(world["teacher"]), proxy=str(world["proxy"]), task="arith", num_generations=4,
+        task_options=["train_size=500"],  # every process draws its prompts' split: 500 problems, not 20,000
         prompts_per_step=2, max_steps=2, max_completion_length=12, learning_rate=1e-2, lora_rank=4,
         lora_alpha=8.0, eval_steps=0, eval_num_prompts=4, save_steps=2, progress=False, eta=1.0, beta=0.04,
         mesh={"data": 1, "fsdp": 4, "tensor": 1},
