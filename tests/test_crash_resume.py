@@ -50,6 +50,8 @@ def _calibrate_cli(argv, returned=None):
     (it reports 255 when the fork server's status pipe closes first), and the file still tells the truth."""
     from jaxdistill.calibrate import main
 
+    if "crash_preload" not in sys.modules:  # the server ignores a preload that fails to import
+        raise RuntimeError("the fork server did not import tests/crash_preload.py: is tests/ on its PYTHONPATH?")
     code = main(argv)
     if returned is not None:
         Path(returned).write_text(str(code))

@@ -653,7 +653,7 @@ def generated_examples(n: int, split: str, seed: int, config: ArithConfig,
                        rates: DetourRates | None = None) -> tuple[Example, ...]:
     """The first ``n`` examples of ``split``: problems, a style each and (``rates``) detours, every one drawn
     from its own seeded stream. Kept for the process's later loads (a train split takes seconds to draw,
-    and every job of a run loads it); examples are frozen, so callers share them safely."""
+    and every job of a run loads it). Callers share the examples: never write to an example's ``meta``."""
     problems = generate_problems(n, split=split, seed=seed, difficulty=config)
     examples = []
     for i, problem in enumerate(problems):
